@@ -1,0 +1,310 @@
+//! The archive: one directory per volume holding fulls, deltas, manifests,
+//! state, a lock and an operation log (layout in docs/FORMAT.md).
+//!
+//! This module owns paths and the rules that tie files together (which data
+//! files belong to which revision, how revisions are ordered, how an
+//! interrupted backup is recognised). It never talks to Ceph.
+
+pub mod atomic;
+pub mod lock;
+pub mod oplog;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checksum::{self, Hash};
+use crate::error::{Error, IoContext, Result};
+use crate::format::{self, manifest::Manifest};
+use atomic::{create_dir_private, write_atomic};
+use lock::{LockMode, VolumeLock};
+
+/// The volume header (`rbdelta-volume.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeHeader {
+    pub format: String,
+    pub version: u32,
+    pub volume: String,
+    pub block_size: u64,
+    pub hash: String,
+}
+
+/// A committed revision: its id and manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    pub id: String,
+    pub manifest: Manifest,
+}
+
+impl Revision {
+    pub fn id_bytes(&self) -> Hash {
+        checksum::from_hex(&self.id).expect("revision ids are hex")
+    }
+    pub fn short(&self) -> &str {
+        &self.id[..12]
+    }
+}
+
+/// How a revision's blocks are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    Full,
+    Delta,
+}
+
+impl StorageKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StorageKind::Full => "full",
+            StorageKind::Delta => "delta",
+        }
+    }
+}
+
+/// Intent record of a backup in progress (`pending.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pending {
+    /// The snapshot the backup created (or is about to create).
+    pub snapshot: String,
+    pub started: String,
+}
+
+/// One volume's directory.
+#[derive(Debug, Clone)]
+pub struct VolumeDir {
+    pub name: String,
+    pub path: PathBuf,
+    pub block_size: u64,
+}
+
+impl VolumeDir {
+    /// Opens an existing volume directory.
+    pub fn open(root: &Path, name: &str) -> Result<VolumeDir> {
+        let path = root.join(name);
+        let header_path = path.join(format::VOLUME_FILE);
+        let bytes = match std::fs::read(&header_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Invalid(format!(
+                    "volume {name} has no archive yet at {} (run a backup first)",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(Error::io(&header_path, e)),
+        };
+        let header: VolumeHeader = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", header_path.display())))?;
+        if header.format != format::VOLUME_FORMAT_NAME || header.version != format::FORMAT_VERSION {
+            return Err(Error::Corrupt(format!(
+                "{}: unsupported archive format {} version {}",
+                header_path.display(),
+                header.format,
+                header.version
+            )));
+        }
+        if header.hash != format::HASH_NAME || !format::valid_block_size(header.block_size) {
+            return Err(Error::Corrupt(format!(
+                "{}: unsupported hash {} or block size {}",
+                header_path.display(),
+                header.hash,
+                header.block_size
+            )));
+        }
+        Ok(VolumeDir {
+            name: name.to_string(),
+            path,
+            block_size: header.block_size,
+        })
+    }
+
+    /// Opens the volume directory, creating it (owner-only) if needed.
+    pub fn open_or_create(root: &Path, name: &str, block_size: u64) -> Result<VolumeDir> {
+        let path = root.join(name);
+        if !path.join(format::VOLUME_FILE).exists() {
+            create_dir_private(root)?;
+            create_dir_private(&path)?;
+            for sub in ["revisions", "data", "tmp"] {
+                create_dir_private(&path.join(sub))?;
+            }
+            let header = VolumeHeader {
+                format: format::VOLUME_FORMAT_NAME.into(),
+                version: format::FORMAT_VERSION,
+                volume: name.into(),
+                block_size,
+                hash: format::HASH_NAME.into(),
+            };
+            let mut bytes = serde_json::to_vec_pretty(&header).expect("header serializes");
+            bytes.push(b'\n');
+            write_atomic(&path.join(format::VOLUME_FILE), &bytes)?;
+            atomic::fsync_dir(root)?;
+        }
+        Self::open(root, name)
+    }
+
+    pub fn lock(&self, mode: LockMode) -> Result<VolumeLock> {
+        VolumeLock::acquire(&self.path.join("lock"), &self.name, mode)
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.path.join("tmp")
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.path.join("data")
+    }
+    pub fn revisions_dir(&self) -> PathBuf {
+        self.path.join("revisions")
+    }
+    pub fn manifest_path(&self, id: &str) -> PathBuf {
+        self.revisions_dir().join(format!("{id}.json"))
+    }
+    pub fn full_path(&self, id: &str) -> PathBuf {
+        self.data_dir().join(format!("{id}.full"))
+    }
+    pub fn full_index_path(&self, id: &str) -> PathBuf {
+        self.data_dir().join(format!("{id}.fidx"))
+    }
+    pub fn delta_path(&self, id: &str) -> PathBuf {
+        self.data_dir().join(format!("{id}.delta"))
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join("state.json")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.path.join("log.jsonl")
+    }
+    pub fn pending_path(&self) -> PathBuf {
+        self.path.join("pending.json")
+    }
+
+    /// How `id` is stored; a full wins over a delta if both exist.
+    pub fn storage_kind(&self, id: &str) -> Result<StorageKind> {
+        if self.full_path(id).exists() && self.full_index_path(id).exists() {
+            Ok(StorageKind::Full)
+        } else if self.delta_path(id).exists() {
+            Ok(StorageKind::Delta)
+        } else {
+            Err(Error::Corrupt(format!(
+                "revision {id} of volume {} has no data file",
+                self.name
+            )))
+        }
+    }
+
+    /// All committed revisions, oldest first, each manifest checked against
+    /// its id.
+    pub fn revisions(&self) -> Result<Vec<Revision>> {
+        let dir = self.revisions_dir();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).at(&dir)? {
+            let entry = entry.at(&dir)?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if checksum::from_hex(id).is_none() {
+                continue;
+            }
+            out.push(self.read_revision(id)?);
+        }
+        out.sort_by(|a, b| a.manifest.seq.cmp(&b.manifest.seq).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Reads one manifest and checks it hashes to its id.
+    pub fn read_revision(&self, id: &str) -> Result<Revision> {
+        let path = self.manifest_path(id);
+        let bytes = std::fs::read(&path).at(&path)?;
+        if checksum::to_hex(&Manifest::id_of(&bytes)) != id {
+            return Err(Error::Corrupt(format!(
+                "{}: manifest does not match its id",
+                path.display()
+            )));
+        }
+        let manifest = Manifest::decode(&bytes)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+        Ok(Revision {
+            id: id.to_string(),
+            manifest,
+        })
+    }
+
+    /// Resolves `latest`, a full id or a unique prefix.
+    pub fn find_revision(&self, spec: &str) -> Result<Revision> {
+        let revs = self.revisions()?;
+        if spec == "latest" {
+            return revs.last().cloned().ok_or_else(|| {
+                Error::Invalid(format!("volume {} has no revisions", self.name))
+            });
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let hits: Vec<_> = revs.iter().filter(|r| r.id.starts_with(&spec_l)).collect();
+        match hits.as_slice() {
+            [one] if !spec.is_empty() => Ok((*one).clone()),
+            [] | [_] => Err(Error::Invalid(format!(
+                "volume {} has no revision {spec:?}",
+                self.name
+            ))),
+            _ => Err(Error::Invalid(format!(
+                "revision prefix {spec:?} is ambiguous in volume {} ({} matches)",
+                self.name,
+                hits.len()
+            ))),
+        }
+    }
+
+    pub fn read_pending(&self) -> Result<Option<Pending>> {
+        let path = self.pending_path();
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    pub fn write_pending(&self, p: &Pending) -> Result<()> {
+        write_atomic(&self.pending_path(), &serde_json::to_vec(p).expect("serializes"))
+    }
+
+    pub fn clear_pending(&self) -> Result<()> {
+        let path = self.pending_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => atomic::fsync_dir(&self.path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    /// Removes leftovers of interrupted writes from `tmp/`.
+    pub fn clear_tmp(&self) -> Result<()> {
+        let dir = self.tmp_dir();
+        for entry in std::fs::read_dir(&dir).at(&dir)? {
+            let p = entry.at(&dir)?.path();
+            std::fs::remove_file(&p).at(&p)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` is a safe single path component for a volume directory.
+pub fn valid_volume_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '+'))
+}
+
+/// Now, RFC 3339 UTC with nanoseconds.
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(&time::format_description::well_known::Rfc3339)
+        .expect("formats")
+}

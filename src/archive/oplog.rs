@@ -1,0 +1,66 @@
+//! The append-only operation log (`<volume>/log.jsonl`): one JSON object per
+//! line for the start and the end of every backup, restore and verify.
+//! Lines are appended with O_APPEND and fsynced; nothing ever rewrites them.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, Result};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// RFC 3339 UTC time of the event.
+    pub time: String,
+    /// `backup`, `restore` or `verify`.
+    pub op: String,
+    /// `start` or `end`.
+    pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// `ok` or `error` on end records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_read: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Appends one record and fsyncs.
+pub fn append(path: &Path, record: &LogRecord) -> Result<()> {
+    let mut line = serde_json::to_vec(record).expect("log record serializes");
+    line.push(b'\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .at(path)?;
+    f.write_all(&line).at(path)?;
+    f.sync_data().at(path)
+}
+
+/// Reads all records; a torn last line (crash mid-append) is skipped.
+pub fn read_all(path: &Path) -> Result<Vec<LogRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(crate::error::Error::io(path, e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}

@@ -1,0 +1,224 @@
+//! Writing a revision's files and committing it; finishing or undoing an
+//! interrupted backup.
+
+use super::pipeline::copy_blocks;
+use super::plan::{blocks_to_store, reads_for};
+use super::writers::FullWriter;
+use super::{BackupOptions, Mode};
+use crate::archive::atomic::{fsync_dir, write_atomic, TempFile};
+use crate::archive::state::VolumeState;
+use crate::archive::{now_rfc3339, Revision, VolumeDir};
+use crate::chain::Chain;
+use crate::checksum::{self, block_count, block_len, Hash, ImageChecksum, ZeroHashes};
+use crate::error::{Error, IoContext, Result};
+use crate::format::delta::{DeltaHeader, DeltaWriter};
+use crate::format::full_index::FullIndex;
+use crate::format::index::BlockEntry;
+use crate::format::manifest::Manifest;
+use crate::format::FORMAT_VERSION;
+use crate::progress::Progress;
+use crate::source::{SourceImage, SourceSnapshot};
+
+/// Reads the snapshot's data per `mode`, writes data files and the manifest.
+/// Returns the committed revision, bytes read and bytes stored.
+pub(super) fn write_revision(
+    vol: &VolumeDir,
+    snap: &dyn SourceSnapshot,
+    parent: Option<&Revision>,
+    parent_chain: Option<&Chain>,
+    mode: &Mode,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<(Revision, u64, u64)> {
+    let bs = vol.block_size;
+    let size = snap.size();
+    let parent_for_delta = match mode {
+        Mode::Full => None,
+        _ => Some((
+            parent.expect("delta modes have a parent"),
+            parent_chain.expect("delta modes have a chain"),
+        )),
+    };
+    let Some((parent, chain)) = parent_for_delta else {
+        let extents = snap.changed_extents(None, opts.whole_object)?;
+        let blocks = blocks_to_store(&extents, None, size, bs);
+        let reads = reads_for(&blocks, size, bs);
+        let mut w = FullWriter {
+            tmp: TempFile::new_in(&vol.tmp_dir(), "full")?,
+            block_size: bs,
+            entries: Vec::new(),
+            bytes_written: 0,
+        };
+        progress.begin("full", reads.iter().map(|e| e.len).sum());
+        let copied = copy_blocks(snap, &reads, opts.depth, bs, &mut w, &mut |_, _, _| Ok(true), progress);
+        progress.end();
+        let stats = copied?;
+        w.tmp.file.set_len(size).at(&w.tmp.path)?;
+        let sum = checksum_of_full(&w.entries, size, bs);
+        let (rev, bytes) = new_manifest(vol, snap, parent, sum, size, opts);
+        let index = FullIndex {
+            block_size: bs,
+            size,
+            revision: rev.id_bytes(),
+            entries: w.entries,
+        };
+        let mut idx_tmp = TempFile::new_in(&vol.tmp_dir(), "fidx")?;
+        index.write_to(&mut idx_tmp.file, &idx_tmp.path)?;
+        w.tmp.persist(&vol.full_path(&rev.id))?;
+        idx_tmp.persist(&vol.full_index_path(&rev.id))?;
+        commit_manifest(vol, &rev, &bytes)?;
+        return Ok((rev, stats.bytes_read, w.bytes_written));
+    };
+
+    let tmp = TempFile::new_in(&vol.tmp_dir(), "delta")?;
+    let file = tmp.file.try_clone().at(&tmp.path)?;
+    let mut dw = DeltaWriter::new(file, tmp.path.clone(), bs);
+    let boundary = (parent.manifest.size != size).then(|| parent.manifest.size.min(size));
+    let copied = match mode {
+        Mode::Diff { base_snapshot } => {
+            let extents = snap.changed_extents(Some(base_snapshot), opts.whole_object)?;
+            let blocks = blocks_to_store(&extents, boundary, size, bs);
+            let reads = reads_for(&blocks, size, bs);
+            progress.begin("delta", reads.iter().map(|e| e.len).sum());
+            copy_blocks(snap, &reads, opts.depth, bs, &mut dw, &mut |_, _, _| Ok(true), progress)
+        }
+        Mode::Compare { .. } => {
+            let all: Vec<u64> = (0..block_count(size, bs)).collect();
+            let reads = reads_for(&all, size, bs);
+            let mut expected = chain.blocks_as(size);
+            let mut keep = |block: u64, hash: &Hash, _zero: bool| -> Result<bool> {
+                let r = expected.next().filter(|r| r.block == block).ok_or_else(|| {
+                    Error::Invalid(format!("compare: block {block} out of order"))
+                })?;
+                // A block whose length changed (resize boundary) is always stored.
+                Ok(chain.hash_of(&r).map_or(true, |before| &before != hash))
+            };
+            progress.begin("compare", size);
+            copy_blocks(snap, &reads, opts.depth, bs, &mut dw, &mut keep, progress)
+        }
+        Mode::Full => unreachable!("handled above"),
+    };
+    progress.end();
+    let stats = copied?;
+    let sum = chain.checksum_with(dw.entries(), size)?;
+    let (rev, bytes) = new_manifest(vol, snap, Some(parent), sum, size, opts);
+    let written = dw.data_bytes();
+    dw.finish(&DeltaHeader {
+        block_size: bs,
+        size,
+        revision: rev.id_bytes(),
+        base: parent.id_bytes(),
+    })?;
+    tmp.persist(&vol.delta_path(&rev.id))?;
+    commit_manifest(vol, &rev, &bytes)?;
+    Ok((rev, stats.bytes_read, written))
+}
+
+/// Image checksum of a full whose non-zero blocks are `entries`.
+pub fn checksum_of_full(entries: &[BlockEntry], size: u64, bs: u64) -> Hash {
+    let zeros = ZeroHashes::new(bs);
+    let mut sum = ImageChecksum::new(size, bs);
+    let mut it = entries.iter().peekable();
+    for block in 0..block_count(size, bs) {
+        match it.peek() {
+            Some(e) if e.block == block => {
+                sum.push(block, &e.hash);
+                it.next();
+            }
+            _ => sum.push(block, &zeros.for_len(block_len(block, size, bs))),
+        }
+    }
+    sum.finish()
+}
+
+fn new_manifest(
+    vol: &VolumeDir,
+    snap: &dyn SourceSnapshot,
+    parent: Option<&Revision>,
+    sum: Hash,
+    size: u64,
+    opts: &BackupOptions,
+) -> (Revision, Vec<u8>) {
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        volume: vol.name.clone(),
+        source: opts.source_name.clone(),
+        seq: parent.map_or(1, |p| p.manifest.seq + 1),
+        created: now_rfc3339(),
+        size,
+        block_size: vol.block_size,
+        checksum: checksum::to_hex(&sum),
+        snapshot: snap.name().to_string(),
+        previous: parent.map(|p| p.id.clone()),
+    };
+    let bytes = manifest.encode();
+    let id = checksum::to_hex(&Manifest::id_of(&bytes));
+    (Revision { id, manifest }, bytes)
+}
+
+/// The commit point: the manifest appears under its id.
+fn commit_manifest(vol: &VolumeDir, rev: &Revision, bytes: &[u8]) -> Result<()> {
+    fsync_dir(&vol.data_dir())?;
+    write_atomic(&vol.manifest_path(&rev.id), bytes)
+}
+
+/// After the commit: record `newest`'s snapshot as the only one kept, remove
+/// the snapshots of older revisions, and drop the intent record.
+pub(super) fn finish(
+    vol: &VolumeDir,
+    image: &dyn SourceImage,
+    newest: &Revision,
+) -> Result<()> {
+    let revisions = vol.revisions()?;
+    let mut state = VolumeState::load(&vol.state_path())?;
+    for r in &revisions {
+        let entry = state.revisions.entry(r.id.clone()).or_default();
+        entry.snapshot = (r.id == newest.id).then(|| r.manifest.snapshot.clone());
+    }
+    state.save(&vol.state_path())?;
+    let present = image.snapshot_names()?;
+    for r in revisions.iter().filter(|r| r.id != newest.id) {
+        if present.contains(&r.manifest.snapshot) {
+            if let Err(e) = image.remove_snapshot(&r.manifest.snapshot) {
+                tracing::warn!("could not remove old snapshot {}: {e}", r.manifest.snapshot);
+            }
+        }
+    }
+    vol.clear_pending()
+}
+
+/// Finishes or undoes a backup that was interrupted (found by its
+/// `pending.json`). Call with the volume locked exclusively.
+pub fn recover(vol: &VolumeDir, image: &dyn SourceImage) -> Result<()> {
+    let Some(pending) = vol.read_pending()? else {
+        vol.clear_tmp()?;
+        return Ok(());
+    };
+    let revisions = vol.revisions()?;
+    match revisions.iter().find(|r| r.manifest.snapshot == pending.snapshot) {
+        Some(committed) => {
+            tracing::info!("finishing interrupted backup of revision {}", committed.short());
+            finish(vol, image, committed)?;
+        }
+        None => {
+            tracing::info!("undoing interrupted backup (snapshot {})", pending.snapshot);
+            image.remove_snapshot(&pending.snapshot)?;
+            remove_orphan_data(vol, &revisions)?;
+            vol.clear_pending()?;
+        }
+    }
+    vol.clear_tmp()
+}
+
+/// Removes data files that belong to no committed revision.
+fn remove_orphan_data(vol: &VolumeDir, revisions: &[Revision]) -> Result<()> {
+    let dir = vol.data_dir();
+    for entry in std::fs::read_dir(&dir).at(&dir)? {
+        let path = entry.at(&dir)?.path();
+        let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        if !revisions.iter().any(|r| r.id == id) {
+            std::fs::remove_file(&path).at(&path)?;
+        }
+    }
+    fsync_dir(&dir)
+}

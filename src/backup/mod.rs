@@ -1,0 +1,250 @@
+//! One backup of one volume: snapshot, find what changed, store it as a full
+//! or a delta, and commit a new revision crash-safely.
+//!
+//! Commit order (docs/FORMAT.md, "Writing a revision"): `pending.json` names
+//! the snapshot before it is created; data files are written in `tmp/`,
+//! fsynced and renamed into `data/`; the manifest is written last and is the
+//! commit point; then the state file records the new snapshot, the previous
+//! snapshot is removed and `pending.json` goes. A backup that dies anywhere
+//! leaves older revisions untouched, and the next backup finishes or undoes
+//! the interrupted one ([`recover`]).
+
+mod commit;
+pub mod pipeline;
+pub mod plan;
+mod writers;
+
+use std::time::Instant;
+
+use crate::archive::lock::LockMode;
+use crate::archive::oplog::{self, LogRecord};
+use crate::archive::state::{Trust, VolumeState};
+use crate::archive::{now_rfc3339, Pending, Revision, VolumeDir};
+use crate::chain::Chain;
+use crate::error::Result;
+use crate::progress::Progress;
+use crate::source::SourceImage;
+
+pub use commit::recover;
+
+/// Prefix of every snapshot rbdelta creates; others are never touched.
+pub const SNAPSHOT_PREFIX: &str = "rbdelta-";
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Force a full even when a delta is possible.
+    pub full: bool,
+    /// Ask the source for whole-object diffs (faster, coarser).
+    pub whole_object: bool,
+    /// Reads in flight.
+    pub depth: usize,
+    /// `pool/image`, recorded in the manifest.
+    pub source_name: String,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            full: false,
+            whole_object: false,
+            depth: 8,
+            source_name: String::new(),
+        }
+    }
+}
+
+/// How the backup found its blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// First backup, `--full`, or no usable parent.
+    Full,
+    /// Diff against the parent's snapshot.
+    Diff { base_snapshot: String },
+    /// The parent's snapshot is gone: read everything, store blocks whose
+    /// checksum differs from the parent.
+    Compare { reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    pub revision: Revision,
+    pub mode: Mode,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub duration: std::time::Duration,
+}
+
+impl BackupReport {
+    pub fn kind(&self) -> &'static str {
+        match self.mode {
+            Mode::Full => "full",
+            _ => "delta",
+        }
+    }
+}
+
+/// Backs up `image` into `vol`. Takes the volume lock exclusively.
+pub fn backup(
+    vol: &VolumeDir,
+    image: &dyn SourceImage,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupReport> {
+    let _lock = vol.lock(LockMode::Exclusive)?;
+    let started = Instant::now();
+    oplog::append(
+        &vol.log_path(),
+        &LogRecord {
+            time: now_rfc3339(),
+            op: "backup".into(),
+            event: "start".into(),
+            ..Default::default()
+        },
+    )?;
+    let result = backup_locked(vol, image, opts, progress);
+    let mut end = LogRecord {
+        time: now_rfc3339(),
+        op: "backup".into(),
+        event: "end".into(),
+        duration_ms: Some(started.elapsed().as_millis() as u64),
+        ..Default::default()
+    };
+    match &result {
+        Ok(r) => {
+            end.outcome = Some("ok".into());
+            end.revision = Some(r.revision.id.clone());
+            end.kind = Some(r.kind().into());
+            end.bytes_read = Some(r.bytes_read);
+            end.bytes_written = Some(r.bytes_written);
+            if let Mode::Compare { reason } = &r.mode {
+                end.detail = Some(reason.clone());
+            }
+        }
+        Err(e) => {
+            end.outcome = Some("error".into());
+            end.error = Some(e.to_string());
+        }
+    }
+    oplog::append(&vol.log_path(), &end)?;
+    result
+}
+
+fn backup_locked(
+    vol: &VolumeDir,
+    image: &dyn SourceImage,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupReport> {
+    let started = Instant::now();
+    recover(vol, image)?;
+    let revisions = vol.revisions()?;
+    let state = VolumeState::load(&vol.state_path())?;
+    let parent = revisions.last().cloned();
+    let mode = choose_mode(image, parent.as_ref(), &state, opts)?;
+    if let Mode::Compare { reason } = &mode {
+        tracing::warn!(volume = %vol.name, "{reason}");
+    }
+    let snapshot = new_snapshot_name();
+    vol.write_pending(&Pending {
+        snapshot: snapshot.clone(),
+        started: now_rfc3339(),
+    })?;
+    let snap = match image.create_snapshot(&snapshot) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = image.remove_snapshot(&snapshot);
+            vol.clear_pending()?;
+            return Err(e);
+        }
+    };
+    let parent_chain = match (&parent, &mode) {
+        (Some(p), Mode::Diff { .. } | Mode::Compare { .. }) => Some(Chain::open(vol, p)?),
+        _ => None,
+    };
+    let written = commit::write_revision(
+        vol,
+        snap.as_ref(),
+        parent.as_ref(),
+        parent_chain.as_ref(),
+        &mode,
+        opts,
+        progress,
+    );
+    drop(snap);
+    let (revision, bytes_read, bytes_written) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            // Nothing was committed: undo the snapshot and the intent.
+            if let Err(e2) = image.remove_snapshot(&snapshot) {
+                tracing::warn!("could not remove snapshot {snapshot}: {e2}");
+            }
+            vol.clear_pending()?;
+            return Err(e);
+        }
+    };
+    commit::finish(vol, image, &revision)?;
+    Ok(BackupReport {
+        revision,
+        mode,
+        bytes_read,
+        bytes_written,
+        duration: started.elapsed(),
+    })
+}
+
+fn choose_mode(
+    image: &dyn SourceImage,
+    parent: Option<&Revision>,
+    state: &VolumeState,
+    opts: &BackupOptions,
+) -> Result<Mode> {
+    let Some(parent) = parent else {
+        return Ok(Mode::Full);
+    };
+    if opts.full {
+        return Ok(Mode::Full);
+    }
+    let pstate = state.get(&parent.id);
+    if let Trust::Distrusted { reason } = &pstate.trust {
+        tracing::warn!("revision {} is distrusted ({reason}): writing a full", parent.short());
+        return Ok(Mode::Full);
+    }
+    let Some(base) = pstate.snapshot else {
+        return Ok(Mode::Compare {
+            reason: format!(
+                "revision {} has no snapshot recorded: comparing checksums of the whole image",
+                parent.short()
+            ),
+        });
+    };
+    if image.open_snapshot(&base)?.is_none() {
+        return Ok(Mode::Compare {
+            reason: format!(
+                "base snapshot {base} of revision {} is gone: comparing checksums of the whole image",
+                parent.short()
+            ),
+        });
+    }
+    Ok(Mode::Diff {
+        base_snapshot: base,
+    })
+}
+
+/// `rbdelta-<UTC time>-<random>`: unique, sortable, recognisable.
+pub fn new_snapshot_name() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        now.year(),
+        now.month() as u8,
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let mut h = blake3::Hasher::new();
+    h.update(&now.unix_timestamp_nanos().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    let r = h.finalize();
+    format!("{SNAPSHOT_PREFIX}{stamp}-{}", &r.to_hex()[..8])
+}

@@ -1,0 +1,113 @@
+//! The backup data path: pipelined reads from the source, block hashing, and
+//! sequential writes on a separate thread, with bounded memory.
+//!
+//! The source keeps up to `depth` reads in flight (librbd AIO); this thread
+//! hashes each block as reads complete in order, and a writer thread stores
+//! the blocks. A bounded channel between them caps memory at about
+//! `(depth + QUEUE) × MAX_READ` bytes whatever the image size.
+
+use crossbeam_channel::bounded;
+
+use super::plan::MAX_READ;
+use crate::checksum::{block_hash, is_zero, Hash};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::source::{Extent, SourceSnapshot};
+
+/// Chunks queued between hashing and writing.
+const QUEUE: usize = 4;
+
+/// What the hashing stage learned about one block of a chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockInfo {
+    pub block: u64,
+    /// Offset of the block within the chunk's data.
+    pub at: usize,
+    pub len: usize,
+    pub hash: Hash,
+    pub zero: bool,
+    /// Whether the block is to be stored (the checksum-compare fallback drops
+    /// unchanged ones).
+    pub keep: bool,
+}
+
+/// A read extent and its blocks.
+pub struct Chunk {
+    pub extent: Extent,
+    pub data: Vec<u8>,
+    pub blocks: Vec<BlockInfo>,
+}
+
+/// Where blocks go: a full file or a delta.
+pub trait BlockWriter: Send {
+    fn put_chunk(&mut self, chunk: &Chunk) -> Result<()>;
+}
+
+/// Byte counts of one copy.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CopyStats {
+    pub bytes_read: u64,
+    pub blocks_kept: u64,
+}
+
+/// Reads `reads` (block-aligned, each at most [`MAX_READ`]) and hands every
+/// block to `writer`. `keep(block, hash, zero)` decides whether a block is
+/// stored; it is called in block order.
+pub fn copy_blocks(
+    snap: &dyn SourceSnapshot,
+    reads: &[Extent],
+    depth: usize,
+    block_size: u64,
+    writer: &mut dyn BlockWriter,
+    keep: &mut dyn FnMut(u64, &Hash, bool) -> Result<bool>,
+    progress: &dyn Progress,
+) -> Result<CopyStats> {
+    let (tx, rx) = bounded::<Chunk>(QUEUE);
+    let mut stats = CopyStats::default();
+    std::thread::scope(|scope| {
+        let writer_thread = scope.spawn(move || -> Result<()> {
+            for chunk in rx {
+                writer.put_chunk(&chunk)?;
+            }
+            Ok(())
+        });
+        let read_result = snap.read_extents(reads, depth, &mut |extent, data| {
+            debug_assert!(extent.len <= MAX_READ);
+            if data.len() as u64 != extent.len || extent.offset % block_size != 0 {
+                return Err(Error::Invalid(format!(
+                    "source returned {} bytes for {extent:?}",
+                    data.len()
+                )));
+            }
+            let mut blocks = Vec::with_capacity(data.len().div_ceil(block_size as usize));
+            for (i, piece) in data.chunks(block_size as usize).enumerate() {
+                let block = extent.offset / block_size + i as u64;
+                let zero = is_zero(piece);
+                let hash = block_hash(piece);
+                let kept = keep(block, &hash, zero)?;
+                stats.blocks_kept += kept as u64;
+                blocks.push(BlockInfo {
+                    block,
+                    at: i * block_size as usize,
+                    len: piece.len(),
+                    hash,
+                    zero,
+                    keep: kept,
+                });
+            }
+            stats.bytes_read += extent.len;
+            progress.advance(extent.len);
+            tx.send(Chunk {
+                extent,
+                data,
+                blocks,
+            })
+            .map_err(|_| Error::Invalid("backup writer stopped".into()))
+        });
+        drop(tx);
+        let write_result = writer_thread.join().expect("writer thread panicked");
+        // A writer error is the root cause when both failed.
+        write_result.and(read_result)
+    })?;
+    Ok(stats)
+}

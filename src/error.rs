@@ -1,0 +1,76 @@
+//! The library's error type and its policy.
+//!
+//! Policy: library code returns [`Error`], a typed error whose variants say
+//! what went wrong in terms an operator can act on; the binary wraps it with
+//! `anyhow` context and prints one line. Every variant answers
+//! [`Error::is_transient`]: whether retrying the same operation later can
+//! help (the scheduler retries only those). Nothing in the library panics on
+//! bad input: corrupt files, bad config and cluster failures are all errors.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error on a local file, with the path it concerns.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A librados/librbd call failed.
+    #[error("ceph: {op}: {msg} (errno {errno})")]
+    Ceph { op: String, errno: i32, msg: String },
+    /// The configuration file is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// Archive content does not match what was written (checksum, magic, size).
+    #[error("corrupt archive: {0}")]
+    Corrupt(String),
+    /// The archive is held by another process.
+    #[error("{0}")]
+    Locked(String),
+    /// The caller asked for something that does not exist or is refused.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether retrying later may succeed (timeouts, busy locks, cluster
+    /// hiccups, a full disk that someone may clean up).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC | libc::EAGAIN | libc::EINTR | libc::EIO | libc::EDQUOT)
+            ),
+            Error::Ceph { errno, .. } => matches!(
+                *errno,
+                libc::ETIMEDOUT | libc::EAGAIN | libc::EBUSY | libc::ENOTCONN | libc::ESHUTDOWN
+                    | libc::ECONNREFUSED | libc::EIO | libc::EINTR
+            ),
+            Error::Locked(_) => true,
+            Error::Config(_) | Error::Corrupt(_) | Error::Invalid(_) => false,
+        }
+    }
+}
+
+/// Adds the path to an `io::Result`.
+pub trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

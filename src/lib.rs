@@ -1,0 +1,20 @@
+//! rbdelta: incremental, verifiable backups of Ceph RBD images.
+//!
+//! The library holds all logic; the `rbdelta` binary is a thin shell over it.
+//! Reading order: [`source`] (what a backup reads from), [`format`] (what is
+//! written), [`archive`] (where and how crash-safely), [`chain`] (how a
+//! revision's blocks are found), then the operations [`backup`],
+//! [`restore`] and [`verify`].
+
+pub mod archive;
+pub mod backup;
+// pub mod ceph;
+pub mod chain;
+pub mod checksum;
+// pub mod config;
+pub mod error;
+pub mod format;
+pub mod progress;
+pub mod restore;
+pub mod source;
+pub mod verify;

@@ -1,0 +1,77 @@
+//! Restoring into a sparse raw file: written under a temporary name in the
+//! destination directory and renamed into place only once complete and
+//! fsynced, so a failed restore never leaves a half file under the real name.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::RestoreTarget;
+use crate::archive::atomic::TempFile;
+use crate::error::{Error, IoContext, Result};
+
+pub struct FileTarget {
+    tmp: TempFile,
+    dest: PathBuf,
+    size: u64,
+}
+
+impl FileTarget {
+    /// Prepares a restore of `size` bytes into `dest`. Refuses an existing
+    /// `dest` unless `force`.
+    pub fn create(dest: &Path, size: u64, force: bool) -> Result<FileTarget> {
+        if dest.exists() && !force {
+            return Err(Error::Invalid(format!(
+                "{} already exists (use --force to replace it)",
+                dest.display()
+            )));
+        }
+        if dest.is_dir() {
+            return Err(Error::Invalid(format!("{} is a directory", dest.display())));
+        }
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let stem = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("restore");
+        let tmp = TempFile::new_in(dir, stem)?;
+        Ok(FileTarget {
+            tmp,
+            dest: dest.to_path_buf(),
+            size,
+        })
+    }
+}
+
+impl RestoreTarget for FileTarget {
+    fn is_fresh(&self) -> bool {
+        true
+    }
+
+    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
+        self.tmp
+            .file
+            .write_all_at(&data, offset)
+            .at(&self.tmp.path)
+    }
+
+    fn zero(&mut self, _offset: u64, _len: u64) -> Result<()> {
+        Ok(()) // a new file reads as zeros
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        let this = *self;
+        this.tmp.file.set_len(this.size).at(&this.tmp.path)?;
+        this.tmp.persist(&this.dest)
+    }
+
+    fn abort(self: Box<Self>) {
+        // Dropping the TempFile removes it.
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.dest.display())
+    }
+}

@@ -1,0 +1,179 @@
+//! Restoring a revision into a new image or file.
+//!
+//! A reader thread resolves and verifies blocks ([`reader`]); this thread
+//! writes them to the target. Memory is bounded by the queue between them.
+//! The image checksum of what was written is compared with the manifest's;
+//! a mismatch fails the restore (unless the caller allowed known-bad
+//! blocks, which then get reported instead).
+
+pub mod file_target;
+pub mod reader;
+
+use std::ops::Range;
+use std::time::Instant;
+
+use crossbeam_channel::bounded;
+
+use crate::archive::lock::LockMode;
+use crate::archive::oplog::{self, LogRecord};
+use crate::archive::{now_rfc3339, Revision, VolumeDir};
+use crate::chain::Chain;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use reader::{read_blocks, Piece};
+
+/// Where a restore writes.
+pub trait RestoreTarget: Send {
+    /// True when the target reads as zeros before any write (a new image or
+    /// file); otherwise zero ranges are sent too.
+    fn is_fresh(&self) -> bool;
+    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<()>;
+    /// Makes `[offset, offset + len)` read as zeros.
+    fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
+    /// Completes the target durably.
+    fn finish(self: Box<Self>) -> Result<()>;
+    /// Removes what a failed restore created.
+    fn abort(self: Box<Self>);
+    /// Human-readable name for logs.
+    fn describe(&self) -> String;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Restore despite corrupt blocks, writing zeros there.
+    pub allow_inconsistent: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub revision: Revision,
+    pub size: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Ranges written as zeros because their data was corrupt.
+    pub bad: Vec<Range<u64>>,
+    pub duration: std::time::Duration,
+}
+
+const QUEUE: usize = 8;
+
+/// Restores `rev` of `vol` into `target`. Takes a shared volume lock.
+pub fn restore(
+    vol: &VolumeDir,
+    rev: &Revision,
+    target: Box<dyn RestoreTarget>,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let _lock = vol.lock(LockMode::Shared)?;
+    let started = Instant::now();
+    let describe = target.describe();
+    let log = |rec: LogRecord| oplog::append(&vol.log_path(), &rec);
+    log(LogRecord {
+        time: now_rfc3339(),
+        op: "restore".into(),
+        event: "start".into(),
+        revision: Some(rev.id.clone()),
+        detail: Some(describe.clone()),
+        ..Default::default()
+    })?;
+    let result = run(vol, rev, target, opts, progress, started);
+    let mut end = LogRecord {
+        time: now_rfc3339(),
+        op: "restore".into(),
+        event: "end".into(),
+        revision: Some(rev.id.clone()),
+        detail: Some(describe),
+        duration_ms: Some(started.elapsed().as_millis() as u64),
+        ..Default::default()
+    };
+    match &result {
+        Ok(r) => {
+            end.outcome = Some(if r.bad.is_empty() { "ok" } else { "inconsistent" }.into());
+            end.bytes_read = Some(r.bytes_read);
+            end.bytes_written = Some(r.bytes_written);
+        }
+        Err(e) => {
+            end.outcome = Some("error".into());
+            end.error = Some(e.to_string());
+        }
+    }
+    log(end)?;
+    result
+}
+
+fn run(
+    vol: &VolumeDir,
+    rev: &Revision,
+    mut target: Box<dyn RestoreTarget>,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    started: Instant,
+) -> Result<RestoreReport> {
+    let chain = match Chain::open(vol, rev) {
+        Ok(c) => c,
+        Err(e) => {
+            target.abort();
+            return Err(e);
+        }
+    };
+    let send_zeros = !target.is_fresh();
+    let (tx, rx) = bounded::<Piece>(QUEUE);
+    progress.begin("restore", chain.size());
+    let mut written = 0u64;
+    let (read, write) = std::thread::scope(|scope| {
+        let chain = &chain;
+        let reader = scope.spawn(move || {
+            read_blocks(chain, opts.allow_inconsistent, send_zeros, &mut |p| {
+                tx.send(p)
+                    .map_err(|_| Error::Invalid("restore writer stopped".into()))
+            })
+        });
+        let mut write = Ok(());
+        let mut done = 0u64;
+        for piece in rx.iter() {
+            let (end, r) = match piece {
+                Piece::Data { offset, data } => {
+                    let end = offset + data.len() as u64;
+                    written += data.len() as u64;
+                    (end, target.write(offset, data))
+                }
+                Piece::Zero { offset, len } => (offset + len, target.zero(offset, len)),
+            };
+            if let Err(e) = r {
+                write = Err(e);
+                break;
+            }
+            progress.advance(end.saturating_sub(done));
+            done = done.max(end);
+        }
+        drop(rx);
+        (reader.join().expect("restore reader panicked"), write)
+    });
+    progress.end();
+    let outcome = match (write, read) {
+        (Err(e), _) | (Ok(()), Err(e)) => {
+            target.abort();
+            return Err(e);
+        }
+        (Ok(()), Ok(o)) => o,
+    };
+    if outcome.bad.is_empty() && outcome.checksum != rev.manifest.checksum_bytes() {
+        target.abort();
+        return Err(Error::Corrupt(format!(
+            "revision {}: restored content has checksum {} but the manifest says {}",
+            rev.id,
+            crate::checksum::to_hex(&outcome.checksum),
+            rev.manifest.checksum
+        )));
+    }
+    target.finish()?;
+    Ok(RestoreReport {
+        revision: rev.clone(),
+        size: chain.size(),
+        bytes_read: outcome.bytes_read,
+        bytes_written: written,
+        bad: outcome.bad,
+        duration: started.elapsed(),
+    })
+}

@@ -1,0 +1,233 @@
+//! Reads a revision's blocks from the archive in image order, verifying each
+//! block's hash, and turns them into write pieces for a restore target.
+//!
+//! Contiguous blocks stored contiguously in the same file are read with one
+//! `pread` (up to 4 MiB); each byte is read once; zero blocks are never read.
+
+use std::ops::Range;
+
+use crate::chain::{Chain, Resolved, Source};
+use crate::checksum::{block_hash, Hash, ImageChecksum};
+use crate::error::{Error, Result};
+use crate::format::index::BlockEntry;
+
+/// Largest read from an archive file and largest write piece.
+pub const MAX_CHUNK: usize = 4 << 20;
+
+/// What the target receives.
+#[derive(Debug)]
+pub enum Piece {
+    /// Non-zero data at an image offset.
+    Data { offset: u64, data: Vec<u8> },
+    /// A zero range (sent only to targets that are not freshly zeroed).
+    Zero { offset: u64, len: u64 },
+}
+
+/// Outcome of reading all blocks.
+#[derive(Debug)]
+pub struct ReadOutcome {
+    /// Image checksum over the bytes handed out.
+    pub checksum: Hash,
+    /// Image byte ranges whose stored data failed its hash (written as zeros).
+    pub bad: Vec<Range<u64>>,
+    /// Bytes read from archive files.
+    pub bytes_read: u64,
+}
+
+/// Streams `chain`'s target through `emit`. A bad block is an error naming
+/// revision and range unless `allow_bad`, then it is written as zeros.
+pub fn read_blocks(
+    chain: &Chain,
+    allow_bad: bool,
+    send_zeros: bool,
+    emit: &mut dyn FnMut(Piece) -> Result<()>,
+) -> Result<ReadOutcome> {
+    let mut w = Coalescer {
+        emit,
+        send_zeros,
+        data: None,
+        zeros: None,
+    };
+    let mut rd = Reader {
+        chain,
+        allow_bad,
+        sum: ImageChecksum::new(chain.size(), chain.block_size),
+        bad: Vec::new(),
+        bytes_read: 0,
+        buf: Vec::new(),
+        group: Vec::new(),
+    };
+    for r in chain.blocks() {
+        match stored(&r) {
+            Some((link, e)) => {
+                if !rd.joins(link, &e) {
+                    rd.flush_group(&mut w)?;
+                }
+                rd.group.push(r);
+            }
+            None => {
+                rd.flush_group(&mut w)?;
+                rd.zero_block(&mut w, &r)?;
+            }
+        }
+    }
+    rd.flush_group(&mut w)?;
+    w.flush()?;
+    Ok(ReadOutcome {
+        checksum: rd.sum.finish(),
+        bad: rd.bad,
+        bytes_read: rd.bytes_read,
+    })
+}
+
+/// The stored, non-zero entry behind a resolved block.
+fn stored(r: &Resolved) -> Option<(usize, BlockEntry)> {
+    match r.source {
+        Source::Stored { link, entry } if !entry.zero => Some((link, entry)),
+        _ => None,
+    }
+}
+
+struct Reader<'c> {
+    chain: &'c Chain,
+    allow_bad: bool,
+    sum: ImageChecksum,
+    bad: Vec<Range<u64>>,
+    bytes_read: u64,
+    buf: Vec<u8>,
+    /// Blocks stored back to back in one file, read together.
+    group: Vec<Resolved>,
+}
+
+impl Reader<'_> {
+    fn joins(&self, link: usize, e: &BlockEntry) -> bool {
+        let (Some(first), Some(last)) = (self.group.first(), self.group.last()) else {
+            return false;
+        };
+        let (fl, fe) = stored(first).expect("groups hold stored blocks");
+        let (_, le) = stored(last).expect("groups hold stored blocks");
+        fl == link
+            && le.offset + le.len as u64 == e.offset
+            && e.offset + e.len as u64 - fe.offset <= MAX_CHUNK as u64
+    }
+
+    fn flush_group(&mut self, w: &mut Coalescer) -> Result<()> {
+        let Some(first) = self.group.first() else {
+            return Ok(());
+        };
+        let (link, fe) = stored(first).expect("stored");
+        let (_, le) = stored(self.group.last().unwrap()).expect("stored");
+        let span = BlockEntry {
+            len: (le.offset + le.len as u64 - fe.offset) as u32,
+            ..fe
+        };
+        let mut buf = std::mem::take(&mut self.buf);
+        self.chain.read_entry(link, &span, &mut buf)?;
+        self.bytes_read += span.len as u64;
+        let group = std::mem::take(&mut self.group);
+        let mut at = 0usize;
+        for r in &group {
+            let (_, e) = stored(r).expect("stored");
+            let d = &buf[at..at + e.len as usize];
+            at += e.len as usize;
+            self.data_block(w, r, link, &e, d)?;
+        }
+        self.group = group;
+        self.group.clear();
+        self.buf = buf;
+        Ok(())
+    }
+
+    fn data_block(
+        &mut self,
+        w: &mut Coalescer,
+        r: &Resolved,
+        link: usize,
+        e: &BlockEntry,
+        d: &[u8],
+    ) -> Result<()> {
+        let offset = r.block * self.chain.block_size;
+        let got = block_hash(d);
+        if got == e.hash && d.len() as u64 == r.len {
+            self.sum.push(r.block, &got);
+            return w.data(offset, d);
+        }
+        let l = &self.chain.links[link];
+        if !self.allow_bad {
+            return Err(Error::Corrupt(format!(
+                "revision {}: bytes {offset}..{} (block {}) fail their checksum in {}",
+                l.revision.id,
+                offset + r.len,
+                r.block,
+                l.path.display()
+            )));
+        }
+        self.bad.push(offset..offset + r.len);
+        self.zero_block(w, r)
+    }
+
+    fn zero_block(&mut self, w: &mut Coalescer, r: &Resolved) -> Result<()> {
+        self.sum
+            .push(r.block, &self.chain.zero_hashes().for_len(r.len));
+        w.zero(r.block * self.chain.block_size, r.len)
+    }
+}
+
+/// Merges adjacent data (and zero) ranges into pieces of up to [`MAX_CHUNK`].
+struct Coalescer<'e> {
+    emit: &'e mut dyn FnMut(Piece) -> Result<()>,
+    send_zeros: bool,
+    data: Option<(u64, Vec<u8>)>,
+    zeros: Option<(u64, u64)>,
+}
+
+impl Coalescer<'_> {
+    fn data(&mut self, offset: u64, d: &[u8]) -> Result<()> {
+        self.flush_zeros()?;
+        if let Some((start, v)) = &mut self.data {
+            if *start + v.len() as u64 == offset && v.len() + d.len() <= MAX_CHUNK {
+                v.extend_from_slice(d);
+                return Ok(());
+            }
+        }
+        self.flush_data()?;
+        let mut v = Vec::with_capacity(MAX_CHUNK.min(d.len() * 64));
+        v.extend_from_slice(d);
+        self.data = Some((offset, v));
+        Ok(())
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.flush_data()?;
+        if !self.send_zeros {
+            return Ok(());
+        }
+        match &mut self.zeros {
+            Some((start, l)) if *start + *l == offset => *l += len,
+            _ => {
+                self.flush_zeros()?;
+                self.zeros = Some((offset, len));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_data(&mut self) -> Result<()> {
+        match self.data.take() {
+            Some((offset, data)) => (self.emit)(Piece::Data { offset, data }),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_zeros(&mut self) -> Result<()> {
+        match self.zeros.take() {
+            Some((offset, len)) => (self.emit)(Piece::Zero { offset, len }),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.flush_data()?;
+        self.flush_zeros()
+    }
+}
