@@ -85,7 +85,11 @@ impl ImageChecksum {
     }
 
     pub fn finish(self) -> Hash {
-        debug_assert_eq!(self.next_block, self.blocks(), "image checksum missing blocks");
+        debug_assert_eq!(
+            self.next_block,
+            self.blocks(),
+            "image checksum missing blocks"
+        );
         *self.hasher.finalize().as_bytes()
     }
 }

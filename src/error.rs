@@ -55,8 +55,14 @@ impl Error {
             ),
             Error::Ceph { errno, .. } => matches!(
                 *errno,
-                libc::ETIMEDOUT | libc::EAGAIN | libc::EBUSY | libc::ENOTCONN | libc::ESHUTDOWN
-                    | libc::ECONNREFUSED | libc::EIO | libc::EINTR
+                libc::ETIMEDOUT
+                    | libc::EAGAIN
+                    | libc::EBUSY
+                    | libc::ENOTCONN
+                    | libc::ESHUTDOWN
+                    | libc::ECONNREFUSED
+                    | libc::EIO
+                    | libc::EINTR
             ),
             Error::Locked(_) => true,
             Error::Config(_) | Error::Corrupt(_) | Error::Invalid(_) => false,

@@ -8,10 +8,10 @@
 
 pub mod archive;
 pub mod backup;
-// pub mod ceph;
+pub mod ceph;
 pub mod chain;
 pub mod checksum;
-// pub mod config;
+pub mod config;
 pub mod error;
 pub mod format;
 pub mod progress;

@@ -36,7 +36,11 @@ pub struct Problem {
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.range {
-            Some((a, b)) => write!(f, "revision {}: bytes {a}..{b}: {}", self.revision, self.what),
+            Some((a, b)) => write!(
+                f,
+                "revision {}: bytes {a}..{b}: {}",
+                self.revision, self.what
+            ),
             None => write!(f, "revision {}: {}", self.revision, self.what),
         }
     }
@@ -74,7 +78,11 @@ pub fn verify(
         }
         Ok(r) => {
             rec.outcome = Some("error".into());
-            rec.error = Some(format!("{} problem(s); first: {}", r.problems.len(), r.problems[0]));
+            rec.error = Some(format!(
+                "{} problem(s); first: {}",
+                r.problems.len(),
+                r.problems[0]
+            ));
         }
         Err(e) => {
             rec.outcome = Some("error".into());
@@ -113,10 +121,7 @@ fn verify_locked(
             }),
         }
     }
-    let total: u64 = needed
-        .iter()
-        .filter_map(|id| data_len(vol, id))
-        .sum();
+    let total: u64 = needed.iter().filter_map(|id| data_len(vol, id)).sum();
     progress.begin("verify", total);
     for id in &needed {
         match check_data(vol, id, progress) {

@@ -48,7 +48,14 @@ fn restore_bytes(f: &Fixture, id: &str) -> Vec<u8> {
     let rev = f.vol.find_revision(id).unwrap();
     let out = f.root.parent().unwrap().join(format!("out-{id}"));
     let target = FileTarget::create(&out, rev.manifest.size, true).unwrap();
-    restore(&f.vol, &rev, Box::new(target), &RestoreOptions::default(), &NoProgress).unwrap();
+    restore(
+        &f.vol,
+        &rev,
+        Box::new(target),
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
     std::fs::read(&out).unwrap()
 }
 
@@ -128,7 +135,10 @@ fn incremental_stores_only_changed_blocks_and_keeps_one_snapshot() {
     let r2 = backup(&f.vol, &f.image, &opts(), &NoProgress).unwrap();
     assert!(matches!(r2.mode, Mode::Diff { .. }));
     assert_eq!(r2.bytes_written, BS, "one block changed");
-    assert_eq!(r2.revision.manifest.previous.as_deref(), Some(r1.revision.id.as_str()));
+    assert_eq!(
+        r2.revision.manifest.previous.as_deref(),
+        Some(r1.revision.id.as_str())
+    );
     let snaps = f.image.snapshot_names().unwrap();
     assert_eq!(snaps, vec![r2.revision.manifest.snapshot.clone()]);
     assert_eq!(restore_bytes(&f, &r2.revision.id), live(&f));
@@ -140,19 +150,32 @@ fn missing_base_snapshot_falls_back_to_checksum_compare() {
     resize(&f.image, 300_000).unwrap();
     write_at(&f.image, 0, &[7u8; 200_000]).unwrap();
     let r1 = backup(&f.vol, &f.image, &opts(), &NoProgress).unwrap();
-    f.image.remove_snapshot(&r1.revision.manifest.snapshot).unwrap();
+    f.image
+        .remove_snapshot(&r1.revision.manifest.snapshot)
+        .unwrap();
     write_at(&f.image, 10_000, &[0u8; 50_000]).unwrap();
     write_at(&f.image, 250_000, &[9u8; 10]).unwrap();
     let r2 = backup(&f.vol, &f.image, &opts(), &NoProgress).unwrap();
     assert!(matches!(r2.mode, Mode::Compare { .. }), "{:?}", r2.mode);
-    assert_eq!(r2.bytes_written, 3 * BS, "two partly zeroed blocks and one written block");
+    assert_eq!(
+        r2.bytes_written,
+        3 * BS,
+        "two partly zeroed blocks and one written block"
+    );
     assert_eq!(restore_bytes(&f, &r2.revision.id), live(&f));
-    assert!(verify(&f.vol, None, &NoProgress).unwrap().problems.is_empty());
+    assert!(verify(&f.vol, None, &NoProgress)
+        .unwrap()
+        .problems
+        .is_empty());
 }
 
 fn flip_byte(path: &Path, at: u64) {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8];
     file.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 0x40;
@@ -173,16 +196,40 @@ fn flipped_bytes_are_found_and_named() {
     flip_byte(&delta, rbdelta::format::DELTA_DATA_START + 10);
     let report = verify(&f.vol, None, &NoProgress).unwrap();
     let msgs: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
-    assert!(msgs.iter().any(|m| m.contains(&r1.revision.id) && m.contains("bytes 8192..12288")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.contains(&r2.revision.id) && m.contains("bytes 16384..20480")), "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains(&r1.revision.id) && m.contains("bytes 8192..12288")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains(&r2.revision.id) && m.contains("bytes 16384..20480")),
+        "{msgs:?}"
+    );
     // restore refuses, names the range; --allow-inconsistent zeroes it
     let out = f.root.parent().unwrap().join("bad");
     let t = FileTarget::create(&out, 200_000, false).unwrap();
-    let err = restore(&f.vol, &r2.revision, Box::new(t), &RestoreOptions::default(), &NoProgress).unwrap_err();
+    let err = restore(
+        &f.vol,
+        &r2.revision,
+        Box::new(t),
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("bytes 8192..12288"), "{err}");
     assert!(!out.exists(), "failed restore leaves no file");
     let t = FileTarget::create(&out, 200_000, false).unwrap();
-    let rep = restore(&f.vol, &r2.revision, Box::new(t), &RestoreOptions { allow_inconsistent: true }, &NoProgress).unwrap();
+    let rep = restore(
+        &f.vol,
+        &r2.revision,
+        Box::new(t),
+        &RestoreOptions {
+            allow_inconsistent: true,
+        },
+        &NoProgress,
+    )
+    .unwrap();
     assert_eq!(rep.bad, vec![8192..12288, 16384..20480]);
 }
 

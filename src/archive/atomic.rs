@@ -30,7 +30,10 @@ pub fn create_dir_private(dir: &Path) -> Result<()> {
 /// Writes `bytes` to `dest` atomically and durably.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp = TempFile::new_in(dir, dest.file_name().and_then(|n| n.to_str()).unwrap_or("f"))?;
+    let mut tmp = TempFile::new_in(
+        dir,
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
+    )?;
     tmp.file.write_all(bytes).at(&tmp.path)?;
     tmp.persist(dest)
 }

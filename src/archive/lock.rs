@@ -68,7 +68,9 @@ mod tests {
         let p = dir.path().join("lock");
         let a = VolumeLock::acquire(&p, "v", LockMode::Shared).unwrap();
         let _b = VolumeLock::acquire(&p, "v", LockMode::Shared).unwrap();
-        let err = VolumeLock::acquire(&p, "v", LockMode::Exclusive).err().unwrap();
+        let err = VolumeLock::acquire(&p, "v", LockMode::Exclusive)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("locked"), "{err}");
         drop(a);
         drop(_b);

@@ -27,6 +27,9 @@ pub struct VolumeHeader {
     pub format: String,
     pub version: u32,
     pub volume: String,
+    /// Random id of this volume archive; its first 12 hex digits tag the
+    /// volume's Ceph snapshots.
+    pub id: String,
     pub block_size: u64,
     pub hash: String,
 }
@@ -78,6 +81,8 @@ pub struct VolumeDir {
     pub name: String,
     pub path: PathBuf,
     pub block_size: u64,
+    /// The volume archive's random id (hex).
+    pub id: String,
 }
 
 impl VolumeDir {
@@ -105,18 +110,24 @@ impl VolumeDir {
                 header.version
             )));
         }
-        if header.hash != format::HASH_NAME || !format::valid_block_size(header.block_size) {
+        let id_ok = header.id.len() >= 12 && header.id.bytes().all(|b| b.is_ascii_hexdigit());
+        if header.hash != format::HASH_NAME
+            || !format::valid_block_size(header.block_size)
+            || !id_ok
+        {
             return Err(Error::Corrupt(format!(
-                "{}: unsupported hash {} or block size {}",
+                "{}: unsupported hash {}, block size {} or id {:?}",
                 header_path.display(),
                 header.hash,
-                header.block_size
+                header.block_size,
+                header.id
             )));
         }
         Ok(VolumeDir {
             name: name.to_string(),
             path,
             block_size: header.block_size,
+            id: header.id,
         })
     }
 
@@ -133,6 +144,7 @@ impl VolumeDir {
                 format: format::VOLUME_FORMAT_NAME.into(),
                 version: format::FORMAT_VERSION,
                 volume: name.into(),
+                id: random_hex(8),
                 block_size,
                 hash: format::HASH_NAME.into(),
             };
@@ -142,6 +154,14 @@ impl VolumeDir {
             atomic::fsync_dir(root)?;
         }
         Self::open(root, name)
+    }
+
+    /// Prefix of the Ceph snapshots this volume archive creates:
+    /// `rbdelta-<first 12 hex digits of the volume id>-`. Snapshots with
+    /// another prefix (including other archives' rbdelta snapshots of the
+    /// same image) are never touched.
+    pub fn snapshot_prefix(&self) -> String {
+        format!("rbdelta-{}-", &self.id[..12])
     }
 
     pub fn lock(&self, mode: LockMode) -> Result<VolumeLock> {
@@ -235,9 +255,10 @@ impl VolumeDir {
     pub fn find_revision(&self, spec: &str) -> Result<Revision> {
         let revs = self.revisions()?;
         if spec == "latest" {
-            return revs.last().cloned().ok_or_else(|| {
-                Error::Invalid(format!("volume {} has no revisions", self.name))
-            });
+            return revs
+                .last()
+                .cloned()
+                .ok_or_else(|| Error::Invalid(format!("volume {} has no revisions", self.name)));
         }
         let spec_l = spec.to_ascii_lowercase();
         let hits: Vec<_> = revs.iter().filter(|r| r.id.starts_with(&spec_l)).collect();
@@ -267,7 +288,10 @@ impl VolumeDir {
     }
 
     pub fn write_pending(&self, p: &Pending) -> Result<()> {
-        write_atomic(&self.pending_path(), &serde_json::to_vec(p).expect("serializes"))
+        write_atomic(
+            &self.pending_path(),
+            &serde_json::to_vec(p).expect("serializes"),
+        )
     }
 
     pub fn clear_pending(&self) -> Result<()> {
@@ -307,4 +331,17 @@ pub fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
     now.format(&time::format_description::well_known::Rfc3339)
         .expect("formats")
+}
+
+/// `bytes` random bytes as hex, from the kernel's random source.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != bytes as isize {
+        // Extremely unlikely; fall back to time and pid, still unique enough.
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        buf.copy_from_slice(&blake3::hash(seed.as_bytes()).as_bytes()[..bytes]);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -39,8 +39,12 @@ pub struct RevisionState {
 pub enum Trust {
     #[default]
     Trusted,
-    Verified { at: String },
-    Distrusted { reason: String },
+    Verified {
+        at: String,
+    },
+    Distrusted {
+        reason: String,
+    },
 }
 
 impl VolumeState {

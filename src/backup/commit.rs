@@ -50,7 +50,15 @@ pub(super) fn write_revision(
             bytes_written: 0,
         };
         progress.begin("full", reads.iter().map(|e| e.len).sum());
-        let copied = copy_blocks(snap, &reads, opts.depth, bs, &mut w, &mut |_, _, _| Ok(true), progress);
+        let copied = copy_blocks(
+            snap,
+            &reads,
+            opts.depth,
+            bs,
+            &mut w,
+            &mut |_, _, _| Ok(true),
+            progress,
+        );
         progress.end();
         let stats = copied?;
         w.tmp.file.set_len(size).at(&w.tmp.path)?;
@@ -80,16 +88,27 @@ pub(super) fn write_revision(
             let blocks = blocks_to_store(&extents, boundary, size, bs);
             let reads = reads_for(&blocks, size, bs);
             progress.begin("delta", reads.iter().map(|e| e.len).sum());
-            copy_blocks(snap, &reads, opts.depth, bs, &mut dw, &mut |_, _, _| Ok(true), progress)
+            copy_blocks(
+                snap,
+                &reads,
+                opts.depth,
+                bs,
+                &mut dw,
+                &mut |_, _, _| Ok(true),
+                progress,
+            )
         }
         Mode::Compare { .. } => {
             let all: Vec<u64> = (0..block_count(size, bs)).collect();
             let reads = reads_for(&all, size, bs);
             let mut expected = chain.blocks_as(size);
             let mut keep = |block: u64, hash: &Hash, _zero: bool| -> Result<bool> {
-                let r = expected.next().filter(|r| r.block == block).ok_or_else(|| {
-                    Error::Invalid(format!("compare: block {block} out of order"))
-                })?;
+                let r = expected
+                    .next()
+                    .filter(|r| r.block == block)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("compare: block {block} out of order"))
+                    })?;
                 // A block whose length changed (resize boundary) is always stored.
                 Ok(chain.hash_of(&r).map_or(true, |before| &before != hash))
             };
@@ -163,12 +182,8 @@ fn commit_manifest(vol: &VolumeDir, rev: &Revision, bytes: &[u8]) -> Result<()> 
 }
 
 /// After the commit: record `newest`'s snapshot as the only one kept, remove
-/// the snapshots of older revisions, and drop the intent record.
-pub(super) fn finish(
-    vol: &VolumeDir,
-    image: &dyn SourceImage,
-    newest: &Revision,
-) -> Result<()> {
+/// every other snapshot of this volume archive, and drop the intent record.
+pub(super) fn finish(vol: &VolumeDir, image: &dyn SourceImage, newest: &Revision) -> Result<()> {
     let revisions = vol.revisions()?;
     let mut state = VolumeState::load(&vol.state_path())?;
     for r in &revisions {
@@ -176,15 +191,30 @@ pub(super) fn finish(
         entry.snapshot = (r.id == newest.id).then(|| r.manifest.snapshot.clone());
     }
     state.save(&vol.state_path())?;
-    let present = image.snapshot_names()?;
-    for r in revisions.iter().filter(|r| r.id != newest.id) {
-        if present.contains(&r.manifest.snapshot) {
-            if let Err(e) = image.remove_snapshot(&r.manifest.snapshot) {
-                tracing::warn!("could not remove old snapshot {}: {e}", r.manifest.snapshot);
+    remove_stale_snapshots(vol, image, Some(&newest.manifest.snapshot));
+    vol.clear_pending()
+}
+
+/// Removes this volume's snapshots except `keep`. Failures are logged, not
+/// fatal: a leftover snapshot costs space, and the next backup retries.
+/// (A killed backup's snapshot can appear late: with exclusive-lock, the
+/// lock owner, e.g. the VM, creates it on the requester's behalf.)
+fn remove_stale_snapshots(vol: &VolumeDir, image: &dyn SourceImage, keep: Option<&str>) {
+    let prefix = vol.snapshot_prefix();
+    let names = match image.snapshot_names() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("could not list snapshots: {e}");
+            return;
+        }
+    };
+    for name in names {
+        if name.starts_with(&prefix) && Some(name.as_str()) != keep {
+            if let Err(e) = image.remove_snapshot(&name) {
+                tracing::warn!("could not remove old snapshot {name}: {e}");
             }
         }
     }
-    vol.clear_pending()
 }
 
 /// Finishes or undoes a backup that was interrupted (found by its
@@ -195,14 +225,23 @@ pub fn recover(vol: &VolumeDir, image: &dyn SourceImage) -> Result<()> {
         return Ok(());
     };
     let revisions = vol.revisions()?;
-    match revisions.iter().find(|r| r.manifest.snapshot == pending.snapshot) {
+    match revisions
+        .iter()
+        .find(|r| r.manifest.snapshot == pending.snapshot)
+    {
         Some(committed) => {
-            tracing::info!("finishing interrupted backup of revision {}", committed.short());
+            tracing::info!(
+                "finishing interrupted backup of revision {}",
+                committed.short()
+            );
             finish(vol, image, committed)?;
         }
         None => {
             tracing::info!("undoing interrupted backup (snapshot {})", pending.snapshot);
             image.remove_snapshot(&pending.snapshot)?;
+            let state = VolumeState::load(&vol.state_path())?;
+            let keep = revisions.last().and_then(|r| state.get(&r.id).snapshot);
+            remove_stale_snapshots(vol, image, keep.as_deref());
             remove_orphan_data(vol, &revisions)?;
             vol.clear_pending()?;
         }
@@ -215,7 +254,10 @@ fn remove_orphan_data(vol: &VolumeDir, revisions: &[Revision]) -> Result<()> {
     let dir = vol.data_dir();
     for entry in std::fs::read_dir(&dir).at(&dir)? {
         let path = entry.at(&dir)?.path();
-        let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
         if !revisions.iter().any(|r| r.id == id) {
             std::fs::remove_file(&path).at(&path)?;
         }

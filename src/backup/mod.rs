@@ -27,9 +27,6 @@ use crate::source::SourceImage;
 
 pub use commit::recover;
 
-/// Prefix of every snapshot rbdelta creates; others are never touched.
-pub const SNAPSHOT_PREFIX: &str = "rbdelta-";
-
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
     /// Force a full even when a delta is possible.
@@ -144,7 +141,7 @@ fn backup_locked(
     if let Mode::Compare { reason } = &mode {
         tracing::warn!(volume = %vol.name, "{reason}");
     }
-    let snapshot = new_snapshot_name();
+    let snapshot = new_snapshot_name(&vol.snapshot_prefix());
     vol.write_pending(&Pending {
         snapshot: snapshot.clone(),
         started: now_rfc3339(),
@@ -206,7 +203,10 @@ fn choose_mode(
     }
     let pstate = state.get(&parent.id);
     if let Trust::Distrusted { reason } = &pstate.trust {
-        tracing::warn!("revision {} is distrusted ({reason}): writing a full", parent.short());
+        tracing::warn!(
+            "revision {} is distrusted ({reason}): writing a full",
+            parent.short()
+        );
         return Ok(Mode::Full);
     }
     let Some(base) = pstate.snapshot else {
@@ -230,21 +230,17 @@ fn choose_mode(
     })
 }
 
-/// `rbdelta-<UTC time>-<random>`: unique, sortable, recognisable.
-pub fn new_snapshot_name() -> String {
+/// `<volume prefix><UTC time>-<random>`: unique, sortable, recognisable.
+pub fn new_snapshot_name(prefix: &str) -> String {
     let now = time::OffsetDateTime::now_utc();
-    let stamp = format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+    format!(
+        "{prefix}{:04}{:02}{:02}T{:02}{:02}{:02}Z-{}",
         now.year(),
         now.month() as u8,
         now.day(),
         now.hour(),
         now.minute(),
-        now.second()
-    );
-    let mut h = blake3::Hasher::new();
-    h.update(&now.unix_timestamp_nanos().to_le_bytes());
-    h.update(&std::process::id().to_le_bytes());
-    let r = h.finalize();
-    format!("{SNAPSHOT_PREFIX}{stamp}-{}", &r.to_hex()[..8])
+        now.second(),
+        crate::archive::random_hex(4)
+    )
 }

@@ -96,7 +96,10 @@ mod tests {
     #[test]
     fn reads_coalesce_and_clip() {
         let r = reads_for(&[0, 1, 2, 5], 4096 * 5 + 100, 4096);
-        assert_eq!(r, vec![Extent::new(0, 3 * 4096), Extent::new(5 * 4096, 100)]);
+        assert_eq!(
+            r,
+            vec![Extent::new(0, 3 * 4096), Extent::new(5 * 4096, 100)]
+        );
         let many: Vec<u64> = (0..3000).collect();
         let r = reads_for(&many, u64::MAX / 2, 4096);
         assert!(r.iter().all(|e| e.len <= MAX_READ));

@@ -222,8 +222,8 @@ impl DeltaFile {
                 zero: le_u32(c, 20) & FLAG_ZERO != 0,
                 hash: hash_at(c, 24),
             };
-            let in_range = e.zero
-                || (e.offset >= DELTA_DATA_START && e.offset + e.len as u64 <= index_offset);
+            let in_range =
+                e.zero || (e.offset >= DELTA_DATA_START && e.offset + e.len as u64 <= index_offset);
             if !in_range || e.len as u64 > block_size || e.len == 0 {
                 return Err(corrupt(format!("bad index entry for block {}", e.block)));
             }

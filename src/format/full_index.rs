@@ -81,9 +81,12 @@ impl FullIndex {
         let size = le_u64(buf, 16);
         let revision = hash_at(buf, 24);
         let count = le_u64(buf, 56);
-        let expected = (FULL_INDEX_HEADER_LEN as u64).checked_add(count.saturating_mul(FULL_ENTRY_LEN as u64));
+        let expected =
+            (FULL_INDEX_HEADER_LEN as u64).checked_add(count.saturating_mul(FULL_ENTRY_LEN as u64));
         if expected != Some(body.len() as u64) {
-            return Err(format!("full index length does not match its {count} entries"));
+            return Err(format!(
+                "full index length does not match its {count} entries"
+            ));
         }
         let entries: Vec<BlockEntry> = body[FULL_INDEX_HEADER_LEN..]
             .chunks_exact(FULL_ENTRY_LEN)
@@ -118,8 +121,20 @@ mod tests {
             size: 10000,
             revision: [7; 32],
             entries: vec![
-                BlockEntry { block: 0, offset: 0, len: 4096, zero: false, hash: [1; 32] },
-                BlockEntry { block: 2, offset: 8192, len: 1808, zero: false, hash: [2; 32] },
+                BlockEntry {
+                    block: 0,
+                    offset: 0,
+                    len: 4096,
+                    zero: false,
+                    hash: [1; 32],
+                },
+                BlockEntry {
+                    block: 2,
+                    offset: 8192,
+                    len: 1808,
+                    zero: false,
+                    hash: [2; 32],
+                },
             ],
         }
     }

@@ -51,10 +51,7 @@ impl RestoreTarget for FileTarget {
     }
 
     fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
-        self.tmp
-            .file
-            .write_all_at(&data, offset)
-            .at(&self.tmp.path)
+        self.tmp.file.write_all_at(&data, offset).at(&self.tmp.path)
     }
 
     fn zero(&mut self, _offset: u64, _len: u64) -> Result<()> {

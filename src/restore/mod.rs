@@ -7,6 +7,7 @@
 //! blocks, which then get reported instead).
 
 pub mod file_target;
+pub mod rbd_target;
 pub mod reader;
 
 use std::ops::Range;
@@ -23,7 +24,7 @@ use crate::progress::Progress;
 use reader::{read_blocks, Piece};
 
 /// Where a restore writes.
-pub trait RestoreTarget: Send {
+pub trait RestoreTarget {
     /// True when the target reads as zeros before any write (a new image or
     /// file); otherwise zero ranges are sent too.
     fn is_fresh(&self) -> bool;
@@ -89,7 +90,14 @@ pub fn restore(
     };
     match &result {
         Ok(r) => {
-            end.outcome = Some(if r.bad.is_empty() { "ok" } else { "inconsistent" }.into());
+            end.outcome = Some(
+                if r.bad.is_empty() {
+                    "ok"
+                } else {
+                    "inconsistent"
+                }
+                .into(),
+            );
             end.bytes_read = Some(r.bytes_read);
             end.bytes_written = Some(r.bytes_written);
         }

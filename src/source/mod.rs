@@ -12,13 +12,15 @@
 //!   twice returns the same bytes.
 //! - `changed_extents` may over-report (whole objects, say) but never
 //!   under-report: every byte that differs between base and snapshot lies in a
-//!   returned extent. Bytes beyond the base's size count as changed.
+//!   returned extent. The one exception: bytes past the base's size that read
+//!   as zeros need not be reported (librbd does not report a grown, unwritten
+//!   tail); the archive reads bytes past a parent's size as zeros anyway.
 //! - `read_extents` delivers extents in the order given, each exactly once,
 //!   and may keep several reads in flight; its memory use is bounded by
 //!   `depth × largest extent`.
 
 pub mod file;
-// pub mod rbd;
+pub mod rbd;
 
 use crate::error::Result;
 

@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# cluster.sh — a throwaway single-node Ceph cluster (one mon, one memstore OSD,
+# no mgr) for tests. Everything lives in one directory; several clusters may run
+# at once in different directories.
+#
+#   cluster.sh start DIR [--memstore-gib N]   bring up; writes DIR/ceph.conf
+#   cluster.sh stop DIR                       kill the daemons, remove DIR
+#   cluster.sh status DIR                     show daemon pids and cluster health
+#
+# Progress goes to stderr; stdout stays empty. Clients use `-c DIR/ceph.conf`
+# (auth is off, so no keyring is needed).
+set -euo pipefail
+
+PROG=${0##*/}
+READY_TIMEOUT=${CLUSTER_READY_TIMEOUT:-60} # seconds for the whole bring-up
+CLIENT_TIMEOUT=30                           # client op/mount timeouts (seconds)
+
+log() { echo "$PROG: $*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+usage() {
+    sed -n '5,7p' "$0" | sed 's/^# *//' >&2
+    exit 2
+}
+
+# A TCP port nobody on 127.0.0.1 listens on right now.
+free_port() {
+    python3 - <<'PY'
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+PY
+}
+
+# ceph CLI against this cluster, never waiting forever.
+cephc() { timeout 30 ceph -c "$DIR/ceph.conf" --connect-timeout 15 "$@"; }
+
+pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
+
+daemon_pids() {
+    local f
+    for f in "$DIR"/run/*.pid; do
+        [[ -e $f ]] && cat "$f"
+    done
+    return 0
+}
+
+kill_daemons() {
+    local pids pid i
+    pids=$(daemon_pids)
+    [[ -z $pids ]] && return 0
+    for pid in $pids; do kill "$pid" 2>/dev/null || true; done
+    for i in $(seq 1 100); do # up to 10 s for a clean exit
+        local alive=0
+        for pid in $pids; do pid_alive "$pid" && alive=1; done
+        ((alive == 0)) && return 0
+        sleep 0.1
+    done
+    for pid in $pids; do kill -9 "$pid" 2>/dev/null || true; done
+    sleep 0.2
+}
+
+write_conf() {
+    local fsid=$1 port=$2 bytes=$3
+    cat >"$DIR/ceph.conf" <<EOF
+[global]
+fsid = $fsid
+mon host = v2:127.0.0.1:$port
+public network = 127.0.0.0/8
+auth cluster required = none
+auth service required = none
+auth client required = none
+osd pool default size = 1
+osd pool default min size = 1
+osd pool default pg autoscale mode = off
+osd crush chooseleaf type = 0
+mon allow pool size one = true
+mon allow pool delete = true
+mon warn on pool no redundancy = false
+mon warn on insecure global id reclaim allowed = false
+mon data avail warn = 2
+mon data avail crit = 1
+osd objectstore = memstore
+memstore device bytes = $bytes
+run dir = $DIR/run
+rados osd op timeout = $CLIENT_TIMEOUT
+rados mon op timeout = $CLIENT_TIMEOUT
+client mount timeout = $CLIENT_TIMEOUT
+
+[mon]
+admin socket = $DIR/run/\$name.asok
+pid file = $DIR/run/\$name.pid
+log file = $DIR/log/\$name.log
+mon data = $DIR/mon/\$id
+
+[osd]
+admin socket = $DIR/run/\$name.asok
+pid file = $DIR/run/\$name.pid
+log file = $DIR/log/\$name.log
+osd data = $DIR/osd/\$id
+osd journal = $DIR/osd/\$id/journal
+EOF
+}
+
+# On a failed start: show why, then leave nothing behind.
+fail_start() {
+    local f
+    log "start failed: $*"
+    for f in "$DIR"/log/*.log; do
+        [[ -e $f ]] || continue
+        log "---- tail of $f ----"
+        tail -n 25 "$f" >&2 || true
+    done
+    kill_daemons
+    rm -rf "$DIR"
+    exit 1
+}
+
+# Waits until every PG of the cluster is active+clean, as reported by the OSD
+# itself (there is no mgr, so `ceph -s` cannot tell).
+wait_clean() {
+    local deadline=$1 osd=$2 out
+    while :; do
+        out=$(timeout 10 ceph --admin-daemon "$DIR/run/osd.$osd.asok" status 2>/dev/null || true)
+        if [[ $out == *'"state": "active"'* ]] && pgs_clean "$osd"; then
+            return 0
+        fi
+        ((SECONDS < deadline)) || fail_start "PGs not active+clean after ${READY_TIMEOUT}s"
+        sleep 0.2
+    done
+}
+
+# True when the OSD hosts the pool's PGs and all of them are active+clean.
+pgs_clean() {
+    local osd=$1
+    timeout 10 ceph --admin-daemon "$DIR/run/osd.$osd.asok" dump_pgstate_history 2>/dev/null |
+        python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+pgs = d.get("pgs", d) if isinstance(d, dict) else d
+states = {}
+for p in pgs:
+    states[p["pg"]] = p.get("currently", "")
+want = int(sys.argv[1])
+ok = len(states) >= want and all(s == "Started/Primary/Active/Clean" for s in states.values())
+sys.exit(0 if ok else 1)
+' "$PGS" 2>/dev/null
+}
+
+cmd_start() {
+    local gib=2
+    [[ $# -ge 1 ]] || usage
+    DIR=$1
+    shift
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+        --memstore-gib)
+            [[ ${2:-} =~ ^[0-9]+$ && $2 -ge 1 ]] || die "--memstore-gib needs a positive integer"
+            gib=$2
+            shift 2
+            ;;
+        *) die "unknown option: $1" ;;
+        esac
+    done
+    for tool in ceph ceph-mon monmaptool ceph-osd rbd uuidgen python3 timeout; do
+        command -v "$tool" >/dev/null || die "$tool not found (run rbd-fixtures/install-deps.sh)"
+    done
+    if [[ -e $DIR ]] && [[ -n $(ls -A "$DIR" 2>/dev/null) ]]; then
+        die "$DIR exists and is not empty"
+    fi
+    mkdir -p "$DIR"
+    DIR=$(cd "$DIR" && pwd)
+    mkdir -p "$DIR/run" "$DIR/log" "$DIR/mon/a" "$DIR/osd"
+    trap 'fail_start "interrupted or unexpected error (line $LINENO)"' ERR INT TERM
+
+    local deadline=$((SECONDS + READY_TIMEOUT)) fsid port osd
+    fsid=$(uuidgen)
+    port=$(free_port)
+    PGS=32
+    write_conf "$fsid" "$port" $((gib * 1024 * 1024 * 1024))
+    log "mon on 127.0.0.1:$port, memstore ${gib} GiB, dir $DIR"
+
+    monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port]" "$DIR/monmap" \
+        >>"$DIR/log/mkfs.log" 2>&1 || fail_start "monmaptool failed"
+    ceph-mon --id a --mkfs --mon-data "$DIR/mon/a" --monmap "$DIR/monmap" -c "$DIR/ceph.conf" \
+        >>"$DIR/log/mkfs.log" 2>&1 || fail_start "ceph-mon --mkfs failed"
+    ceph-mon --id a -c "$DIR/ceph.conf" --public-addr "v2:127.0.0.1:$port" \
+        >>"$DIR/log/daemons.log" 2>&1 || fail_start "ceph-mon did not start"
+
+    osd=$(cephc osd create 2>>"$DIR/log/daemons.log") || fail_start "ceph osd create failed"
+    [[ $osd =~ ^[0-9]+$ ]] || fail_start "ceph osd create printed '$osd'"
+    mkdir -p "$DIR/osd/$osd"
+    ceph-osd --id "$osd" --mkfs --osd-data "$DIR/osd/$osd" -c "$DIR/ceph.conf" \
+        >>"$DIR/log/mkfs.log" 2>&1 || fail_start "ceph-osd --mkfs failed"
+    ceph-osd --id "$osd" -c "$DIR/ceph.conf" >>"$DIR/log/daemons.log" 2>&1 ||
+        fail_start "ceph-osd did not start"
+    log "mon and osd.$osd started; creating pool rbd"
+
+    cephc osd pool create rbd "$PGS" >/dev/null 2>&1 || fail_start "pool create failed"
+    cephc osd pool application enable rbd rbd >/dev/null 2>&1 ||
+        fail_start "pool application enable failed"
+    wait_clean "$deadline" "$osd"
+    timeout 30 rbd -c "$DIR/ceph.conf" pool init rbd >>"$DIR/log/daemons.log" 2>&1 ||
+        fail_start "rbd pool init failed"
+    trap - ERR INT TERM
+    log "ready in ${SECONDS}s: $DIR/ceph.conf"
+}
+
+cmd_stop() {
+    [[ $# -eq 1 ]] || usage
+    DIR=$1
+    if [[ ! -d $DIR ]]; then
+        log "$DIR does not exist; nothing to stop"
+        return 0
+    fi
+    [[ -f $DIR/ceph.conf || -d $DIR/run ]] || die "$DIR does not look like a cluster dir"
+    kill_daemons
+    rm -rf "$DIR"
+    log "stopped and removed $DIR"
+}
+
+cmd_status() {
+    [[ $# -eq 1 ]] || usage
+    DIR=$1
+    [[ -f $DIR/ceph.conf ]] || die "no cluster in $DIR"
+    local f pid rc=0
+    for f in "$DIR"/run/*.pid; do
+        [[ -e $f ]] || continue
+        pid=$(cat "$f")
+        if pid_alive "$pid"; then
+            echo "$(basename "$f" .pid): running (pid $pid)"
+        else
+            echo "$(basename "$f" .pid): dead (pid $pid)"
+            rc=1
+        fi
+    done
+    cephc -s 2>/dev/null || rc=1
+    return $rc
+}
+
+case ${1:-} in
+start) shift && cmd_start "$@" ;;
+stop) shift && cmd_stop "$@" ;;
+status) shift && cmd_status "$@" ;;
+*) usage ;;
+esac

@@ -1,0 +1,84 @@
+//! `rbdelta list VOLUME [--json]`.
+
+use rbdelta::archive::state::{Trust, VolumeState};
+use serde::Serialize;
+
+use super::{open_volume, Ctx, Failure};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Volume name from the config.
+    volume: String,
+    /// Print a JSON array.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    created: String,
+    size: u64,
+    kind: String,
+    parent: Option<String>,
+    previous: Option<String>,
+    snapshot: Option<String>,
+    checksum: String,
+    tags: Vec<String>,
+    trust: String,
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
+    let cfg = ctx.config()?;
+    let vol = open_volume(&cfg, &cfg.volume(&a.volume)?)?;
+    let state = VolumeState::load(&vol.state_path())?;
+    let mut rows = Vec::new();
+    for r in vol.revisions()? {
+        let kind = vol.storage_kind(&r.id)?;
+        let parent = match kind {
+            rbdelta::archive::StorageKind::Full => None,
+            rbdelta::archive::StorageKind::Delta => Some(rbdelta::checksum::to_hex(
+                &rbdelta::format::delta::DeltaFile::open(&vol.delta_path(&r.id))?
+                    .header
+                    .base,
+            )),
+        };
+        let st = state.get(&r.id);
+        rows.push(Row {
+            id: r.id.clone(),
+            created: r.manifest.created.clone(),
+            size: r.manifest.size,
+            kind: kind.as_str().into(),
+            parent,
+            previous: r.manifest.previous.clone(),
+            snapshot: st.snapshot.clone(),
+            checksum: r.manifest.checksum.clone(),
+            tags: st.tags.clone(),
+            trust: match st.trust {
+                Trust::Trusted => "trusted".into(),
+                Trust::Verified { at } => format!("verified {at}"),
+                Trust::Distrusted { reason } => format!("distrusted: {reason}"),
+            },
+        });
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12}  {:<20}  {:<5}  {:>14}  {:<12}  SNAPSHOT",
+        "ID", "CREATED", "KIND", "SIZE", "PARENT"
+    );
+    for r in rows {
+        println!(
+            "{:<12}  {:<20}  {:<5}  {:>14}  {:<12}  {}",
+            &r.id[..12],
+            &r.created[..r.created.len().min(19)],
+            r.kind,
+            r.size,
+            r.parent.as_deref().map_or("-", |p| &p[..12]),
+            r.snapshot.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}

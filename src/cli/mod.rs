@@ -1,0 +1,147 @@
+//! Argument parsing, logging set-up, exit codes and the shared plumbing of
+//! the subcommands (config loading, cluster connection, progress bars).
+//!
+//! Exit codes: 0 success; 1 the operation failed; 2 bad invocation or bad
+//! config; 3 `verify` found damage.
+
+mod backup;
+mod list;
+mod progress;
+mod restore;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use rbdelta::archive::VolumeDir;
+use rbdelta::ceph::{CephOptions, Cluster};
+use rbdelta::config::{Config, Volume, DEFAULT_CONFIG};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rbdelta",
+    version,
+    about = "Incremental, verifiable backups of Ceph RBD images"
+)]
+pub struct Cli {
+    /// Config file [default: $RBDELTA_CONFIG, then /etc/rbdelta/config.yaml]
+    #[arg(short, long, global = true, env = "RBDELTA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Never draw progress bars.
+    #[arg(long, global = true)]
+    no_progress: bool,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Back up volumes: a delta against the last backup, or a full.
+    Backup(backup::Args),
+    /// List a volume's revisions, oldest first.
+    List(list::Args),
+    /// Restore a revision into a new RBD image or a file.
+    Restore(restore::Args),
+    /// Check a volume's archive: every block, every revision checksum.
+    Verify(verify::Args),
+}
+
+/// An error with its exit code.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        let code = match error.downcast_ref::<rbdelta::error::Error>() {
+            Some(rbdelta::error::Error::Config(_)) => 2,
+            _ => 1,
+        };
+        Failure { code, error }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let ctx = Ctx {
+        config_path: cli
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
+        progress: !cli.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let result = match cli.command {
+        Command::Backup(a) => backup::run(&ctx, a),
+        Command::List(a) => list::run(&ctx, a),
+        Command::Restore(a) => restore::run(&ctx, a),
+        Command::Verify(a) => verify::run(&ctx, a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("rbdelta: error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RBDELTA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// What every subcommand gets.
+pub struct Ctx {
+    pub config_path: PathBuf,
+    pub progress: bool,
+}
+
+impl Ctx {
+    pub fn config(&self) -> Result<Config> {
+        Ok(Config::load(&self.config_path)?)
+    }
+
+    pub fn connect(&self, cfg: &Config) -> Result<Arc<Cluster>> {
+        let opts = CephOptions {
+            conf: Some(cfg.ceph.conf.clone()),
+            id: cfg.ceph.id.clone(),
+            keyring: cfg.ceph.keyring.clone(),
+            timeout: cfg.ceph.timeout(),
+        };
+        Cluster::connect(&opts).with_context(|| {
+            format!(
+                "cannot connect to the Ceph cluster of {}",
+                cfg.ceph.conf.display()
+            )
+        })
+    }
+
+    pub fn progress(&self, label: &str) -> Box<dyn rbdelta::progress::Progress> {
+        progress::for_terminal(self.progress, label)
+    }
+}
+
+/// The archive directory of an existing volume.
+pub fn open_volume(cfg: &Config, v: &Volume) -> Result<VolumeDir> {
+    Ok(VolumeDir::open(&cfg.archive, &v.name)?)
+}

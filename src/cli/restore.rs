@@ -1,0 +1,127 @@
+//! `rbdelta restore VOLUME [--revision REV] (--to-image POOL/IMAGE | --to-file PATH)`.
+//!
+//! The safety belt lives here: an existing target is refused unless
+//! `--force`; the volume's own source image is refused unless `--force`; a
+//! file inside the archive root is refused always.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use rbdelta::restore::file_target::FileTarget;
+use rbdelta::restore::rbd_target::RbdTarget;
+use rbdelta::restore::{restore, RestoreOptions, RestoreTarget};
+use rbdelta::source::rbd::RbdImage;
+use rbdelta::source::SourceImage;
+
+use super::{open_volume, Ctx, Failure};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Volume name from the config.
+    volume: String,
+    /// Revision id, unique prefix, or `latest`.
+    #[arg(long, default_value = "latest")]
+    revision: String,
+    /// Restore into a new RBD image POOL/IMAGE.
+    #[arg(
+        long,
+        value_name = "POOL/IMAGE",
+        conflicts_with = "to_file",
+        required_unless_present = "to_file"
+    )]
+    to_image: Option<String>,
+    /// Restore into a sparse raw file.
+    #[arg(long, value_name = "PATH")]
+    to_file: Option<PathBuf>,
+    /// Overwrite an existing target (or the volume's own source image).
+    #[arg(long)]
+    force: bool,
+    /// Restore despite corrupt blocks, writing zeros there.
+    #[arg(long)]
+    allow_inconsistent: bool,
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
+    let cfg = ctx.config()?;
+    let volume = cfg.volume(&a.volume)?;
+    let vol = open_volume(&cfg, &volume)?;
+    let rev = vol.find_revision(&a.revision)?;
+    let size = rev.manifest.size;
+    let cluster;
+    let target: Box<dyn RestoreTarget> = if let Some(spec) = &a.to_image {
+        let (pool, image) = spec
+            .split_once('/')
+            .filter(|(p, i)| !p.is_empty() && !i.is_empty() && !i.contains('/'))
+            .ok_or_else(|| Failure {
+                code: 2,
+                error: anyhow!("--to-image wants POOL/IMAGE, got {spec:?}"),
+            })?;
+        if pool == volume.pool && image == volume.image && !a.force {
+            return Err(anyhow!(
+                "refusing to restore over {spec}, the volume's own source image (use --force if you mean it)"
+            )
+            .into());
+        }
+        cluster = ctx.connect(&cfg)?;
+        let ioctx = cluster
+            .ioctx(pool)
+            .with_context(|| format!("pool {pool}"))?;
+        // Reproduce the source's object size and features when it still exists.
+        let layout = cluster
+            .ioctx(&volume.pool)
+            .ok()
+            .and_then(|io| RbdImage::open(&io, &volume.image).ok())
+            .and_then(|img| img.layout().ok())
+            .unwrap_or_default();
+        Box::new(RbdTarget::create(&ioctx, image, size, layout, a.force)?)
+    } else {
+        let path = a.to_file.clone().expect("clap requires one target");
+        refuse_inside_archive(&path, &cfg.archive)?;
+        Box::new(FileTarget::create(&path, size, a.force)?)
+    };
+    let progress = ctx.progress(&a.volume);
+    let opts = RestoreOptions {
+        allow_inconsistent: a.allow_inconsistent,
+    };
+    let report = restore(&vol, &rev, target, &opts, progress.as_ref())?;
+    for r in &report.bad {
+        eprintln!(
+            "rbdelta: warning: revision {}: bytes {}..{} were corrupt and restored as zeros",
+            rev.id, r.start, r.end
+        );
+    }
+    println!(
+        "{}: restored revision {} ({} bytes, {} written) in {:.1}s, checksum {}",
+        a.volume,
+        rev.short(),
+        report.size,
+        report.bytes_written,
+        report.duration.as_secs_f64(),
+        if report.bad.is_empty() {
+            "verified"
+        } else {
+            "NOT verified (corrupt ranges zeroed)"
+        }
+    );
+    Ok(())
+}
+
+fn refuse_inside_archive(path: &Path, archive: &Path) -> anyhow::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let parent = parent
+        .canonicalize()
+        .with_context(|| format!("target directory {}", parent.display()))?;
+    if let Ok(root) = archive.canonicalize() {
+        if parent.starts_with(&root) {
+            bail!(
+                "refusing to restore into {}: it is inside the archive root {}",
+                path.display(),
+                root.display()
+            );
+        }
+    }
+    Ok(())
+}

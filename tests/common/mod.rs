@@ -1,0 +1,121 @@
+//! Helpers shared by the integration tests that need a real Ceph cluster.
+//!
+//! A test cluster is opt-in: `rbd-fixtures/cluster.sh start DIR` and then
+//! `RBDELTA_TEST_CEPH_CONF=DIR/ceph.conf`. Without it, cluster tests print
+//! "skipping: no test cluster" and pass, unless `RBDELTA_REQUIRE_CLUSTER=1`
+//! (CI), which turns a missing cluster into a failure. Pool: `rbd`, or
+//! `RBDELTA_TEST_POOL`.
+#![allow(dead_code)]
+
+use rbdelta::ceph::{CephOptions, Cluster, IoCtx};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The test cluster's ceph.conf, or `None` (after printing why) when tests
+/// should skip. Panics when a cluster is required but not configured.
+pub fn test_conf() -> Option<PathBuf> {
+    match std::env::var_os("RBDELTA_TEST_CEPH_CONF") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ if std::env::var_os("RBDELTA_REQUIRE_CLUSTER").is_some_and(|v| v == "1") => {
+            panic!("RBDELTA_REQUIRE_CLUSTER=1 but RBDELTA_TEST_CEPH_CONF is not set")
+        }
+        _ => {
+            eprintln!("skipping: no test cluster");
+            None
+        }
+    }
+}
+
+/// Options for the test cluster (client.admin, 30 s timeout).
+pub fn test_options(conf: PathBuf) -> CephOptions {
+    CephOptions {
+        conf: Some(conf),
+        id: "admin".into(),
+        keyring: None,
+        timeout: Duration::from_secs(30),
+    }
+}
+
+/// One connection per test binary, shared by its tests.
+pub fn test_cluster() -> Option<Arc<Cluster>> {
+    static CLUSTER: OnceLock<Arc<Cluster>> = OnceLock::new();
+    let conf = test_conf()?;
+    Some(Arc::clone(CLUSTER.get_or_init(|| {
+        Cluster::connect(&test_options(conf)).expect("connect to the test cluster")
+    })))
+}
+
+/// The pool tests use.
+pub fn test_pool() -> String {
+    std::env::var("RBDELTA_TEST_POOL").unwrap_or_else(|_| "rbd".into())
+}
+
+/// An I/O context on the test pool, or `None` when tests should skip.
+pub fn test_ioctx() -> Option<IoCtx> {
+    let cluster = test_cluster()?;
+    Some(cluster.ioctx(&test_pool()).expect("open the test pool"))
+}
+
+/// A name no other test (in this or any concurrent run) uses.
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000_000_000)
+        .unwrap_or(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// Removes an image and its snapshots (unprotecting them) on drop, so
+/// failed tests do not leave images behind. Drop clones before parents.
+pub struct ScratchImage {
+    pub ioctx: IoCtx,
+    pub name: String,
+}
+
+impl ScratchImage {
+    /// Creates a fresh image with a unique name (default order/features).
+    pub fn create(ioctx: &IoCtx, prefix: &str, size: u64) -> ScratchImage {
+        let name = unique_name(prefix);
+        ioctx
+            .create_image(&name, size, 0, 0)
+            .expect("create scratch image");
+        ScratchImage::adopt(ioctx, &name)
+    }
+
+    /// Takes over cleanup of an image created some other way.
+    pub fn adopt(ioctx: &IoCtx, name: &str) -> ScratchImage {
+        ScratchImage {
+            ioctx: ioctx.clone(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for ScratchImage {
+    fn drop(&mut self) {
+        if let Ok(img) = self.ioctx.open_image(&self.name) {
+            for (snap, _, _) in img.snap_list().unwrap_or_default() {
+                let _ = img.snap_unprotect(&snap);
+                let _ = img.snap_remove(&snap);
+            }
+        }
+        let _ = self.ioctx.remove_image(&self.name);
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per `seed`.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
