@@ -9,7 +9,7 @@
 use crossbeam_channel::bounded;
 
 use super::plan::MAX_READ;
-use crate::checksum::{block_hash, is_zero, Hash};
+use crate::checksum::{block_hash, is_zero, Hash, ZeroHashes};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::source::{Extent, SourceSnapshot};
@@ -64,6 +64,7 @@ pub fn copy_blocks(
 ) -> Result<CopyStats> {
     let (tx, rx) = bounded::<Chunk>(QUEUE);
     let mut stats = CopyStats::default();
+    let zeros = ZeroHashes::new(block_size);
     std::thread::scope(|scope| {
         let writer_thread = scope.spawn(move || -> Result<()> {
             for chunk in rx {
@@ -82,8 +83,14 @@ pub fn copy_blocks(
             let mut blocks = Vec::with_capacity(data.len().div_ceil(block_size as usize));
             for (i, piece) in data.chunks(block_size as usize).enumerate() {
                 let block = extent.offset / block_size + i as u64;
+                // Zero blocks (unwritten parts of new objects, discards) are
+                // common; their hash is known without hashing.
                 let zero = is_zero(piece);
-                let hash = block_hash(piece);
+                let hash = if zero {
+                    zeros.for_len(piece.len() as u64)
+                } else {
+                    block_hash(piece)
+                };
                 let kept = keep(block, &hash, zero)?;
                 stats.blocks_kept += kept as u64;
                 blocks.push(BlockInfo {

@@ -95,6 +95,9 @@ impl Cluster {
         ] {
             cluster.conf_set(key, &secs)?;
         }
+        // Backups read each byte once and restores write each byte once and
+        // flush at the end: librbd's cache only adds copies and memory.
+        cluster.conf_set("rbd_cache", "false")?;
         // SAFETY: configured, unconnected client.
         let rc = unsafe { sys::rados_connect(cluster.handle) };
         check(|| "rados_connect".into(), rc)?;

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::source::ImageLayout;
 
 /// Writes in flight.
-const DEPTH: usize = 16;
+const DEPTH: usize = 8;
 
 pub struct RbdTarget {
     ioctx: IoCtx,
