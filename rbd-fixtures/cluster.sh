@@ -91,6 +91,10 @@ rados mon op timeout = $CLIENT_TIMEOUT
 client mount timeout = $CLIENT_TIMEOUT
 
 [mon]
+# Snapshot create/remove wait for an osdmap change, which the mon proposes
+# once per paxos interval (1 s by default): a short one keeps tests quick.
+paxos propose interval = 0.05
+paxos min wait = 0.01
 admin socket = $DIR/run/\$name.asok
 pid file = $DIR/run/\$name.pid
 log file = $DIR/log/\$name.log

@@ -84,7 +84,9 @@ pub(super) fn write_revision(
     let boundary = (parent.manifest.size != size).then(|| parent.manifest.size.min(size));
     let copied = match mode {
         Mode::Diff { base_snapshot } => {
+            let t = std::time::Instant::now();
             let extents = snap.changed_extents(Some(base_snapshot), opts.whole_object)?;
+            tracing::info!(volume = %vol.name, "{} changed extents found in {:?}", extents.len(), t.elapsed());
             let blocks = blocks_to_store(&extents, boundary, size, bs);
             let reads = reads_for(&blocks, size, bs);
             progress.begin("delta", reads.iter().map(|e| e.len).sum());
@@ -119,7 +121,9 @@ pub(super) fn write_revision(
     };
     progress.end();
     let stats = copied?;
+    let t = std::time::Instant::now();
     let sum = chain.checksum_with(dw.entries(), size)?;
+    tracing::info!(volume = %vol.name, "image checksum computed in {:?}", t.elapsed());
     let (rev, bytes) = new_manifest(vol, snap, Some(parent), sum, size, opts);
     let written = dw.data_bytes();
     dw.finish(&DeltaHeader {

@@ -146,6 +146,7 @@ fn backup_locked(
         snapshot: snapshot.clone(),
         started: now_rfc3339(),
     })?;
+    let t = Instant::now();
     let snap = match image.create_snapshot(&snapshot) {
         Ok(s) => s,
         Err(e) => {
@@ -154,6 +155,7 @@ fn backup_locked(
             return Err(e);
         }
     };
+    tracing::info!(volume = %vol.name, "snapshot {snapshot} created in {:?}", t.elapsed());
     let parent_chain = match (&parent, &mode) {
         (Some(p), Mode::Diff { .. } | Mode::Compare { .. }) => Some(Chain::open(vol, p)?),
         _ => None,
@@ -179,7 +181,9 @@ fn backup_locked(
             return Err(e);
         }
     };
+    let t = Instant::now();
     commit::finish(vol, image, &revision)?;
+    tracing::info!(volume = %vol.name, "old snapshots removed in {:?}", t.elapsed());
     Ok(BackupReport {
         revision,
         mode,
