@@ -155,7 +155,9 @@ impl Image {
 
 /// Pipelined writes for restores. Call [`AioWriter::finish`] to learn whether
 /// everything was written; dropping an unfinished writer still waits for all
-/// writes in flight (but reports nothing).
+/// writes in flight (but reports nothing). Writes in flight may land in any
+/// order (there is no librbd cache to order them): never submit overlapping
+/// ranges.
 pub struct AioWriter<I: std::ops::Deref<Target = Image>> {
     // Field order matters: `window` drops (waiting for every write) before
     // an owned `image` is closed.
