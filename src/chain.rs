@@ -30,6 +30,8 @@ pub struct Link {
     pub entries: Vec<BlockEntry>,
     pub file: File,
     pub path: PathBuf,
+    /// The revision a delta applies to (None for a full).
+    pub base: Option<String>,
 }
 
 /// A revision and the links it depends on, full first.
@@ -64,13 +66,7 @@ impl Chain {
         let mut current = rev.clone();
         loop {
             let link = open_link(vol, &current)?;
-            let next = match link.kind {
-                StorageKind::Full => None,
-                StorageKind::Delta => {
-                    let base = DeltaFile::open(&link.path)?.header.base;
-                    Some(crate::checksum::to_hex(&base))
-                }
-            };
+            let next = link.base.clone();
             links.push(link);
             match next {
                 None => break,
@@ -249,7 +245,7 @@ impl Chain {
 
 fn open_link(vol: &VolumeDir, rev: &Revision) -> Result<Link> {
     let kind = vol.storage_kind(&rev.id)?;
-    let (entries, size, path, revision_in_file) = match kind {
+    let (entries, size, path, revision_in_file, base) = match kind {
         StorageKind::Full => {
             let idx = FullIndex::read(&vol.full_index_path(&rev.id))?;
             let path = vol.full_path(&rev.id);
@@ -261,12 +257,13 @@ fn open_link(vol: &VolumeDir, rev: &Revision) -> Result<Link> {
                     idx.size
                 )));
             }
-            (idx.entries, idx.size, path, idx.revision)
+            (idx.entries, idx.size, path, idx.revision, None)
         }
         StorageKind::Delta => {
             let path = vol.delta_path(&rev.id);
             let d = DeltaFile::open(&path)?;
-            (d.entries, d.header.size, path, d.header.revision)
+            let base = Some(crate::checksum::to_hex(&d.header.base));
+            (d.entries, d.header.size, path, d.header.revision, base)
         }
     };
     if revision_in_file != rev.id_bytes() || size != rev.manifest.size {
@@ -284,5 +281,6 @@ fn open_link(vol: &VolumeDir, rev: &Revision) -> Result<Link> {
         entries,
         file,
         path,
+        base,
     })
 }

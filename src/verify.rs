@@ -10,11 +10,10 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
-use std::time::Instant;
 
 use crate::archive::lock::LockMode;
-use crate::archive::oplog::{self, LogRecord};
-use crate::archive::{now_rfc3339, Revision, StorageKind, VolumeDir};
+use crate::archive::oplog::Operation;
+use crate::archive::{Revision, StorageKind, VolumeDir};
 use crate::chain::Chain;
 use crate::checksum::{block_hash, is_zero, to_hex};
 use crate::error::{Error, IoContext, Result};
@@ -61,36 +60,14 @@ pub fn verify(
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let _lock = vol.lock(LockMode::Shared)?;
-    let started = Instant::now();
-    let result = verify_locked(vol, only, progress);
-    let mut rec = LogRecord {
-        time: now_rfc3339(),
-        op: "verify".into(),
-        event: "end".into(),
-        revision: only.map(|r| r.id.clone()),
-        duration_ms: Some(started.elapsed().as_millis() as u64),
-        ..Default::default()
-    };
-    match &result {
-        Ok(r) if r.problems.is_empty() => {
-            rec.outcome = Some("ok".into());
-            rec.bytes_read = Some(r.bytes_read);
+    let op = Operation::start(vol.log_path(), "verify", only.map(|r| r.id.clone()), None)?;
+    op.end(verify_locked(vol, only, progress), |r, rec| {
+        rec.bytes_read = Some(r.bytes_read);
+        if let Some(first) = r.problems.first() {
+            rec.outcome = Some("damaged".into());
+            rec.error = Some(format!("{} problem(s); first: {first}", r.problems.len()));
         }
-        Ok(r) => {
-            rec.outcome = Some("error".into());
-            rec.error = Some(format!(
-                "{} problem(s); first: {}",
-                r.problems.len(),
-                r.problems[0]
-            ));
-        }
-        Err(e) => {
-            rec.outcome = Some("error".into());
-            rec.error = Some(e.to_string());
-        }
-    }
-    oplog::append(&vol.log_path(), &rec)?;
-    result
+    })
 }
 
 fn verify_locked(

@@ -245,7 +245,10 @@ fn aio_writer_restores_into_new_image() {
     w.finish().unwrap();
     let got = read_all(&io, &s.name, None);
     if let Some(first) = (0..expect.len()).find(|&i| got[i] != expect[i]) {
-        let last = (0..expect.len()).rev().find(|&i| got[i] != expect[i]).unwrap();
+        let last = (0..expect.len())
+            .rev()
+            .find(|&i| got[i] != expect[i])
+            .unwrap();
         panic!("written data differs in bytes {first}..={last}");
     }
 

@@ -64,3 +64,63 @@ pub fn read_all(path: &Path) -> Result<Vec<LogRecord>> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect())
 }
+
+/// One logged operation: a start record now, an end record with the
+/// outcome, duration and whatever the caller adds when it finishes.
+pub struct Operation {
+    path: std::path::PathBuf,
+    op: &'static str,
+    revision: Option<String>,
+    detail: Option<String>,
+    started: std::time::Instant,
+}
+
+impl Operation {
+    /// Appends the start record.
+    pub fn start(
+        path: std::path::PathBuf,
+        op: &'static str,
+        revision: Option<String>,
+        detail: Option<String>,
+    ) -> Result<Operation> {
+        let this = Operation {
+            path,
+            op,
+            revision,
+            detail,
+            started: std::time::Instant::now(),
+        };
+        append(&this.path, &this.record("start"))?;
+        Ok(this)
+    }
+
+    fn record(&self, event: &str) -> LogRecord {
+        LogRecord {
+            time: super::now_rfc3339(),
+            op: self.op.into(),
+            event: event.into(),
+            revision: self.revision.clone(),
+            detail: self.detail.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Appends the end record of `result`; `fill` adds success details
+    /// (and may set the outcome). Returns `result` unchanged.
+    pub fn end<T>(self, result: Result<T>, fill: impl FnOnce(&T, &mut LogRecord)) -> Result<T> {
+        let mut rec = self.record("end");
+        rec.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+        match &result {
+            Ok(v) => {
+                rec.outcome = Some("ok".into());
+                fill(v, &mut rec);
+            }
+            Err(e) => {
+                rec.outcome = Some("error".into());
+                rec.error = Some(e.to_string());
+            }
+        }
+        append(&self.path, &rec)?;
+        result
+    }
+}

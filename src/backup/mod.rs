@@ -17,7 +17,7 @@ mod writers;
 use std::time::Instant;
 
 use crate::archive::lock::LockMode;
-use crate::archive::oplog::{self, LogRecord};
+use crate::archive::oplog::Operation;
 use crate::archive::state::{Trust, VolumeState};
 use crate::archive::{now_rfc3339, Pending, Revision, VolumeDir};
 use crate::chain::Chain;
@@ -88,42 +88,21 @@ pub fn backup(
     progress: &dyn Progress,
 ) -> Result<BackupReport> {
     let _lock = vol.lock(LockMode::Exclusive)?;
-    let started = Instant::now();
-    oplog::append(
-        &vol.log_path(),
-        &LogRecord {
-            time: now_rfc3339(),
-            op: "backup".into(),
-            event: "start".into(),
-            ..Default::default()
-        },
+    let op = Operation::start(
+        vol.log_path(),
+        "backup",
+        None,
+        Some(opts.source_name.clone()),
     )?;
-    let result = backup_locked(vol, image, opts, progress);
-    let mut end = LogRecord {
-        time: now_rfc3339(),
-        op: "backup".into(),
-        event: "end".into(),
-        duration_ms: Some(started.elapsed().as_millis() as u64),
-        ..Default::default()
-    };
-    match &result {
-        Ok(r) => {
-            end.outcome = Some("ok".into());
-            end.revision = Some(r.revision.id.clone());
-            end.kind = Some(r.kind().into());
-            end.bytes_read = Some(r.bytes_read);
-            end.bytes_written = Some(r.bytes_written);
-            if let Mode::Compare { reason } = &r.mode {
-                end.detail = Some(reason.clone());
-            }
+    op.end(backup_locked(vol, image, opts, progress), |r, rec| {
+        rec.revision = Some(r.revision.id.clone());
+        rec.kind = Some(r.kind().into());
+        rec.bytes_read = Some(r.bytes_read);
+        rec.bytes_written = Some(r.bytes_written);
+        if let Mode::Compare { reason } = &r.mode {
+            rec.detail = Some(reason.clone());
         }
-        Err(e) => {
-            end.outcome = Some("error".into());
-            end.error = Some(e.to_string());
-        }
-    }
-    oplog::append(&vol.log_path(), &end)?;
-    result
+    })
 }
 
 fn backup_locked(

@@ -6,7 +6,7 @@ use rbdelta::backup::{backup, BackupOptions, Mode};
 use rbdelta::format::DEFAULT_BLOCK_SIZE;
 use rbdelta::source::rbd::RbdImage;
 
-use super::{Ctx, Failure};
+use super::{human, Ctx, Failure};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -62,12 +62,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                     Mode::Compare { .. } => "delta (checksum compare)",
                 };
                 println!(
-                    "{}: {how} {} size {} read {} stored {} in {:.1}s",
+                    "{}: {how} {}, image {}, read {}, stored {}, {:.1}s",
                     v.name,
                     r.revision.short(),
-                    r.revision.manifest.size,
-                    r.bytes_read,
-                    r.bytes_written,
+                    human(r.revision.manifest.size),
+                    human(r.bytes_read),
+                    human(r.bytes_written),
                     r.duration.as_secs_f64()
                 );
             }

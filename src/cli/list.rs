@@ -38,9 +38,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         let parent = match kind {
             rbdelta::archive::StorageKind::Full => None,
             rbdelta::archive::StorageKind::Delta => Some(rbdelta::checksum::to_hex(
-                &rbdelta::format::delta::DeltaFile::open(&vol.delta_path(&r.id))?
-                    .header
-                    .base,
+                &rbdelta::format::delta::read_header(&vol.delta_path(&r.id))?.base,
             )),
         };
         let st = state.get(&r.id);

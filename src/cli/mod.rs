@@ -145,3 +145,19 @@ impl Ctx {
 pub fn open_volume(cfg: &Config, v: &Volume) -> Result<VolumeDir> {
     Ok(VolumeDir::open(&cfg.archive, &v.name)?)
 }
+
+/// Bytes in binary units for people ("1.5 GiB").
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -13,7 +13,7 @@ use rbdelta::restore::{restore, RestoreOptions, RestoreTarget};
 use rbdelta::source::rbd::RbdImage;
 use rbdelta::source::SourceImage;
 
-use super::{open_volume, Ctx, Failure};
+use super::{human, open_volume, Ctx, Failure};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -91,11 +91,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         );
     }
     println!(
-        "{}: restored revision {} ({} bytes, {} written) in {:.1}s, checksum {}",
+        "{}: restored revision {} (image {}, {} of data written) in {:.1}s, checksum {}",
         a.volume,
         rev.short(),
-        report.size,
-        report.bytes_written,
+        human(report.size),
+        human(report.bytes_written),
         report.duration.as_secs_f64(),
         if report.bad.is_empty() {
             "verified"

@@ -2,7 +2,7 @@
 
 use rbdelta::verify::verify;
 
-use super::{open_volume, Ctx, Failure};
+use super::{human, open_volume, Ctx, Failure};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,8 +25,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let report = verify(&vol, only.as_ref(), progress.as_ref())?;
     if report.problems.is_empty() {
         println!(
-            "{}: {} revision(s) verified, {} bytes read, no problems",
-            a.volume, report.revisions, report.bytes_read
+            "{}: {} revision(s) verified, {} read, no problems",
+            a.volume,
+            report.revisions,
+            human(report.bytes_read)
         );
         return Ok(());
     }

@@ -158,6 +158,35 @@ fn encode_entries(entries: &[BlockEntry]) -> Vec<u8> {
     out
 }
 
+fn parse_header(head: &[u8]) -> std::result::Result<DeltaHeader, String> {
+    if head[0..8] != DELTA_MAGIC {
+        return Err("not a delta file (bad magic)".into());
+    }
+    let version = le_u32(head, 8);
+    if version != FORMAT_VERSION {
+        return Err(format!("unsupported delta version {version}"));
+    }
+    let block_size = le_u32(head, 12) as u64;
+    if !valid_block_size(block_size) {
+        return Err(format!("invalid block size {block_size}"));
+    }
+    Ok(DeltaHeader {
+        block_size,
+        size: le_u64(head, 16),
+        revision: hash_at(head, 24),
+        base: hash_at(head, 56),
+    })
+}
+
+/// Reads only a delta's header (no index, no trailer check): cheap, for
+/// listings. Readers of data use [`DeltaFile::open`].
+pub fn read_header(path: &Path) -> Result<DeltaHeader> {
+    let file = File::open(path).at(path)?;
+    let mut head = vec![0u8; DELTA_HEADER_LEN];
+    file.read_exact_at(&mut head, 0).at(path)?;
+    parse_header(&head).map_err(|m| Error::Corrupt(format!("{}: {m}", path.display())))
+}
+
 /// An open delta: header and index in memory, data read on demand.
 pub struct DeltaFile {
     pub header: DeltaHeader,
@@ -176,13 +205,7 @@ impl DeltaFile {
         }
         let mut head = vec![0u8; DELTA_HEADER_LEN];
         file.read_exact_at(&mut head, 0).at(path)?;
-        if head[0..8] != DELTA_MAGIC {
-            return Err(corrupt("not a delta file (bad magic)".into()));
-        }
-        let version = le_u32(&head, 8);
-        if version != FORMAT_VERSION {
-            return Err(corrupt(format!("unsupported delta version {version}")));
-        }
+        let header = parse_header(&head).map_err(corrupt)?;
         let count = le_u64(&head, 88);
         let index_offset = le_u64(&head, 96);
         let index_len = count.checked_mul(DELTA_ENTRY_LEN as u64);
@@ -203,16 +226,7 @@ impl DeltaFile {
         if h.finalize().as_bytes() != trailer {
             return Err(corrupt("delta header/index checksum mismatch".into()));
         }
-        let block_size = le_u32(&head, 12) as u64;
-        if !valid_block_size(block_size) {
-            return Err(corrupt(format!("invalid block size {block_size}")));
-        }
-        let header = DeltaHeader {
-            block_size,
-            size: le_u64(&head, 16),
-            revision: hash_at(&head, 24),
-            base: hash_at(&head, 56),
-        };
+        let block_size = header.block_size;
         let mut entries = Vec::with_capacity(count as usize);
         for c in index.chunks_exact(DELTA_ENTRY_LEN) {
             let e = BlockEntry {

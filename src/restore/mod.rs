@@ -16,8 +16,8 @@ use std::time::Instant;
 use crossbeam_channel::bounded;
 
 use crate::archive::lock::LockMode;
-use crate::archive::oplog::{self, LogRecord};
-use crate::archive::{now_rfc3339, Revision, VolumeDir};
+use crate::archive::oplog::Operation;
+use crate::archive::{Revision, VolumeDir};
 use crate::chain::Chain;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -68,46 +68,19 @@ pub fn restore(
 ) -> Result<RestoreReport> {
     let _lock = vol.lock(LockMode::Shared)?;
     let started = Instant::now();
-    let describe = target.describe();
-    let log = |rec: LogRecord| oplog::append(&vol.log_path(), &rec);
-    log(LogRecord {
-        time: now_rfc3339(),
-        op: "restore".into(),
-        event: "start".into(),
-        revision: Some(rev.id.clone()),
-        detail: Some(describe.clone()),
-        ..Default::default()
-    })?;
-    let result = run(vol, rev, target, opts, progress, started);
-    let mut end = LogRecord {
-        time: now_rfc3339(),
-        op: "restore".into(),
-        event: "end".into(),
-        revision: Some(rev.id.clone()),
-        detail: Some(describe),
-        duration_ms: Some(started.elapsed().as_millis() as u64),
-        ..Default::default()
-    };
-    match &result {
-        Ok(r) => {
-            end.outcome = Some(
-                if r.bad.is_empty() {
-                    "ok"
-                } else {
-                    "inconsistent"
-                }
-                .into(),
-            );
-            end.bytes_read = Some(r.bytes_read);
-            end.bytes_written = Some(r.bytes_written);
+    let op = Operation::start(
+        vol.log_path(),
+        "restore",
+        Some(rev.id.clone()),
+        Some(target.describe()),
+    )?;
+    op.end(run(vol, rev, target, opts, progress, started), |r, rec| {
+        if !r.bad.is_empty() {
+            rec.outcome = Some("inconsistent".into());
         }
-        Err(e) => {
-            end.outcome = Some("error".into());
-            end.error = Some(e.to_string());
-        }
-    }
-    log(end)?;
-    result
+        rec.bytes_read = Some(r.bytes_read);
+        rec.bytes_written = Some(r.bytes_written);
+    })
 }
 
 fn run(
