@@ -244,3 +244,46 @@ fn hole_damage_in_a_full_is_found() {
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert!(report.problems[0].to_string().contains("not zero"));
 }
+
+#[test]
+fn archive_files_are_owner_only_and_log_every_operation() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture();
+    resize(&f.image, 100_000).unwrap();
+    write_at(&f.image, 0, &[1u8; 5000]).unwrap();
+    let r1 = backup(&f.vol, &f.image, &opts(), &NoProgress).unwrap();
+    write_at(&f.image, 70_000, &[2u8; 5000]).unwrap();
+    backup(&f.vol, &f.image, &opts(), &NoProgress).unwrap();
+    verify(&f.vol, None, &NoProgress).unwrap();
+    restore_bytes(&f, &r1.revision.id);
+    let mut stack = vec![f.root.clone()];
+    while let Some(p) = stack.pop() {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        if p.is_dir() {
+            assert_eq!(mode, 0o700, "{}", p.display());
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+    }
+    let log = rbdelta::archive::oplog::read_all(&f.vol.log_path()).unwrap();
+    let ops: Vec<(String, String, Option<String>)> = log
+        .iter()
+        .map(|r| (r.op.clone(), r.event.clone(), r.outcome.clone()))
+        .collect();
+    let ok = Some("ok".to_string());
+    assert_eq!(
+        ops,
+        vec![
+            ("backup".into(), "start".into(), None),
+            ("backup".into(), "end".into(), ok.clone()),
+            ("backup".into(), "start".into(), None),
+            ("backup".into(), "end".into(), ok.clone()),
+            ("verify".into(), "start".into(), None),
+            ("verify".into(), "end".into(), ok.clone()),
+            ("restore".into(), "start".into(), None),
+            ("restore".into(), "end".into(), ok),
+        ]
+    );
+    assert!(log[1].bytes_written.is_some() && log[1].duration_ms.is_some());
+}
