@@ -19,19 +19,45 @@ use crate::archive::{Revision, StorageKind, VolumeDir};
 use crate::checksum::{block_count, block_len, Hash, ZeroHashes};
 use crate::error::{Error, IoContext, Result};
 use crate::format::delta::DeltaFile;
-use crate::format::full_index::FullIndex;
+use crate::format::full_index::FullIndexReader;
 use crate::format::index::{self, BlockEntry};
+
+/// The block index of one link: a full's is streamed from its file (it can
+/// be as large as the image's data), a delta's is in memory (it is as large
+/// as the change).
+pub enum Index {
+    Full(FullIndexReader),
+    Delta(Vec<BlockEntry>),
+}
 
 /// One revision's stored blocks.
 pub struct Link {
     pub revision: Revision,
     pub kind: StorageKind,
     pub size: u64,
-    pub entries: Vec<BlockEntry>,
+    pub index: Index,
     pub file: File,
     pub path: PathBuf,
     /// The revision a delta applies to (None for a full).
     pub base: Option<String>,
+}
+
+impl Link {
+    /// The entry of `block` in this link, if it stores it.
+    pub fn find(&self, block: u64) -> Result<Option<BlockEntry>> {
+        match &self.index {
+            Index::Full(r) => r.find(block),
+            Index::Delta(entries) => Ok(index::find(entries, block).copied()),
+        }
+    }
+
+    /// A delta's entries (empty for a full).
+    pub fn delta_entries(&self) -> &[BlockEntry] {
+        match &self.index {
+            Index::Full(_) => &[],
+            Index::Delta(e) => e,
+        }
+    }
 }
 
 /// A revision and the links it depends on, full first.
@@ -110,59 +136,55 @@ impl Chain {
         &self.zero
     }
 
-    /// Every block of the target revision in order with its source. Memory:
-    /// 24 bytes per block stored in the chain's deltas, none per image block.
-    pub fn blocks(&self) -> impl Iterator<Item = Resolved> + '_ {
+    /// Every block of the target revision in order with its source.
+    pub fn blocks(&self) -> Result<Blocks<'_>> {
         self.blocks_as(self.size())
     }
 
     /// The blocks of a revision of `size` bytes whose content is the target's
     /// (a child with nothing changed, after a possible resize): bytes beyond
     /// `size` vanish, bytes the target does not have read as zeros.
-    pub fn blocks_as(&self, size: u64) -> impl Iterator<Item = Resolved> + '_ {
+    /// Memory: 24 bytes per block stored in the chain's deltas; the full's
+    /// index is streamed.
+    pub fn blocks_as(&self, size: u64) -> Result<Blocks<'_>> {
         let bs = self.block_size;
         let n = block_count(size, bs);
         // Blocks supplied by deltas: newest link wins.
-        let mut overlay: Vec<(u64, usize, usize)> = Vec::new();
+        let mut overlay: Vec<(u64, u32, u32)> = Vec::new();
         for (j, link) in self.links.iter().enumerate().skip(1) {
             let limit = self.suffix_min[j].min(size);
-            for (i, e) in link.entries.iter().enumerate() {
+            for (i, e) in link.delta_entries().iter().enumerate() {
                 if e.block * bs < limit && e.block < n {
-                    overlay.push((e.block, j, i));
+                    overlay.push((e.block, j as u32, i as u32));
                 }
             }
         }
         overlay.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         overlay.dedup_by_key(|x| x.0);
-        let full = &self.links[0].entries;
-        let full_limit = self.suffix_min[0].min(size);
-        let (mut ov, mut fi) = (0usize, 0usize);
-        (0..n).map(move |block| {
-            let len = block_len(block, size, bs);
-            while fi < full.len() && full[fi].block < block {
-                fi += 1;
+        let full = match &self.links[0].index {
+            Index::Full(r) => Some(r.entries()?),
+            Index::Delta(_) => {
+                return Err(Error::Corrupt(format!(
+                    "chain of {} does not end in a full",
+                    self.target().revision.id
+                )))
             }
-            let source = if ov < overlay.len() && overlay[ov].0 == block {
-                let (_, j, i) = overlay[ov];
-                ov += 1;
-                Source::Stored {
-                    link: j,
-                    entry: self.links[j].entries[i],
-                }
-            } else if block * bs < full_limit && fi < full.len() && full[fi].block == block {
-                Source::Stored {
-                    link: 0,
-                    entry: full[fi],
-                }
-            } else {
-                Source::Zero
-            };
-            Resolved { block, len, source }
+        };
+        Ok(Blocks {
+            chain: self,
+            size,
+            n,
+            next: 0,
+            overlay,
+            ov: 0,
+            full,
+            full_next: None,
+            full_limit: self.suffix_min[0].min(size),
         })
     }
 
     /// The source of one block (random access, for readers like FUSE).
-    pub fn resolve(&self, block: u64) -> Resolved {
+    pub fn resolve(&self, block: u64) -> Result<Resolved> {
         let size = self.size();
         let bs = self.block_size;
         let len = block_len(block, size, bs);
@@ -170,19 +192,19 @@ impl Chain {
             if block * bs >= self.suffix_min[j] {
                 break;
             }
-            if let Some(e) = index::find(&self.links[j].entries, block) {
-                return Resolved {
+            if let Some(entry) = self.links[j].find(block)? {
+                return Ok(Resolved {
                     block,
                     len,
-                    source: Source::Stored { link: j, entry: *e },
-                };
+                    source: Source::Stored { link: j, entry },
+                });
             }
         }
-        Resolved {
+        Ok(Resolved {
             block,
             len,
             source: Source::Zero,
-        }
+        })
     }
 
     /// The hash of a resolved block at the target revision, from the index
@@ -212,7 +234,8 @@ impl Chain {
     pub fn checksum_with(&self, overlay: &[BlockEntry], size: u64) -> Result<Hash> {
         let mut sum = crate::checksum::ImageChecksum::new(size, self.block_size);
         let mut oi = 0;
-        for r in self.blocks_as(size) {
+        for r in self.blocks_as(size)? {
+            let r = r?;
             let hash = if overlay.get(oi).is_some_and(|e| e.block == r.block) {
                 oi += 1;
                 let e = &overlay[oi - 1];
@@ -243,27 +266,88 @@ impl Chain {
     }
 }
 
+/// Iterator over a chain's blocks in order (see [`Chain::blocks_as`]).
+pub struct Blocks<'c> {
+    chain: &'c Chain,
+    size: u64,
+    n: u64,
+    next: u64,
+    overlay: Vec<(u64, u32, u32)>,
+    ov: usize,
+    full: Option<crate::format::full_index::Entries<'c>>,
+    full_next: Option<BlockEntry>,
+    full_limit: u64,
+}
+
+impl Iterator for Blocks<'_> {
+    type Item = Result<Resolved>;
+
+    fn next(&mut self) -> Option<Result<Resolved>> {
+        if self.next >= self.n {
+            return None;
+        }
+        let block = self.next;
+        self.next += 1;
+        let bs = self.chain.block_size;
+        let len = block_len(block, self.size, bs);
+        // Advance the full's stream to `block`.
+        while self.full_next.is_none_or(|e| e.block < block) {
+            match self.full.as_mut().and_then(|f| f.next()) {
+                Some(Ok(e)) => self.full_next = Some(e),
+                Some(Err(e)) => {
+                    self.next = self.n;
+                    return Some(Err(e));
+                }
+                None => {
+                    self.full = None;
+                    self.full_next = None;
+                    break;
+                }
+            }
+        }
+        let source = if self.overlay.get(self.ov).is_some_and(|o| o.0 == block) {
+            let (_, j, i) = self.overlay[self.ov];
+            self.ov += 1;
+            Source::Stored {
+                link: j as usize,
+                entry: self.chain.links[j as usize].delta_entries()[i as usize],
+            }
+        } else {
+            match self.full_next {
+                Some(e) if e.block == block && block * bs < self.full_limit => {
+                    Source::Stored { link: 0, entry: e }
+                }
+                _ => Source::Zero,
+            }
+        };
+        Some(Ok(Resolved { block, len, source }))
+    }
+}
+
 fn open_link(vol: &VolumeDir, rev: &Revision) -> Result<Link> {
     let kind = vol.storage_kind(&rev.id)?;
-    let (entries, size, path, revision_in_file, base) = match kind {
+    let (index, size, path, revision_in_file, base, file) = match kind {
         StorageKind::Full => {
-            let idx = FullIndex::read(&vol.full_index_path(&rev.id))?;
+            let idx = FullIndexReader::open(&vol.full_index_path(&rev.id))?;
             let path = vol.full_path(&rev.id);
-            let len = std::fs::metadata(&path).at(&path)?.len();
-            if len != idx.size {
+            let file = File::open(&path).at(&path)?;
+            let len = file.metadata().at(&path)?.len();
+            if len != idx.header.size {
                 return Err(Error::Corrupt(format!(
                     "{}: full is {len} bytes, its index says {}",
                     path.display(),
-                    idx.size
+                    idx.header.size
                 )));
             }
-            (idx.entries, idx.size, path, idx.revision, None)
+            let (size, revision) = (idx.header.size, idx.header.revision);
+            (Index::Full(idx), size, path, revision, None, file)
         }
         StorageKind::Delta => {
             let path = vol.delta_path(&rev.id);
             let d = DeltaFile::open(&path)?;
             let base = Some(crate::checksum::to_hex(&d.header.base));
-            (d.entries, d.header.size, path, d.header.revision, base)
+            let (size, revision) = (d.header.size, d.header.revision);
+            (Index::Delta(d.entries), size, path, revision, base, d.file)
         }
     };
     if revision_in_file != rev.id_bytes() || size != rev.manifest.size {
@@ -273,12 +357,11 @@ fn open_link(vol: &VolumeDir, rev: &Revision) -> Result<Link> {
             rev.id
         )));
     }
-    let file = File::open(&path).at(&path)?;
     Ok(Link {
         revision: rev.clone(),
         kind,
         size,
-        entries,
+        index,
         file,
         path,
         base,

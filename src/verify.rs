@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
+use std::path::Path;
 
 use crate::archive::lock::LockMode;
 use crate::archive::oplog::Operation;
@@ -18,7 +19,7 @@ use crate::chain::Chain;
 use crate::checksum::{block_hash, is_zero, to_hex};
 use crate::error::{Error, IoContext, Result};
 use crate::format::delta::DeltaFile;
-use crate::format::full_index::FullIndex;
+use crate::format::full_index::FullIndexReader;
 use crate::format::index::BlockEntry;
 use crate::progress::Progress;
 
@@ -176,25 +177,26 @@ fn check_data(vol: &VolumeDir, id: &str, progress: &dyn Progress) -> Result<(u64
     let bs = vol.block_size;
     match vol.storage_kind(id)? {
         StorageKind::Full => {
-            let idx = FullIndex::read(&vol.full_index_path(id))?;
+            let idx = FullIndexReader::open(&vol.full_index_path(id))?;
             let path = vol.full_path(id);
             let file = File::open(&path).at(&path)?;
             let len = file.metadata().at(&path)?.len();
-            if len != idx.size {
+            if len != idx.header.size {
                 return Err(Error::Corrupt(format!(
                     "{}: full is {len} bytes, its index says {}",
                     path.display(),
-                    idx.size
+                    idx.header.size
                 )));
             }
-            let mut problems = check_entries(id, &file, &path, &idx.entries, bs, progress)?;
-            problems.extend(check_holes(id, &file, &path, &idx.entries, idx.size, bs)?);
+            let mut problems = check_entries(id, &file, &path, idx.entries()?, bs, progress)?;
+            problems.extend(check_holes(id, &file, &path, idx.entries()?, len, bs)?);
             Ok((len, problems))
         }
         StorageKind::Delta => {
             let path = vol.delta_path(id);
             let d = DeltaFile::open(&path)?;
-            let problems = check_entries(id, &d.file, &path, &d.entries, bs, progress)?;
+            let entries = d.entries.iter().map(|e| Ok(*e));
+            let problems = check_entries(id, &d.file, &path, entries, bs, progress)?;
             let len = d.file.metadata().at(&path)?.len();
             Ok((len, problems))
         }
@@ -204,14 +206,18 @@ fn check_data(vol: &VolumeDir, id: &str, progress: &dyn Progress) -> Result<(u64
 fn check_entries(
     id: &str,
     file: &File,
-    path: &std::path::Path,
-    entries: &[BlockEntry],
+    path: &Path,
+    entries: impl Iterator<Item = Result<BlockEntry>>,
     bs: u64,
     progress: &dyn Progress,
 ) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
     let mut buf = Vec::new();
-    for e in entries.iter().filter(|e| !e.zero) {
+    for e in entries {
+        let e = e?;
+        if e.zero {
+            continue;
+        }
         buf.resize(e.len as usize, 0);
         file.read_exact_at(&mut buf, e.offset).at(path)?;
         progress.advance(e.len as u64);
@@ -227,26 +233,39 @@ fn check_entries(
     Ok(problems)
 }
 
-/// In a full, data found outside the listed blocks must be zeros.
+/// In a full, data found outside the listed blocks must be zeros. Walks the
+/// file's data regions and the (ascending) index together.
 fn check_holes(
     id: &str,
     file: &File,
-    path: &std::path::Path,
-    entries: &[BlockEntry],
+    path: &Path,
+    listed: impl Iterator<Item = Result<BlockEntry>>,
     size: u64,
     bs: u64,
 ) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
-    let listed: std::collections::HashSet<u64> = entries.iter().map(|e| e.block).collect();
+    let mut listed = listed.peekable();
     let mut buf = vec![0u8; bs as usize];
     let mut pos = 0u64;
+    let mut next_block = 0u64; // blocks below this were checked
     while pos < size {
         let Some((start, end)) = next_data(file, pos, size).at(path)? else {
             break;
         };
-        let mut block = start / bs;
+        let mut block = (start / bs).max(next_block);
         while block * bs < end {
-            if !listed.contains(&block) {
+            while let Some(Ok(e)) = listed.peek() {
+                if e.block >= block {
+                    break;
+                }
+                listed.next();
+            }
+            let is_listed = match listed.peek() {
+                Some(Ok(e)) => e.block == block,
+                Some(Err(_)) => return Err(listed.next().unwrap().unwrap_err()),
+                None => false,
+            };
+            if !is_listed {
                 let len = (size - block * bs).min(bs) as usize;
                 file.read_exact_at(&mut buf[..len], block * bs).at(path)?;
                 if !is_zero(&buf[..len]) {
@@ -259,6 +278,7 @@ fn check_holes(
             }
             block += 1;
         }
+        next_block = block;
         pos = end;
     }
     Ok(problems)

@@ -9,11 +9,9 @@ use crate::archive::atomic::{fsync_dir, write_atomic, TempFile};
 use crate::archive::state::VolumeState;
 use crate::archive::{now_rfc3339, Revision, VolumeDir};
 use crate::chain::Chain;
-use crate::checksum::{self, block_count, block_len, Hash, ImageChecksum, ZeroHashes};
+use crate::checksum::{self, block_count, Hash};
 use crate::error::{Error, IoContext, Result};
 use crate::format::delta::{DeltaHeader, DeltaWriter};
-use crate::format::full_index::FullIndex;
-use crate::format::index::BlockEntry;
 use crate::format::manifest::Manifest;
 use crate::format::FORMAT_VERSION;
 use crate::progress::Progress;
@@ -43,12 +41,7 @@ pub(super) fn write_revision(
         let extents = snap.changed_extents(None, opts.whole_object)?;
         let blocks = blocks_to_store(&extents, None, size, bs);
         let reads = reads_for(&blocks, size, bs);
-        let mut w = FullWriter {
-            tmp: TempFile::new_in(&vol.tmp_dir(), "full")?,
-            block_size: bs,
-            entries: Vec::new(),
-            bytes_written: 0,
-        };
+        let mut w = FullWriter::new(&vol.tmp_dir(), size, bs)?;
         progress.begin("full", reads.iter().map(|e| e.len).sum());
         let copied = copy_blocks(
             snap,
@@ -61,21 +54,16 @@ pub(super) fn write_revision(
         );
         progress.end();
         let stats = copied?;
-        w.tmp.file.set_len(size).at(&w.tmp.path)?;
-        let sum = checksum_of_full(&w.entries, size, bs);
+        let sum = w.checksum();
         let (rev, bytes) = new_manifest(vol, snap, parent, sum, size, opts);
-        let index = FullIndex {
-            block_size: bs,
-            size,
-            revision: rev.id_bytes(),
-            entries: w.entries,
-        };
-        let mut idx_tmp = TempFile::new_in(&vol.tmp_dir(), "fidx")?;
-        index.write_to(&mut idx_tmp.file, &idx_tmp.path)?;
-        w.tmp.persist(&vol.full_path(&rev.id))?;
-        idx_tmp.persist(&vol.full_index_path(&rev.id))?;
+        let written = w.bytes_written;
+        w.persist(
+            rev.id_bytes(),
+            &vol.full_path(&rev.id),
+            &vol.full_index_path(&rev.id),
+        )?;
         commit_manifest(vol, &rev, &bytes)?;
-        return Ok((rev, stats.bytes_read, w.bytes_written));
+        return Ok((rev, stats.bytes_read, written));
     };
 
     let tmp = TempFile::new_in(&vol.tmp_dir(), "delta")?;
@@ -103,14 +91,12 @@ pub(super) fn write_revision(
         Mode::Compare { .. } => {
             let all: Vec<u64> = (0..block_count(size, bs)).collect();
             let reads = reads_for(&all, size, bs);
-            let mut expected = chain.blocks_as(size);
+            let mut expected = chain.blocks_as(size)?;
             let mut keep = |block: u64, hash: &Hash, _zero: bool| -> Result<bool> {
-                let r = expected
-                    .next()
-                    .filter(|r| r.block == block)
-                    .ok_or_else(|| {
-                        Error::Invalid(format!("compare: block {block} out of order"))
-                    })?;
+                let r = expected.next().transpose()?.filter(|r| r.block == block);
+                let r = r.ok_or_else(|| {
+                    Error::Invalid(format!("compare: block {block} out of order"))
+                })?;
                 // A block whose length changed (resize boundary) is always stored.
                 Ok(chain.hash_of(&r).map_or(true, |before| &before != hash))
             };
@@ -135,23 +121,6 @@ pub(super) fn write_revision(
     tmp.persist(&vol.delta_path(&rev.id))?;
     commit_manifest(vol, &rev, &bytes)?;
     Ok((rev, stats.bytes_read, written))
-}
-
-/// Image checksum of a full whose non-zero blocks are `entries`.
-pub fn checksum_of_full(entries: &[BlockEntry], size: u64, bs: u64) -> Hash {
-    let zeros = ZeroHashes::new(bs);
-    let mut sum = ImageChecksum::new(size, bs);
-    let mut it = entries.iter().peekable();
-    for block in 0..block_count(size, bs) {
-        match it.peek() {
-            Some(e) if e.block == block => {
-                sum.push(block, &e.hash);
-                it.next();
-            }
-            _ => sum.push(block, &zeros.for_len(block_len(block, size, bs))),
-        }
-    }
-    sum.finish()
 }
 
 fn new_manifest(

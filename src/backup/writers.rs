@@ -1,20 +1,81 @@
 //! The two block writers of a backup: a sparse full image file, and a delta.
 
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use super::pipeline::{BlockWriter, Chunk};
 use crate::archive::atomic::TempFile;
+use crate::checksum::{block_count, block_len, Hash, ImageChecksum, ZeroHashes};
 use crate::error::{IoContext, Result};
 use crate::format::delta::DeltaWriter;
-use crate::format::index::BlockEntry;
+use crate::format::full_index::FullIndexWriter;
 
 /// Writes non-zero blocks of a full at their image offsets; zero blocks stay
-/// holes, so the file is as sparse as the image.
+/// holes, so the file is as sparse as the image. The block index is streamed
+/// to its own temp file and the image checksum computed on the way, so
+/// memory does not grow with the image.
 pub struct FullWriter {
-    pub tmp: TempFile,
-    pub block_size: u64,
-    pub entries: Vec<BlockEntry>,
+    data: TempFile,
+    index_tmp: TempFile,
+    index: FullIndexWriter,
+    sum: ImageChecksum,
+    zeros: ZeroHashes,
+    size: u64,
+    block_size: u64,
+    /// Next block whose hash the checksum needs.
+    next_block: u64,
     pub bytes_written: u64,
+}
+
+impl FullWriter {
+    pub fn new(tmp_dir: &Path, size: u64, block_size: u64) -> Result<FullWriter> {
+        let data = TempFile::new_in(tmp_dir, "full")?;
+        let index_tmp = TempFile::new_in(tmp_dir, "fidx")?;
+        let file = index_tmp.file.try_clone().at(&index_tmp.path)?;
+        let index = FullIndexWriter::new(file, index_tmp.path.clone())?;
+        Ok(FullWriter {
+            data,
+            index_tmp,
+            index,
+            sum: ImageChecksum::new(size, block_size),
+            zeros: ZeroHashes::new(block_size),
+            size,
+            block_size,
+            next_block: 0,
+            bytes_written: 0,
+        })
+    }
+
+    /// Counts blocks before `block` that were never stored as zeros.
+    fn zeros_until(&mut self, block: u64) {
+        while self.next_block < block {
+            let len = block_len(self.next_block, self.size, self.block_size);
+            self.sum.push(self.next_block, &self.zeros.for_len(len));
+            self.next_block += 1;
+        }
+    }
+
+    fn add(&mut self, block: u64, hash: &Hash) -> Result<()> {
+        self.zeros_until(block);
+        self.sum.push(block, hash);
+        self.next_block = block + 1;
+        self.index.push(block, hash)
+    }
+
+    /// The image checksum of everything written (the rest is zeros).
+    pub fn checksum(&mut self) -> Hash {
+        self.zeros_until(block_count(self.size, self.block_size));
+        let done = std::mem::replace(&mut self.sum, ImageChecksum::new(0, self.block_size));
+        done.finish()
+    }
+
+    /// Completes both files for `revision` and renames them into place.
+    pub fn persist(self, revision: Hash, full: &Path, index: &Path) -> Result<()> {
+        self.data.file.set_len(self.size).at(&self.data.path)?;
+        self.index.finish(self.block_size, self.size, revision)?;
+        self.data.persist(full)?;
+        self.index_tmp.persist(index)
+    }
 }
 
 impl BlockWriter for FullWriter {
@@ -28,23 +89,16 @@ impl BlockWriter for FullWriter {
             }
             let start = i;
             while i < blocks.len() && !blocks[i].zero && blocks[i].keep {
-                let b = &blocks[i];
-                self.entries.push(BlockEntry {
-                    block: b.block,
-                    offset: b.block * self.block_size,
-                    len: b.len as u32,
-                    zero: false,
-                    hash: b.hash,
-                });
+                self.add(blocks[i].block, &blocks[i].hash)?;
                 i += 1;
             }
             let from = blocks[start].at;
             let to = blocks[i - 1].at + blocks[i - 1].len;
             let offset = chunk.extent.offset + from as u64;
-            self.tmp
+            self.data
                 .file
                 .write_all_at(&chunk.data[from..to], offset)
-                .at(&self.tmp.path)?;
+                .at(&self.data.path)?;
             self.bytes_written += (to - from) as u64;
         }
         Ok(())

@@ -57,7 +57,8 @@ pub fn read_blocks(
         buf: Vec::new(),
         group: Vec::new(),
     };
-    for r in chain.blocks() {
+    for r in chain.blocks()? {
+        let r = r?;
         match stored(&r) {
             Some((link, e)) => {
                 if !rd.joins(link, &e) {
