@@ -287,3 +287,55 @@ fn archive_files_are_owner_only_and_log_every_operation() {
     );
     assert!(log[1].bytes_written.is_some() && log[1].duration_ms.is_some());
 }
+
+#[test]
+fn revisions_are_found_by_id_prefix_or_latest_and_verified_alone() {
+    let f = fixture();
+    resize(&f.image, 100_000).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3u8 {
+        write_at(&f.image, i as u64 * 30_000, &[i + 1; 100]).unwrap();
+        ids.push(
+            backup(&f.vol, &f.image, &opts(), &NoProgress)
+                .unwrap()
+                .revision
+                .id,
+        );
+    }
+    assert_eq!(f.vol.find_revision("latest").unwrap().id, ids[2]);
+    assert_eq!(f.vol.find_revision(&ids[1][..10]).unwrap().id, ids[1]);
+    assert_eq!(
+        f.vol.find_revision(&ids[0].to_uppercase()).unwrap().id,
+        ids[0]
+    );
+    let err = f.vol.find_revision("").unwrap_err().to_string();
+    assert!(err.contains("ambiguous"), "{err}");
+    let err = f.vol.find_revision("zz").unwrap_err().to_string();
+    assert!(err.contains("no revision"), "{err}");
+    let listed: Vec<String> = f
+        .vol
+        .revisions()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, ids, "oldest first");
+    // damage the newest delta: verifying the first revision alone is clean
+    flip_byte(
+        &f.vol.delta_path(&ids[2]),
+        rbdelta::format::DELTA_DATA_START,
+    );
+    let first = f.vol.find_revision(&ids[0]).unwrap();
+    assert!(verify(&f.vol, Some(&first), &NoProgress)
+        .unwrap()
+        .problems
+        .is_empty());
+    let last = f.vol.find_revision(&ids[2]).unwrap();
+    assert_eq!(
+        verify(&f.vol, Some(&last), &NoProgress)
+            .unwrap()
+            .problems
+            .len(),
+        1
+    );
+}
