@@ -350,6 +350,17 @@ fn open_link(vol: &VolumeDir, rev: &Revision) -> Result<Link> {
             (Index::Delta(d.entries), size, path, revision, base, d.file)
         }
     };
+    // Restores and verifies read data files front to back: ask for
+    // aggressive readahead.
+    // SAFETY: advisory call on a valid descriptor.
+    unsafe {
+        libc::posix_fadvise(
+            std::os::unix::io::AsRawFd::as_raw_fd(&file),
+            0,
+            0,
+            libc::POSIX_FADV_SEQUENTIAL,
+        )
+    };
     if revision_in_file != rev.id_bytes() || size != rev.manifest.size {
         return Err(Error::Corrupt(format!(
             "{}: data file does not belong to revision {} (id or size differs)",

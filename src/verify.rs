@@ -83,19 +83,38 @@ fn verify_locked(
         Some(r) => vec![r],
         None => revisions.iter().collect(),
     };
-    // Revisions whose data files must be read: the targets and their bases.
+    // Each target's image checksum from its chain's block hashes, and the
+    // data files it needs (read once below, however many targets share them).
     let mut needed = BTreeSet::new();
     for r in &targets {
-        match Chain::open(vol, r) {
-            Ok(chain) => {
-                for l in &chain.links {
-                    needed.insert(l.revision.id.clone());
-                }
+        report.revisions += 1;
+        let chain = match Chain::open(vol, r) {
+            Ok(chain) => chain,
+            Err(e) => {
+                report.problems.push(Problem {
+                    revision: r.id.clone(),
+                    range: None,
+                    what: format!("cannot open its chain: {e}"),
+                });
+                continue;
             }
+        };
+        needed.extend(chain.links.iter().map(|l| l.revision.id.clone()));
+        match chain.image_checksum() {
+            Ok(sum) if sum == r.manifest.checksum_bytes() => {}
+            Ok(sum) => report.problems.push(Problem {
+                revision: r.id.clone(),
+                range: None,
+                what: format!(
+                    "image checksum from its blocks is {} but the manifest says {}",
+                    to_hex(&sum),
+                    r.manifest.checksum
+                ),
+            }),
             Err(e) => report.problems.push(Problem {
                 revision: r.id.clone(),
                 range: None,
-                what: format!("cannot open its chain: {e}"),
+                what: e.to_string(),
             }),
         }
     }
@@ -115,29 +134,6 @@ fn verify_locked(
         }
     }
     progress.end();
-    for r in &targets {
-        report.revisions += 1;
-        let Ok(chain) = Chain::open(vol, r) else {
-            continue; // reported above
-        };
-        match chain.image_checksum() {
-            Ok(sum) if sum == r.manifest.checksum_bytes() => {}
-            Ok(sum) => report.problems.push(Problem {
-                revision: r.id.clone(),
-                range: None,
-                what: format!(
-                    "image checksum from its blocks is {} but the manifest says {}",
-                    to_hex(&sum),
-                    r.manifest.checksum
-                ),
-            }),
-            Err(e) => report.problems.push(Problem {
-                revision: r.id.clone(),
-                range: None,
-                what: e.to_string(),
-            }),
-        }
-    }
     Ok(report)
 }
 

@@ -512,3 +512,73 @@ fn missing_image_fails_alone() {
     );
     assert_eq!(env.revisions("ok").len(), 1);
 }
+
+/// A tmpfs of `mib` MiB mounted on `dir`, unmounted on drop (needs root).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, mib: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipping: cannot mount a tmpfs (not root?)");
+            return None;
+        }
+        Some(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_backup_cleanly_and_keeps_history() {
+    let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
+        return;
+    };
+    let src = ScratchImage::create(&io, "enospc", 64 * MIB);
+    let img = io.open_image(&src.name).unwrap();
+    img.write(0, &pattern(4 * MIB as usize, 61)).unwrap();
+    let env = Env::new(&conf, &[("full", &src.name)]);
+    let Some(_disk) = SmallDisk::mount(&env.archive(), 12) else {
+        return;
+    };
+    env.ok(&["backup", "full"]);
+    img.write(8 * MIB, &pattern(20 * MIB as usize, 62)).unwrap();
+    let out = env.fails(&["backup", "full"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(env.revisions("full").len(), 1);
+    let vol = env.archive().join("full");
+    assert!(!vol.join("pending.json").exists());
+    assert_eq!(
+        std::fs::read_dir(vol.join("tmp")).unwrap().count(),
+        0,
+        "temp files removed"
+    );
+    assert_eq!(
+        img.snap_list().unwrap().len(),
+        1,
+        "the failed backup's snapshot is removed"
+    );
+    env.ok(&["verify", "full"]);
+    // once there is room again, backups go on
+    img.write(8 * MIB, &pattern(MIB as usize, 63)).unwrap();
+    img.discard(9 * MIB, 19 * MIB).unwrap();
+    env.ok(&["backup", "full"]);
+    env.ok(&["verify", "full"]);
+}

@@ -339,3 +339,23 @@ fn revisions_are_found_by_id_prefix_or_latest_and_verified_alone() {
         1
     );
 }
+
+#[test]
+fn an_unreadable_parent_makes_the_next_backup_a_full() {
+    let f = fixture();
+    resize(&f.image, 100_000).unwrap();
+    write_at(&f.image, 0, &[5u8; 9000]).unwrap();
+    let r1 = backup(&f.vol, &f.image, &opts(), &NoProgress).unwrap();
+    std::fs::remove_file(f.vol.full_index_path(&r1.revision.id)).unwrap();
+    write_at(&f.image, 50_000, &[6u8; 10]).unwrap();
+    let r2 = backup(&f.vol, &f.image, &opts(), &NoProgress).unwrap();
+    assert_eq!(r2.mode, Mode::Full);
+    assert_eq!(restore_bytes(&f, &r2.revision.id), live(&f));
+    let report = verify(&f.vol, None, &NoProgress).unwrap();
+    assert!(
+        report.problems.iter().all(|p| p.revision == r1.revision.id),
+        "{:?}",
+        report.problems
+    );
+    assert!(!report.problems.is_empty());
+}

@@ -120,7 +120,11 @@ impl Operation {
                 rec.error = Some(e.to_string());
             }
         }
-        append(&self.path, &rec)?;
+        // The operation's own outcome matters more than its log line (the
+        // log may fail for the same reason the operation did, e.g. ENOSPC).
+        if let Err(e) = append(&self.path, &rec) {
+            tracing::warn!("could not append to the operation log: {e}");
+        }
         result
     }
 }

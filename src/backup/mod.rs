@@ -116,7 +116,23 @@ fn backup_locked(
     let revisions = vol.revisions()?;
     let state = VolumeState::load(&vol.state_path())?;
     let parent = revisions.last().cloned();
-    let mode = choose_mode(image, parent.as_ref(), &state, opts)?;
+    let mut mode = choose_mode(image, parent.as_ref(), &state, opts)?;
+    // A delta needs its parent's chain; an unreadable one means a full.
+    let parent_chain = match (&parent, &mode) {
+        (Some(p), Mode::Diff { .. } | Mode::Compare { .. }) => match Chain::open(vol, p) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(
+                    volume = %vol.name,
+                    "revision {} cannot serve as a base ({e}): writing a full",
+                    p.short()
+                );
+                mode = Mode::Full;
+                None
+            }
+        },
+        _ => None,
+    };
     if let Mode::Compare { reason } = &mode {
         tracing::warn!(volume = %vol.name, "{reason}");
     }
@@ -135,10 +151,6 @@ fn backup_locked(
         }
     };
     tracing::info!(volume = %vol.name, "snapshot {snapshot} created in {:?}", t.elapsed());
-    let parent_chain = match (&parent, &mode) {
-        (Some(p), Mode::Diff { .. } | Mode::Compare { .. }) => Some(Chain::open(vol, p)?),
-        _ => None,
-    };
     let written = commit::write_revision(
         vol,
         snap.as_ref(),

@@ -4,6 +4,8 @@
 //! existing image (with `--force`) gets its zero ranges discarded too.
 //! A failed restore into a new image removes that image.
 
+use std::time::Duration;
+
 use super::RestoreTarget;
 use crate::ceph::{AioWriter, Image, IoCtx};
 use crate::error::{Error, Result};
@@ -11,6 +13,29 @@ use crate::source::ImageLayout;
 
 /// Writes in flight.
 const DEPTH: usize = 8;
+
+/// How long a failed restore may spend removing its partial image. Removal
+/// deletes every object; on a sick cluster each delete waits for the client
+/// timeout, which would turn one failure into hours of waiting.
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Removes image `name`, giving up (with a warning naming the image) after
+/// `deadline`; the removal thread is left to the process's exit.
+fn remove_with_deadline(ioctx: &IoCtx, name: &str, deadline: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (io, n) = (ioctx.clone(), name.to_string());
+    std::thread::spawn(move || {
+        let _ = tx.send(io.remove_image(&n));
+    });
+    let what = format!("{}/{name}", ioctx.pool());
+    match rx.recv_timeout(deadline) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("could not remove the partial image {what}: {e}"),
+        Err(_) => tracing::warn!(
+            "gave up removing the partial image {what} after {deadline:?}: remove it by hand"
+        ),
+    }
+}
 
 pub struct RbdTarget {
     ioctx: IoCtx,
@@ -99,9 +124,7 @@ impl RestoreTarget for RbdTarget {
     fn abort(mut self: Box<Self>) {
         drop(self.writer.take()); // waits for writes in flight, closes the image
         if self.created {
-            if let Err(e) = self.ioctx.remove_image(&self.name) {
-                tracing::warn!("could not remove partial image {}: {e}", self.name);
-            }
+            remove_with_deadline(&self.ioctx, &self.name, CLEANUP_DEADLINE);
         }
     }
 
