@@ -582,3 +582,33 @@ fn a_full_disk_fails_the_backup_cleanly_and_keeps_history() {
     env.ok(&["backup", "full"]);
     env.ok(&["verify", "full"]);
 }
+
+#[test]
+fn restore_recreates_object_size_and_features_even_without_the_source() {
+    let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
+        return;
+    };
+    use rbdelta::ceph::features;
+    let name = unique_name("layout");
+    let wanted = features::LAYERING | features::EXCLUSIVE_LOCK;
+    io.create_image(&name, 8 * MIB, 21, wanted).unwrap();
+    let src = ScratchImage::adopt(&io, &name);
+    let data = pattern(3 * MIB as usize, 71);
+    io.open_image(&name).unwrap().write(MIB, &data).unwrap();
+    let env = Env::new(&conf, &[("layout", &name)]);
+    env.ok(&["backup", "layout"]);
+    drop(src); // the source image is gone
+    let target = unique_name("layout-restored");
+    let _t = ScratchImage::adopt(&io, &target);
+    env.ok(&[
+        "restore",
+        "layout",
+        "--to-image",
+        &format!("{}/{target}", test_pool()),
+    ]);
+    let img = io.open_image(&target).unwrap();
+    assert_eq!(img.stat().unwrap().order, 21);
+    assert_eq!(img.features().unwrap(), wanted);
+    let bytes = read_image(&io, &target, None);
+    assert!(bytes[MIB as usize..4 * MIB as usize] == data[..]);
+}

@@ -15,19 +15,34 @@ use crate::format::delta::{DeltaHeader, DeltaWriter};
 use crate::format::manifest::Manifest;
 use crate::format::FORMAT_VERSION;
 use crate::progress::Progress;
-use crate::source::{SourceImage, SourceSnapshot};
+use crate::source::{ImageLayout, SourceImage, SourceSnapshot};
 
-/// Reads the snapshot's data per `mode`, writes data files and the manifest.
+/// What a backup decided before reading any data.
+pub(super) struct Plan<'a> {
+    pub mode: &'a Mode,
+    /// The newest revision, if any.
+    pub parent: Option<&'a Revision>,
+    /// Its chain, present for the delta modes.
+    pub parent_chain: Option<&'a Chain>,
+    /// The source image's layout, recorded in the manifest.
+    pub layout: ImageLayout,
+}
+
+/// Reads the snapshot's data per `plan`, writes data files and the manifest.
 /// Returns the committed revision, bytes read and bytes stored.
 pub(super) fn write_revision(
     vol: &VolumeDir,
     snap: &dyn SourceSnapshot,
-    parent: Option<&Revision>,
-    parent_chain: Option<&Chain>,
-    mode: &Mode,
+    plan: &Plan,
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<(Revision, u64, u64)> {
+    let Plan {
+        mode,
+        parent,
+        parent_chain,
+        layout,
+    } = *plan;
     let bs = vol.block_size;
     let size = snap.size();
     let parent_for_delta = match mode {
@@ -55,7 +70,7 @@ pub(super) fn write_revision(
         progress.end();
         let stats = copied?;
         let sum = w.checksum();
-        let (rev, bytes) = new_manifest(vol, snap, parent, sum, size, opts);
+        let (rev, bytes) = new_manifest(vol, snap, parent, sum, size, opts, layout);
         let written = w.bytes_written;
         w.persist(
             rev.id_bytes(),
@@ -110,7 +125,7 @@ pub(super) fn write_revision(
     let t = std::time::Instant::now();
     let sum = chain.checksum_with(dw.entries(), size)?;
     tracing::info!(volume = %vol.name, "image checksum computed in {:?}", t.elapsed());
-    let (rev, bytes) = new_manifest(vol, snap, Some(parent), sum, size, opts);
+    let (rev, bytes) = new_manifest(vol, snap, Some(parent), sum, size, opts, layout);
     let written = dw.data_bytes();
     dw.finish(&DeltaHeader {
         block_size: bs,
@@ -130,6 +145,7 @@ fn new_manifest(
     sum: Hash,
     size: u64,
     opts: &BackupOptions,
+    layout: ImageLayout,
 ) -> (Revision, Vec<u8>) {
     let manifest = Manifest {
         format: FORMAT_VERSION,
@@ -142,6 +158,8 @@ fn new_manifest(
         checksum: checksum::to_hex(&sum),
         snapshot: snap.name().to_string(),
         previous: parent.map(|p| p.id.clone()),
+        order: layout.order,
+        features: layout.features,
     };
     let bytes = manifest.encode();
     let id = checksum::to_hex(&Manifest::id_of(&bytes));

@@ -136,6 +136,10 @@ fn backup_locked(
     if let Mode::Compare { reason } = &mode {
         tracing::warn!(volume = %vol.name, "{reason}");
     }
+    let layout = image.layout().unwrap_or_else(|e| {
+        tracing::warn!(volume = %vol.name, "image layout unknown ({e}): not recorded");
+        Default::default()
+    });
     let snapshot = new_snapshot_name(&vol.snapshot_prefix());
     vol.write_pending(&Pending {
         snapshot: snapshot.clone(),
@@ -151,15 +155,13 @@ fn backup_locked(
         }
     };
     tracing::info!(volume = %vol.name, "snapshot {snapshot} created in {:?}", t.elapsed());
-    let written = commit::write_revision(
-        vol,
-        snap.as_ref(),
-        parent.as_ref(),
-        parent_chain.as_ref(),
-        &mode,
-        opts,
-        progress,
-    );
+    let plan = commit::Plan {
+        mode: &mode,
+        parent: parent.as_ref(),
+        parent_chain: parent_chain.as_ref(),
+        layout,
+    };
+    let written = commit::write_revision(vol, snap.as_ref(), &plan, opts, progress);
     drop(snap);
     let (revision, bytes_read, bytes_written) = match written {
         Ok(w) => w,

@@ -11,7 +11,7 @@ use rbdelta::restore::file_target::FileTarget;
 use rbdelta::restore::rbd_target::RbdTarget;
 use rbdelta::restore::{restore, RestoreOptions, RestoreTarget};
 use rbdelta::source::rbd::RbdImage;
-use rbdelta::source::SourceImage;
+use rbdelta::source::{ImageLayout, SourceImage};
 
 use super::{human, open_volume, Ctx, Failure};
 
@@ -66,13 +66,22 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         let ioctx = cluster
             .ioctx(pool)
             .with_context(|| format!("pool {pool}"))?;
-        // Reproduce the source's object size and features when it still exists.
-        let layout = cluster
-            .ioctx(&volume.pool)
-            .ok()
-            .and_then(|io| RbdImage::open(&io, &volume.image).ok())
-            .and_then(|img| img.layout().ok())
-            .unwrap_or_default();
+        // Reproduce the source's object size and features: as recorded at
+        // backup time, else from the source image if it still exists.
+        let recorded = ImageLayout {
+            order: rev.manifest.order,
+            features: rev.manifest.features,
+        };
+        let layout = if recorded.order != 0 {
+            recorded
+        } else {
+            cluster
+                .ioctx(&volume.pool)
+                .ok()
+                .and_then(|io| RbdImage::open(&io, &volume.image).ok())
+                .and_then(|img| img.layout().ok())
+                .unwrap_or_default()
+        };
         Box::new(RbdTarget::create(&ioctx, image, size, layout, a.force)?)
     } else {
         let path = a.to_file.clone().expect("clap requires one target");

@@ -35,6 +35,11 @@ pub struct Manifest {
     pub snapshot: String,
     /// Id of the newest revision when this one was taken (None for the first).
     pub previous: Option<String>,
+    /// log2 of the source image's object size (0 when unknown), so a restore
+    /// can recreate the image's layout even when the source is gone.
+    pub order: u8,
+    /// librbd feature bits of the source image (0 when unknown).
+    pub features: u64,
 }
 
 impl Manifest {
@@ -86,6 +91,8 @@ mod tests {
             checksum: "ab".repeat(32),
             snapshot: "rbdelta-x".into(),
             previous: None,
+            order: 22,
+            features: 61,
         };
         let bytes = m.encode();
         assert_eq!(Manifest::decode(&bytes).unwrap(), m);
