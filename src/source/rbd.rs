@@ -8,6 +8,7 @@
 //! go through [`crate::ceph`]; this file holds no unsafe code.
 
 use super::{Extent, ImageLayout, SourceImage, SourceSnapshot};
+use crate::ceph::features;
 use crate::ceph::{Image, IoCtx};
 use crate::error::{Error, Result};
 
@@ -93,18 +94,19 @@ impl SourceSnapshot for RbdSnapshot {
     }
 
     fn changed_extents(&self, base: Option<&str>, whole_object: bool) -> Result<Vec<Extent>> {
+        // With fast-diff, the object map answers "which objects changed" in
+        // one read, whatever the image size; librbd's exact diff instead asks
+        // every object (seconds per 100 GiB, even for sparse images). So:
+        // objects from the map, then exact extents only inside them.
+        let fast_diff = self.image.features()? & features::FAST_DIFF != 0;
+        if whole_object || !fast_diff {
+            return Ok(normalize(self.diff(base, 0, self.size, whole_object)?, self.size));
+        }
+        let objects = normalize(self.diff(base, 0, self.size, true)?, self.size);
         let mut extents = Vec::new();
-        self.image.diff_iterate2(
-            base,
-            0,
-            self.size,
-            true,
-            whole_object,
-            |off, len, _exists| {
-                extents.push(Extent::new(off, len));
-                Ok(())
-            },
-        )?;
+        for o in objects {
+            extents.extend(self.diff(base, o.offset, o.len, false)?);
+        }
         Ok(normalize(extents, self.size))
     }
 
@@ -126,6 +128,19 @@ impl SourceSnapshot for RbdSnapshot {
         let pairs: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.len)).collect();
         self.image
             .read_pipelined(&pairs, depth, |i, buf| sink(extents[i], buf))
+    }
+}
+
+impl RbdSnapshot {
+    /// One `diff_iterate2` over `[offset, offset + len)`, parent included.
+    fn diff(&self, base: Option<&str>, offset: u64, len: u64, whole: bool) -> Result<Vec<Extent>> {
+        let mut extents = Vec::new();
+        self.image
+            .diff_iterate2(base, offset, len, true, whole, |off, len, _exists| {
+                extents.push(Extent::new(off, len));
+                Ok(())
+            })?;
+        Ok(extents)
     }
 }
 
