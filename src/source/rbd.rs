@@ -100,7 +100,10 @@ impl SourceSnapshot for RbdSnapshot {
         // objects from the map, then exact extents only inside them.
         let fast_diff = self.image.features()? & features::FAST_DIFF != 0;
         if whole_object || !fast_diff {
-            return Ok(normalize(self.diff(base, 0, self.size, whole_object)?, self.size));
+            return Ok(normalize(
+                self.diff(base, 0, self.size, whole_object)?,
+                self.size,
+            ));
         }
         let objects = normalize(self.diff(base, 0, self.size, true)?, self.size);
         let mut extents = Vec::new();
