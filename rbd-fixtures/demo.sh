@@ -92,6 +92,15 @@ cat "$work/mnt/README.txt"
 umount "$work/mnt"
 losetup -d "$loopdev"; loopdev=
 
+step "a full in the archive is a plain raw image: loop-mount it straight from the archive"
+full=$(ls "$work"/archive/files/data/*.full | head -n 1)
+ls -ls "$full"
+loopdev=$(losetup -r -f --show "$full")
+mount -o ro "$loopdev" "$work/mnt"
+ls "$work/mnt" | sed -n 1,5p
+umount "$work/mnt"
+losetup -d "$loopdev"; loopdev=
+
 step "the first revision is still there: restore it to a file and mount it"
 first=$("$rbdelta" list files --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 "$rbdelta" restore files --revision "${first:0:12}" --to-file "$work/first.img"

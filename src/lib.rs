@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod buffers;
 pub mod ceph;
 pub mod chain;
 pub mod checksum;

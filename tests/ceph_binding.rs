@@ -194,13 +194,14 @@ fn pipelined_reads_equal_sync_reads_in_order() {
     img.snap_create("r").unwrap();
     let src = RbdImage::open(&io, &s.name).unwrap();
     let snap = src.open_snapshot("r").unwrap().expect("snapshot exists");
+    let pool = rbdelta::buffers::BufferPool::new(4);
     let extents: Vec<Extent> = (0..24u64)
         .map(|i| Extent::new(i * MIB + i * 13 % MIB, (i * 7919 % (MIB - 1)) + 1))
         .chain([Extent::new(20 * MIB, 4 * MIB), Extent::new(3, 1)])
         .collect();
     for depth in [1, 4, 16] {
         let mut seen = Vec::new();
-        snap.read_extents(&extents, depth, &mut |e, buf| {
+        snap.read_extents(&extents, depth, &pool, &mut |e, buf| {
             let (a, b) = (e.offset as usize, e.end() as usize);
             assert_eq!(buf, &data[a..b], "extent {e:?} at depth {depth}");
             seen.push(e);
@@ -212,7 +213,7 @@ fn pipelined_reads_equal_sync_reads_in_order() {
     // A sink error stops the read and is returned (after draining).
     let mut n = 0;
     let err = snap
-        .read_extents(&extents, 8, &mut |_, _| {
+        .read_extents(&extents, 8, &pool, &mut |_, _| {
             n += 1;
             if n == 3 {
                 Err(Error::Invalid("sink full".into()))
@@ -225,7 +226,9 @@ fn pipelined_reads_equal_sync_reads_in_order() {
     assert_eq!(n, 3);
     // Reads past the end are refused up front.
     let past = [Extent::new(24 * MIB - 1, 2)];
-    assert!(snap.read_extents(&past, 1, &mut |_, _| Ok(())).is_err());
+    assert!(snap
+        .read_extents(&past, 1, &pool, &mut |_, _| Ok(()))
+        .is_err());
 }
 
 #[test]
@@ -264,7 +267,7 @@ fn aio_writer_restores_into_new_image() {
 
     // A write past the end fails; the error surfaces from submit or finish.
     let mut w = img.writer(2);
-    let r = w.submit(40 * MIB, vec![1; 10]).and_then(|()| w.finish());
+    let r = w.submit(40 * MIB, vec![1; 10]).and_then(|_| w.finish());
     assert!(r.is_err(), "write past end must fail");
 }
 

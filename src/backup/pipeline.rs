@@ -9,6 +9,7 @@
 use crossbeam_channel::bounded;
 
 use super::plan::MAX_READ;
+use crate::buffers::BufferPool;
 use crate::checksum::{block_hash, is_zero, Hash, ZeroHashes};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -65,14 +66,17 @@ pub fn copy_blocks(
     let (tx, rx) = bounded::<Chunk>(QUEUE);
     let mut stats = CopyStats::default();
     let zeros = ZeroHashes::new(block_size);
+    let pool = BufferPool::new(depth + QUEUE + 2);
     std::thread::scope(|scope| {
+        let pool = &pool;
         let writer_thread = scope.spawn(move || -> Result<()> {
             for chunk in rx {
                 writer.put_chunk(&chunk)?;
+                pool.put(chunk.data);
             }
             Ok(())
         });
-        let read_result = snap.read_extents(reads, depth, &mut |extent, data| {
+        let read_result = snap.read_extents(reads, depth, pool, &mut |extent, data| {
             debug_assert!(extent.len <= MAX_READ);
             if data.len() as u64 != extent.len || extent.offset % block_size != 0 {
                 return Err(Error::Invalid(format!(

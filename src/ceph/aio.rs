@@ -32,9 +32,10 @@ fn new_completion(op: &str) -> Result<sys::rbd_completion_t> {
 }
 
 impl InFlight {
-    fn read(image: &Image, offset: u64, len: usize, tag: usize) -> Result<InFlight> {
+    /// Submits a read into `buf` (its length is the read's length).
+    fn read(image: &Image, offset: u64, mut buf: Vec<u8>, tag: usize) -> Result<InFlight> {
         let comp = new_completion("read")?;
-        let mut buf = vec![0u8; len];
+        let len = buf.len();
         // SAFETY: open image; `buf` is valid for `len` bytes and, once
         // submitted, is kept alive and unmoved (a Vec's heap block does not
         // move when the Vec does) until `Drop` has waited.
@@ -118,9 +119,17 @@ impl Image {
     /// exactly once. Every read must return its full length. On any error
     /// (including one from `sink`) all reads in flight are waited for before
     /// this returns.
-    pub fn read_pipelined<F>(&self, extents: &[(u64, u64)], depth: usize, mut sink: F) -> Result<()>
+    /// Buffers come from `alloc(len)`, which must return `len` bytes.
+    pub fn read_pipelined<F, A>(
+        &self,
+        extents: &[(u64, u64)],
+        depth: usize,
+        mut alloc: A,
+        mut sink: F,
+    ) -> Result<()>
     where
         F: FnMut(usize, Vec<u8>) -> Result<()>,
+        A: FnMut(usize) -> Vec<u8>,
     {
         let depth = depth.max(1);
         let mut window: VecDeque<InFlight> = VecDeque::with_capacity(depth);
@@ -132,7 +141,14 @@ impl Image {
             }
             let len = usize::try_from(len)
                 .map_err(|_| Error::Invalid(format!("extent too large: {len} bytes")))?;
-            window.push_back(InFlight::read(self, offset, len, i)?);
+            let buf = alloc(len);
+            if buf.len() != len {
+                return Err(Error::Invalid(format!(
+                    "read buffer of {} bytes for {len}",
+                    buf.len()
+                )));
+            }
+            window.push_back(InFlight::read(self, offset, buf, i)?);
         }
         while let Some(oldest) = window.pop_front() {
             let (tag, buf) = oldest.finish(self, "rbd_aio_read")?;
@@ -182,19 +198,23 @@ impl<I: std::ops::Deref<Target = Image>> AioWriter<I> {
 
     /// Submits a write of `data` at `offset`, first waiting for the oldest
     /// write when `depth` are in flight. Returns the first error seen.
-    pub fn submit(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
+    /// Returns the buffer of a write that completed meanwhile, for reuse.
+    pub fn submit(&mut self, offset: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        let mut done = None;
         while self.window.len() >= self.depth {
-            self.complete_oldest()?;
+            done = self.complete_oldest()?;
         }
         self.window
             .push_back(InFlight::write(&self.image, offset, data)?);
-        Ok(())
+        Ok(done)
     }
 
-    fn complete_oldest(&mut self) -> Result<()> {
+    fn complete_oldest(&mut self) -> Result<Option<Vec<u8>>> {
         match self.window.pop_front() {
-            Some(w) => w.finish(&self.image, "rbd_aio_write").map(drop),
-            None => Ok(()),
+            Some(w) => w
+                .finish(&self.image, "rbd_aio_write")
+                .map(|(_, buf)| Some(buf)),
+            None => Ok(None),
         }
     }
 

@@ -50,8 +50,12 @@ impl RestoreTarget for FileTarget {
         true
     }
 
-    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
-        self.tmp.file.write_all_at(&data, offset).at(&self.tmp.path)
+    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        self.tmp
+            .file
+            .write_all_at(&data, offset)
+            .at(&self.tmp.path)?;
+        Ok(Some(data))
     }
 
     fn zero(&mut self, _offset: u64, _len: u64) -> Result<()> {

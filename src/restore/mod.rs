@@ -18,6 +18,7 @@ use crossbeam_channel::bounded;
 use crate::archive::lock::LockMode;
 use crate::archive::oplog::Operation;
 use crate::archive::{Revision, VolumeDir};
+use crate::buffers::BufferPool;
 use crate::chain::Chain;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -28,7 +29,9 @@ pub trait RestoreTarget {
     /// True when the target reads as zeros before any write (a new image or
     /// file); otherwise zero ranges are sent too.
     fn is_fresh(&self) -> bool;
-    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<()>;
+    /// Writes `data` at `offset`. May hand back a buffer it is done with
+    /// (this one or an earlier one) for reuse.
+    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>>;
     /// Makes `[offset, offset + len)` read as zeros.
     fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Completes the target durably.
@@ -102,10 +105,11 @@ fn run(
     let (tx, rx) = bounded::<Piece>(QUEUE);
     progress.begin("restore", chain.size());
     let mut written = 0u64;
+    let pool = BufferPool::new(QUEUE + 4);
     let (read, write) = std::thread::scope(|scope| {
-        let chain = &chain;
+        let (chain, pool) = (&chain, &pool);
         let reader = scope.spawn(move || {
-            read_blocks(chain, opts.allow_inconsistent, send_zeros, &mut |p| {
+            read_blocks(chain, opts.allow_inconsistent, send_zeros, pool, &mut |p| {
                 tx.send(p)
                     .map_err(|_| Error::Invalid("restore writer stopped".into()))
             })
@@ -117,7 +121,12 @@ fn run(
                 Piece::Data { offset, data } => {
                     let end = offset + data.len() as u64;
                     written += data.len() as u64;
-                    (end, target.write(offset, data))
+                    let r = target.write(offset, data).map(|done| {
+                        if let Some(buf) = done {
+                            pool.put(buf);
+                        }
+                    });
+                    (end, r)
                 }
                 Piece::Zero { offset, len } => (offset + len, target.zero(offset, len)),
             };

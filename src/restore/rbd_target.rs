@@ -99,7 +99,7 @@ impl RestoreTarget for RbdTarget {
         self.created
     }
 
-    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
+    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
         self.writer().submit(offset, data)
     }
 

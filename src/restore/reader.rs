@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 
+use crate::buffers::BufferPool;
 use crate::chain::{Chain, Resolved, Source};
 use crate::checksum::{block_hash, Hash, ImageChecksum};
 use crate::error::{Error, Result};
@@ -40,10 +41,12 @@ pub fn read_blocks(
     chain: &Chain,
     allow_bad: bool,
     send_zeros: bool,
+    pool: &BufferPool,
     emit: &mut dyn FnMut(Piece) -> Result<()>,
 ) -> Result<ReadOutcome> {
     let mut w = Coalescer {
         emit,
+        pool,
         send_zeros,
         data: None,
         zeros: None,
@@ -177,6 +180,7 @@ impl Reader<'_> {
 /// Merges adjacent data (and zero) ranges into pieces of up to [`MAX_CHUNK`].
 struct Coalescer<'e> {
     emit: &'e mut dyn FnMut(Piece) -> Result<()>,
+    pool: &'e BufferPool,
     send_zeros: bool,
     data: Option<(u64, Vec<u8>)>,
     zeros: Option<(u64, u64)>,
@@ -192,7 +196,7 @@ impl Coalescer<'_> {
             }
         }
         self.flush_data()?;
-        let mut v = Vec::with_capacity(MAX_CHUNK.min(d.len() * 64));
+        let mut v = self.pool.get_empty(MAX_CHUNK);
         v.extend_from_slice(d);
         self.data = Some((offset, v));
         Ok(())

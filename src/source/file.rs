@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::{Extent, ImageLayout, SourceImage, SourceSnapshot};
+use crate::buffers::BufferPool;
 use crate::error::{Error, IoContext, Result};
 
 const UNIT: u64 = 4096;
@@ -129,13 +130,16 @@ impl SourceSnapshot for FileSnapshot {
         &self,
         extents: &[Extent],
         _depth: usize,
+        pool: &BufferPool,
         sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
     ) -> Result<()> {
         for e in extents {
             if e.end() > self.size() {
                 return Err(Error::Invalid(format!("read beyond snapshot end: {e:?}")));
             }
-            sink(*e, self.data[e.offset as usize..e.end() as usize].to_vec())?;
+            let mut buf = pool.get(e.len as usize);
+            buf.copy_from_slice(&self.data[e.offset as usize..e.end() as usize]);
+            sink(*e, buf)?;
         }
         Ok(())
     }

@@ -22,6 +22,7 @@
 pub mod file;
 pub mod rbd;
 
+use crate::buffers::BufferPool;
 use crate::error::Result;
 
 /// A byte range `[offset, offset + len)` of an image.
@@ -74,11 +75,13 @@ pub trait SourceSnapshot: Send {
     /// data for clones.
     fn changed_extents(&self, base: Option<&str>, whole_object: bool) -> Result<Vec<Extent>>;
     /// Reads every extent in order, handing `(extent, bytes)` to `sink`, with
-    /// up to `depth` reads in flight. Extents must lie within `size()`.
+    /// up to `depth` reads in flight, into buffers taken from `pool`.
+    /// Extents must lie within `size()`.
     fn read_extents(
         &self,
         extents: &[Extent],
         depth: usize,
+        pool: &BufferPool,
         sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
     ) -> Result<()>;
 }

@@ -8,6 +8,7 @@
 //! go through [`crate::ceph`]; this file holds no unsafe code.
 
 use super::{Extent, ImageLayout, SourceImage, SourceSnapshot};
+use crate::buffers::BufferPool;
 use crate::ceph::features;
 use crate::ceph::{Image, IoCtx};
 use crate::error::{Error, Result};
@@ -117,6 +118,7 @@ impl SourceSnapshot for RbdSnapshot {
         &self,
         extents: &[Extent],
         depth: usize,
+        pool: &BufferPool,
         sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
     ) -> Result<()> {
         if let Some(e) = extents.iter().find(|e| e.end() > self.size) {
@@ -129,8 +131,12 @@ impl SourceSnapshot for RbdSnapshot {
             )));
         }
         let pairs: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.len)).collect();
-        self.image
-            .read_pipelined(&pairs, depth, |i, buf| sink(extents[i], buf))
+        self.image.read_pipelined(
+            &pairs,
+            depth,
+            |len| pool.get(len),
+            |i, buf| sink(extents[i], buf),
+        )
     }
 }
 

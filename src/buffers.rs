@@ -1,0 +1,70 @@
+//! A small pool of data buffers shared by the stages of a pipeline.
+//!
+//! Backups and restores move multi-MiB buffers from a reading thread to a
+//! writing one. Allocating each afresh costs page faults (the kernel zeroes
+//! every page) and lets the allocator keep freed memory per thread; handing
+//! buffers back instead keeps memory at the pipeline's depth and the pages
+//! warm. The pool is bounded: buffers beyond its capacity are freed.
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+pub struct BufferPool {
+    tx: Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+}
+
+impl BufferPool {
+    /// A pool keeping at most `capacity` idle buffers.
+    pub fn new(capacity: usize) -> BufferPool {
+        let (tx, rx) = bounded(capacity.max(1));
+        BufferPool { tx, rx }
+    }
+
+    /// A zeroed buffer of `len` bytes, reused when one is idle.
+    pub fn get(&self, len: usize) -> Vec<u8> {
+        match self.rx.try_recv() {
+            Ok(mut v) => {
+                v.clear();
+                v.resize(len, 0);
+                v
+            }
+            Err(_) => vec![0u8; len],
+        }
+    }
+
+    /// An empty buffer with room for `capacity` bytes.
+    pub fn get_empty(&self, capacity: usize) -> Vec<u8> {
+        match self.rx.try_recv() {
+            Ok(mut v) => {
+                v.clear();
+                v.reserve(capacity);
+                v
+            }
+            Err(_) => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Returns a buffer for reuse (freed if the pool is full).
+    pub fn put(&self, v: Vec<u8>) {
+        let _ = self.tx.try_send(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_zeroed_and_bounded() {
+        let pool = BufferPool::new(1);
+        let mut a = pool.get(8);
+        a[0] = 7;
+        let ptr = a.as_ptr();
+        pool.put(a);
+        pool.put(vec![1; 8]); // pool full: freed
+        let b = pool.get(4);
+        assert_eq!(b.as_ptr(), ptr);
+        assert_eq!(b, vec![0; 4]);
+        assert_eq!(pool.get(3), vec![0; 3]);
+    }
+}
