@@ -82,7 +82,7 @@ full_rev=$("$bin" list bench --json | "$py" -c 'import json,sys; print(json.load
 
 # measured once: a second incremental would diff against a different base
 measure export_diff sh -c "rbd -c '$CEPH_CONF' export-diff --no-progress --from-snap s1 rbd/bench@s2 '$work/diff.bin' && sync"
-measure incremental "$bin" --no-progress backup bench
+measure incremental "$bin" --no-progress -v backup bench  # -v: phase timings on stderr
 
 for rep in $(seq "$REPS"); do
   rbd rm rbd/imported >/dev/null 2>&1 || true
