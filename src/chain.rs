@@ -324,21 +324,28 @@ impl Iterator for Blocks<'_> {
     }
 }
 
+/// Opens revision `id`'s full and its checked index; the file's length must
+/// be the image size the index names.
+pub fn open_full(vol: &VolumeDir, id: &str) -> Result<(FullIndexReader, File, PathBuf)> {
+    let idx = FullIndexReader::open(&vol.full_index_path(id))?;
+    let path = vol.full_path(id);
+    let file = File::open(&path).at(&path)?;
+    let len = file.metadata().at(&path)?.len();
+    if len != idx.header.size {
+        return Err(Error::Corrupt(format!(
+            "{}: full is {len} bytes, its index says {}",
+            path.display(),
+            idx.header.size
+        )));
+    }
+    Ok((idx, file, path))
+}
+
 fn open_link(vol: &VolumeDir, rev: &Revision) -> Result<Link> {
     let kind = vol.storage_kind(&rev.id)?;
     let (index, size, path, revision_in_file, base, file) = match kind {
         StorageKind::Full => {
-            let idx = FullIndexReader::open(&vol.full_index_path(&rev.id))?;
-            let path = vol.full_path(&rev.id);
-            let file = File::open(&path).at(&path)?;
-            let len = file.metadata().at(&path)?.len();
-            if len != idx.header.size {
-                return Err(Error::Corrupt(format!(
-                    "{}: full is {len} bytes, its index says {}",
-                    path.display(),
-                    idx.header.size
-                )));
-            }
+            let (idx, file, path) = open_full(vol, &rev.id)?;
             let (size, revision) = (idx.header.size, idx.header.revision);
             (Index::Full(idx), size, path, revision, None, file)
         }

@@ -17,9 +17,8 @@ use crate::archive::oplog::Operation;
 use crate::archive::{Revision, StorageKind, VolumeDir};
 use crate::chain::Chain;
 use crate::checksum::{block_hash, is_zero, to_hex};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::format::delta::DeltaFile;
-use crate::format::full_index::FullIndexReader;
 use crate::format::index::BlockEntry;
 use crate::progress::Progress;
 
@@ -173,17 +172,8 @@ fn check_data(vol: &VolumeDir, id: &str, progress: &dyn Progress) -> Result<(u64
     let bs = vol.block_size;
     match vol.storage_kind(id)? {
         StorageKind::Full => {
-            let idx = FullIndexReader::open(&vol.full_index_path(id))?;
-            let path = vol.full_path(id);
-            let file = File::open(&path).at(&path)?;
-            let len = file.metadata().at(&path)?.len();
-            if len != idx.header.size {
-                return Err(Error::Corrupt(format!(
-                    "{}: full is {len} bytes, its index says {}",
-                    path.display(),
-                    idx.header.size
-                )));
-            }
+            let (idx, file, path) = crate::chain::open_full(vol, id)?;
+            let len = idx.header.size;
             let mut problems = check_entries(id, &file, &path, idx.entries()?, bs, progress)?;
             problems.extend(check_holes(id, &file, &path, idx.entries()?, len, bs)?);
             Ok((len, problems))
