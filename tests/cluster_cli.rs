@@ -612,3 +612,23 @@ fn restore_recreates_object_size_and_features_even_without_the_source() {
     let bytes = read_image(&io, &target, None);
     assert!(bytes[MIB as usize..4 * MIB as usize] == data[..]);
 }
+
+#[test]
+fn rewriting_identical_data_stores_nothing() {
+    let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
+        return;
+    };
+    let src = ScratchImage::create(&io, "same", 16 * MIB);
+    let img = io.open_image(&src.name).unwrap();
+    let data = pattern(6 * MIB as usize, 81);
+    img.write(MIB, &data).unwrap();
+    let env = Env::new(&conf, &[("same", &src.name)]);
+    env.ok(&["backup", "same"]);
+    img.write(MIB, &data).unwrap(); // Ceph reports this as changed
+    img.write(10 * MIB, &pattern(100, 82)).unwrap(); // this really changed
+    let out = env.ok(&["backup", "same"]);
+    assert!(out.contains("stored 64.0 KiB"), "{out}");
+    let want = read_image(&io, &src.name, None);
+    assert!(restore_to_image(&env, &io, "same", "latest") == want);
+    env.ok(&["verify", "same"]);
+}

@@ -8,9 +8,9 @@ use super::{BackupOptions, Mode};
 use crate::archive::atomic::{fsync_dir, write_atomic, TempFile};
 use crate::archive::state::VolumeState;
 use crate::archive::{now_rfc3339, Revision, VolumeDir};
-use crate::chain::Chain;
+use crate::chain::{Blocks, Chain, Resolved};
 use crate::checksum::{self, block_count, Hash};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::format::delta::{DeltaHeader, DeltaWriter};
 use crate::format::manifest::Manifest;
 use crate::format::FORMAT_VERSION;
@@ -93,28 +93,17 @@ pub(super) fn write_revision(
             let blocks = blocks_to_store(&extents, boundary, size, bs);
             let reads = reads_for(&blocks, size, bs);
             progress.begin("delta", reads.iter().map(|e| e.len).sum());
-            copy_blocks(
-                snap,
-                &reads,
-                opts.depth,
-                bs,
-                &mut dw,
-                &mut |_, _, _| Ok(true),
-                progress,
-            )
+            let mut parent_blocks = ParentBlocks::new(chain, size)?;
+            let mut keep =
+                |block: u64, hash: &Hash, _zero: bool| parent_blocks.differs(block, hash);
+            copy_blocks(snap, &reads, opts.depth, bs, &mut dw, &mut keep, progress)
         }
         Mode::Compare { .. } => {
             let all: Vec<u64> = (0..block_count(size, bs)).collect();
             let reads = reads_for(&all, size, bs);
-            let mut expected = chain.blocks_as(size)?;
-            let mut keep = |block: u64, hash: &Hash, _zero: bool| -> Result<bool> {
-                let r = expected.next().transpose()?.filter(|r| r.block == block);
-                let r = r.ok_or_else(|| {
-                    Error::Invalid(format!("compare: block {block} out of order"))
-                })?;
-                // A block whose length changed (resize boundary) is always stored.
-                Ok(chain.hash_of(&r).map_or(true, |before| &before != hash))
-            };
+            let mut parent_blocks = ParentBlocks::new(chain, size)?;
+            let mut keep =
+                |block: u64, hash: &Hash, _zero: bool| parent_blocks.differs(block, hash);
             progress.begin("compare", size);
             copy_blocks(snap, &reads, opts.depth, bs, &mut dw, &mut keep, progress)
         }
@@ -164,6 +153,41 @@ fn new_manifest(
     let bytes = manifest.encode();
     let id = checksum::to_hex(&Manifest::id_of(&bytes));
     (Revision { id, manifest }, bytes)
+}
+
+/// The parent's blocks as seen from a child of a given size, walked in step
+/// with the (ascending) blocks a backup reads, to store only blocks whose
+/// content really changed: Ceph reports rewrites of identical data as
+/// changes, and the checksum-compare fallback reads everything.
+struct ParentBlocks<'c> {
+    chain: &'c Chain,
+    blocks: Blocks<'c>,
+    current: Option<Resolved>,
+}
+
+impl<'c> ParentBlocks<'c> {
+    fn new(chain: &'c Chain, size: u64) -> Result<Self> {
+        Ok(ParentBlocks {
+            chain,
+            blocks: chain.blocks_as(size)?,
+            current: None,
+        })
+    }
+
+    /// Whether `block` now hashing to `hash` differs from the parent. A block
+    /// whose length changed (a resize boundary) always differs.
+    fn differs(&mut self, block: u64, hash: &Hash) -> Result<bool> {
+        while self.current.is_none_or(|r| r.block < block) {
+            match self.blocks.next() {
+                Some(r) => self.current = Some(r?),
+                None => return Ok(true),
+            }
+        }
+        Ok(match self.current {
+            Some(r) if r.block == block => self.chain.hash_of(&r).map_or(true, |h| &h != hash),
+            _ => true,
+        })
+    }
 }
 
 /// The commit point: the manifest appears under its id.
