@@ -310,6 +310,48 @@ fn deleted_base_snapshot_falls_back_to_checksum_compare() {
 }
 
 #[test]
+fn a_concurrent_backup_of_the_same_volume_fails_at_once() {
+    let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
+        return;
+    };
+    let src = ScratchImage::create(&io, "concurrent", 160 * MIB);
+    let img = io.open_image(&src.name).unwrap();
+    for i in 0..5 {
+        img.write(i * 32 * MIB, &pattern(24 * MIB as usize, 90 + i))
+            .unwrap();
+    }
+    let env = Env::new(&conf, &[("conc", &src.name)]);
+    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
+        .arg("-c")
+        .arg(&env.config)
+        .args(["--no-progress", "backup", "conc"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The start record is written once the first backup holds the lock.
+    let log = env.archive().join("conc/log.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"start\"")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first backup never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = env.fails(&["backup", "conc"]);
+    assert!(
+        stderr(&out).contains("locked by another rbdelta process"),
+        "{}",
+        stderr(&out)
+    );
+    let status = first.wait().unwrap();
+    assert!(status.success(), "the first backup is unaffected");
+    assert_eq!(env.revisions("conc").len(), 1);
+    env.ok(&["verify", "conc"]);
+}
+
+#[test]
 fn a_held_lock_fails_a_second_backup_at_once() {
     let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
         return;
