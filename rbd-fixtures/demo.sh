@@ -9,6 +9,18 @@ here=$PWD
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# in_mounted IMAGE CMD...: loop-mounts IMAGE read-only on $work/mnt, runs CMD
+# there, unmounts.
+in_mounted() {
+  local img=$1; shift
+  mkdir -p "$work/mnt"
+  loopdev=$(losetup -r -f --show "$img")
+  mount -o ro "$loopdev" "$work/mnt"
+  (cd "$work/mnt" && "$@")
+  umount "$work/mnt"
+  losetup -d "$loopdev"; loopdev=
+}
+
 step "installing packages (if missing) and building rbdelta"
 rbd-fixtures/install-deps.sh
 cargo build --release --quiet
@@ -85,29 +97,16 @@ rbd -c "$CEPH_CONF" export --no-progress rbd/fs1-restored "$work/restored.img"
 rbd -c "$CEPH_CONF" export --no-progress rbd/fs1 "$work/source.img"
 cmp "$work/source.img" "$work/restored.img" && echo "restored image is byte-identical to the source"
 e2fsck -n -f "$work/restored.img"
-mkdir -p "$work/mnt"
-loopdev=$(losetup -r -f --show "$work/restored.img")
-mount -o ro "$loopdev" "$work/mnt"
-cat "$work/mnt/README.txt"
-umount "$work/mnt"
-losetup -d "$loopdev"; loopdev=
+in_mounted "$work/restored.img" cat README.txt
 
 step "a full in the archive is a plain raw image: loop-mount it straight from the archive"
 full=$(ls "$work"/archive/files/data/*.full | head -n 1)
 ls -ls "$full"
-loopdev=$(losetup -r -f --show "$full")
-mount -o ro "$loopdev" "$work/mnt"
-ls "$work/mnt" | sed -n 1,5p
-umount "$work/mnt"
-losetup -d "$loopdev"; loopdev=
+in_mounted "$full" ls -C
 
 step "the first revision is still there: restore it to a file and mount it"
 first=$("$rbdelta" list files --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 "$rbdelta" restore files --revision "${first:0:12}" --to-file "$work/first.img"
-loopdev=$(losetup -r -f --show "$work/first.img")
-mount -o ro "$loopdev" "$work/mnt"
-cat "$work/mnt/README.txt"
-umount "$work/mnt"
-losetup -d "$loopdev"; loopdev=
+in_mounted "$work/first.img" cat README.txt
 
 step "demo finished: every step above verified checksums"

@@ -60,6 +60,19 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Starts `rbdelta ARGS` in the background, output discarded.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
+            .arg("-c")
+            .arg(&self.config)
+            .arg("--no-progress")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     fn fails(&self, args: &[&str]) -> Output {
         let out = self.cmd().args(args).output().unwrap();
         assert!(!out.status.success(), "rbdelta {args:?} should have failed");
@@ -321,14 +334,7 @@ fn a_concurrent_backup_of_the_same_volume_fails_at_once() {
             .unwrap();
     }
     let env = Env::new(&conf, &[("conc", &src.name)]);
-    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
-        .arg("-c")
-        .arg(&env.config)
-        .args(["--no-progress", "backup", "conc"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut first = env.spawn(&["backup", "conc"]);
     // The start record is written once the first backup holds the lock.
     let log = env.archive().join("conc/log.jsonl");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -392,14 +398,7 @@ fn kill_9_during_backups_leaves_older_revisions_intact() {
         )
         .unwrap();
         let before = env.revisions("kill").len();
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
-            .arg("-c")
-            .arg(&env.config)
-            .args(["--no-progress", "backup", "kill", "--full"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = env.spawn(&["backup", "kill", "--full"]);
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
