@@ -2,14 +2,14 @@
 //! interrupted backup.
 
 use super::pipeline::copy_blocks;
-use super::plan::{blocks_to_store, reads_for};
+use super::plan::{reads_for, reads_for_all};
 use super::writers::FullWriter;
 use super::{BackupOptions, Mode};
 use crate::archive::atomic::{fsync_dir, write_atomic, TempFile};
 use crate::archive::state::VolumeState;
 use crate::archive::{now_rfc3339, Revision, VolumeDir};
 use crate::chain::{Blocks, Chain, Resolved};
-use crate::checksum::{self, block_count, Hash};
+use crate::checksum::{self, Hash};
 use crate::error::{IoContext, Result};
 use crate::format::delta::{DeltaHeader, DeltaWriter};
 use crate::format::manifest::Manifest;
@@ -54,8 +54,7 @@ pub(super) fn write_revision(
     };
     let Some((parent, chain)) = parent_for_delta else {
         let extents = snap.changed_extents(None, opts.whole_object)?;
-        let blocks = blocks_to_store(&extents, None, size, bs);
-        let reads = reads_for(&blocks, size, bs);
+        let reads = reads_for(&extents, None, size, bs);
         let mut w = FullWriter::new(&vol.tmp_dir(), size, bs)?;
         progress.begin("full", reads.iter().map(|e| e.len).sum());
         let copied = copy_blocks(
@@ -90,8 +89,7 @@ pub(super) fn write_revision(
             let t = std::time::Instant::now();
             let extents = snap.changed_extents(Some(base_snapshot), opts.whole_object)?;
             tracing::info!(volume = %vol.name, "{} changed extents found in {:?}", extents.len(), t.elapsed());
-            let blocks = blocks_to_store(&extents, boundary, size, bs);
-            let reads = reads_for(&blocks, size, bs);
+            let reads = reads_for(&extents, boundary, size, bs);
             progress.begin("delta", reads.iter().map(|e| e.len).sum());
             let mut parent_blocks = ParentBlocks::new(chain, size)?;
             let mut keep =
@@ -99,8 +97,7 @@ pub(super) fn write_revision(
             copy_blocks(snap, &reads, opts.depth, bs, &mut dw, &mut keep, progress)
         }
         Mode::Compare { .. } => {
-            let all: Vec<u64> = (0..block_count(size, bs)).collect();
-            let reads = reads_for(&all, size, bs);
+            let reads = reads_for_all(size, bs);
             let mut parent_blocks = ParentBlocks::new(chain, size)?;
             let mut keep =
                 |block: u64, hash: &Hash, _zero: bool| parent_blocks.differs(block, hash);

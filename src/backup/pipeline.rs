@@ -48,7 +48,6 @@ pub trait BlockWriter: Send {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CopyStats {
     pub bytes_read: u64,
-    pub blocks_kept: u64,
 }
 
 /// Reads `reads` (block-aligned, each at most [`MAX_READ`]) and hands every
@@ -96,7 +95,6 @@ pub fn copy_blocks(
                     block_hash(piece)
                 };
                 let kept = keep(block, &hash, zero)?;
-                stats.blocks_kept += kept as u64;
                 blocks.push(BlockInfo {
                     block,
                     at: i * block_size as usize,

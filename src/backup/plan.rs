@@ -1,108 +1,107 @@
-//! Turns changed extents into the blocks a backup must store and the reads
-//! that fetch them.
+//! Turns changed extents into the block-aligned reads a backup makes.
+//!
+//! Memory grows with the number of reads (16 bytes per up to 4 MiB), never
+//! with the number of blocks: a dense 1 TiB image plans 256 Ki reads, not a
+//! list of 16 Mi block numbers.
 
-use crate::checksum::block_count;
 use crate::source::Extent;
 
 /// Largest single read handed to the source (one RBD object by default).
 pub const MAX_READ: u64 = 4 << 20;
 
-/// Block numbers touched by `extents`, plus the block straddling
-/// `boundary` (the smaller of old and new size after a resize), clipped to
-/// an image of `size` bytes. Ascending, unique.
-pub fn blocks_to_store(
-    extents: &[Extent],
-    boundary: Option<u64>,
-    size: u64,
-    block_size: u64,
-) -> Vec<u64> {
-    let n = block_count(size, block_size);
-    let mut blocks: Vec<u64> = Vec::new();
-    for e in extents {
-        if e.len == 0 || e.offset >= size {
-            continue;
-        }
-        let first = e.offset / block_size;
-        let last = (e.end().min(size) - 1) / block_size;
-        let from = blocks.last().map_or(first, |&b| first.max(b + 1));
-        if from <= last {
-            blocks.extend(from..=last);
-        }
-    }
-    if let Some(b) = boundary {
-        if b % block_size != 0 && b / block_size < n {
-            blocks.push(b / block_size);
-        }
-    }
-    blocks.sort_unstable();
-    blocks.dedup();
-    blocks
-}
-
-/// Coalesces ascending blocks into reads of at most [`MAX_READ`] bytes that
-/// never cross `size`.
-pub fn reads_for(blocks: &[u64], size: u64, block_size: u64) -> Vec<Extent> {
-    let per_read = (MAX_READ / block_size).max(1);
-    let mut out: Vec<Extent> = Vec::new();
-    let mut run_start = None::<u64>;
-    let mut run_len = 0u64;
-    let flush = |out: &mut Vec<Extent>, start: u64, len: u64| {
-        let off = start * block_size;
-        let end = ((start + len) * block_size).min(size);
-        out.push(Extent::new(off, end - off));
+/// Reads covering every block touched by `extents`, plus the block
+/// straddling `boundary` (the smaller of old and new size after a resize),
+/// within an image of `size` bytes: block-aligned starts, ascending,
+/// non-overlapping, at most [`MAX_READ`] bytes each (the last one of the
+/// image may end at `size`).
+pub fn reads_for(extents: &[Extent], boundary: Option<u64>, size: u64, bs: u64) -> Vec<Extent> {
+    let align = |e: &Extent| {
+        let start = e.offset / bs * bs;
+        let end = e.end().div_ceil(bs).saturating_mul(bs).min(size);
+        (start, end)
     };
-    for &b in blocks {
-        match run_start {
-            Some(s) if s + run_len == b && run_len < per_read => run_len += 1,
-            Some(s) => {
-                flush(&mut out, s, run_len);
-                run_start = Some(b);
-                run_len = 1;
-            }
-            None => {
-                run_start = Some(b);
-                run_len = 1;
-            }
-        }
+    let mut spans: Vec<(u64, u64)> = extents
+        .iter()
+        .filter(|e| e.len > 0 && e.offset < size)
+        .map(align)
+        .collect();
+    // After a shrink the boundary is the new size itself: compare blocks.
+    if let Some(b) = boundary.filter(|b| b % bs != 0 && b / bs < size.div_ceil(bs)) {
+        spans.push((b / bs * bs, (b / bs * bs + bs).min(size)));
     }
-    if let Some(s) = run_start {
-        flush(&mut out, s, run_len);
+    spans.sort_unstable();
+    let per_read = (MAX_READ / bs).max(1) * bs;
+    let mut out: Vec<Extent> = Vec::new();
+    let mut current: Option<(u64, u64)> = None;
+    for (start, end) in spans {
+        current = match current {
+            Some((s, e)) if start <= e => Some((s, e.max(end))),
+            Some(done) => {
+                split(done, per_read, &mut out);
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+    }
+    if let Some(done) = current {
+        split(done, per_read, &mut out);
     }
     out
+}
+
+/// Every block of an image of `size` bytes, as reads.
+pub fn reads_for_all(size: u64, bs: u64) -> Vec<Extent> {
+    reads_for(&[Extent::new(0, size)], None, size, bs)
+}
+
+fn split((mut start, end): (u64, u64), per_read: u64, out: &mut Vec<Extent>) {
+    while start < end {
+        let len = (end - start).min(per_read);
+        out.push(Extent::new(start, len));
+        start += len;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const BS: u64 = 4096;
+
     #[test]
-    fn blocks_cover_extents_and_boundary() {
-        let ex = [Extent::new(10, 5), Extent::new(4096 * 3 - 1, 2)];
-        assert_eq!(blocks_to_store(&ex, None, 1 << 20, 4096), vec![0, 2, 3]);
+    fn reads_cover_touched_blocks_and_the_boundary() {
+        let ex = [Extent::new(10, 5), Extent::new(BS * 3 - 1, 2)];
         assert_eq!(
-            blocks_to_store(&ex, Some(4096 * 5 + 7), 1 << 20, 4096),
-            vec![0, 2, 3, 5]
+            reads_for(&ex, None, 1 << 20, BS),
+            vec![Extent::new(0, BS), Extent::new(2 * BS, 2 * BS)]
         );
-        // aligned boundary adds nothing; blocks past the end are dropped
-        assert_eq!(blocks_to_store(&ex, Some(8192), 4096 * 3, 4096), vec![0, 2]);
+        let r = reads_for(&ex, Some(BS * 5 + 7), 1 << 20, BS);
+        assert_eq!(r.last(), Some(&Extent::new(5 * BS, BS)));
+        // a shrink to 5 blocks + 7 bytes: the boundary is the size itself
+        let r = reads_for(&[], Some(BS * 5 + 7), BS * 5 + 7, BS);
+        assert_eq!(r, vec![Extent::new(5 * BS, 7)]);
+        // an aligned boundary adds nothing; reads never pass the end
+        let ex = [Extent::new(10, 5), Extent::new(BS * 2 + 1, BS)];
+        assert_eq!(
+            reads_for(&ex, Some(2 * BS), BS * 3 - 100, BS),
+            vec![Extent::new(0, BS), Extent::new(2 * BS, BS - 100)]
+        );
     }
 
     #[test]
-    fn overlapping_extents_do_not_duplicate() {
-        let ex = [Extent::new(0, 8192), Extent::new(4096, 8192)];
-        assert_eq!(blocks_to_store(&ex, None, 1 << 20, 4096), vec![0, 1, 2]);
+    fn overlapping_and_unsorted_extents_merge() {
+        let ex = [Extent::new(BS, 2 * BS), Extent::new(0, 2 * BS)];
+        assert_eq!(
+            reads_for(&ex, None, 1 << 20, BS),
+            vec![Extent::new(0, 3 * BS)]
+        );
     }
 
     #[test]
-    fn reads_coalesce_and_clip() {
-        let r = reads_for(&[0, 1, 2, 5], 4096 * 5 + 100, 4096);
-        assert_eq!(
-            r,
-            vec![Extent::new(0, 3 * 4096), Extent::new(5 * 4096, 100)]
-        );
-        let many: Vec<u64> = (0..3000).collect();
-        let r = reads_for(&many, u64::MAX / 2, 4096);
-        assert!(r.iter().all(|e| e.len <= MAX_READ));
-        assert_eq!(r.iter().map(|e| e.len).sum::<u64>(), 3000 * 4096);
+    fn large_spans_split_at_max_read() {
+        let r = reads_for_all(3000 * BS + 5, BS);
+        assert!(r.iter().all(|e| e.len <= MAX_READ && e.offset % BS == 0));
+        assert_eq!(r.iter().map(|e| e.len).sum::<u64>(), 3000 * BS + 5);
+        assert!(r.windows(2).all(|w| w[0].end() == w[1].offset));
     }
 }
