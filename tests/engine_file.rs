@@ -118,6 +118,12 @@ proptest! {
         for (id, bytes) in &expected {
             let got = restore_bytes(&f, id);
             prop_assert!(got == *bytes, "revision {} differs", id);
+            // random access agrees with the sequential walk, block by block
+            let chain = rbdelta::chain::Chain::open(&f.vol, &f.vol.find_revision(id).unwrap()).unwrap();
+            for r in chain.blocks().unwrap() {
+                let r = r.unwrap();
+                prop_assert_eq!(chain.resolve(r.block).unwrap(), r);
+            }
         }
         let report = verify(&f.vol, None, &NoProgress).unwrap();
         prop_assert!(report.problems.is_empty(), "{:?}", report.problems);
