@@ -159,17 +159,7 @@ fn encode_entries(entries: &[BlockEntry]) -> Vec<u8> {
 }
 
 fn parse_header(head: &[u8]) -> std::result::Result<DeltaHeader, String> {
-    if head[0..8] != DELTA_MAGIC {
-        return Err("not a delta file (bad magic)".into());
-    }
-    let version = le_u32(head, 8);
-    if version != FORMAT_VERSION {
-        return Err(format!("unsupported delta version {version}"));
-    }
-    let block_size = le_u32(head, 12) as u64;
-    if !valid_block_size(block_size) {
-        return Err(format!("invalid block size {block_size}"));
-    }
+    let block_size = check_prefix(head, &DELTA_MAGIC, "delta file")?;
     Ok(DeltaHeader {
         block_size,
         size: le_u64(head, 16),

@@ -41,17 +41,7 @@ impl FullIndexHeader {
     }
 
     fn decode(h: &[u8]) -> std::result::Result<FullIndexHeader, String> {
-        if h[0..8] != FULL_INDEX_MAGIC {
-            return Err("not a full index (bad magic)".into());
-        }
-        let version = le_u32(h, 8);
-        if version != FORMAT_VERSION {
-            return Err(format!("unsupported full index version {version}"));
-        }
-        let block_size = le_u32(h, 12) as u64;
-        if !valid_block_size(block_size) {
-            return Err(format!("invalid block size {block_size}"));
-        }
+        let block_size = check_prefix(h, &FULL_INDEX_MAGIC, "full index")?;
         Ok(FullIndexHeader {
             block_size,
             size: le_u64(h, 16),

@@ -62,6 +62,28 @@ pub(crate) fn hash_at(buf: &[u8], at: usize) -> crate::checksum::Hash {
     buf[at..at + 32].try_into().unwrap()
 }
 
+/// Checks the prefix every binary file of the format shares (magic at 0,
+/// version at 8, block size at 12) and returns the block size. `what` names
+/// the file kind in errors.
+pub(crate) fn check_prefix(
+    buf: &[u8],
+    magic: &[u8; 8],
+    what: &str,
+) -> std::result::Result<u64, String> {
+    if buf[0..8] != magic[..] {
+        return Err(format!("not a {what} (bad magic)"));
+    }
+    let version = le_u32(buf, 8);
+    if version != FORMAT_VERSION {
+        return Err(format!("unsupported {what} version {version}"));
+    }
+    let block_size = le_u32(buf, 12) as u64;
+    if !valid_block_size(block_size) {
+        return Err(format!("invalid block size {block_size}"));
+    }
+    Ok(block_size)
+}
+
 /// Whether `bs` is an allowed block size.
 pub fn valid_block_size(bs: u64) -> bool {
     bs.is_power_of_two() && (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs)
