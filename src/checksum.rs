@@ -84,7 +84,8 @@ impl ImageChecksum {
         block_count(self.size, self.block_size)
     }
 
-    pub fn finish(self) -> Hash {
+    /// The checksum of the blocks pushed so far (all of them, once done).
+    pub fn finish(&self) -> Hash {
         debug_assert_eq!(
             self.next_block,
             self.blocks(),

@@ -65,8 +65,7 @@ impl FullWriter {
     /// The image checksum of everything written (the rest is zeros).
     pub fn checksum(&mut self) -> Hash {
         self.zeros_until(block_count(self.size, self.block_size));
-        let done = std::mem::replace(&mut self.sum, ImageChecksum::new(0, self.block_size));
-        done.finish()
+        self.sum.finish()
     }
 
     /// Completes both files for `revision` and renames them into place.
