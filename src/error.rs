@@ -35,6 +35,12 @@ pub enum Error {
     /// The caller asked for something that does not exist or is refused.
     #[error("{0}")]
     Invalid(String),
+    /// A pre- or post-snapshot hook failed or timed out.
+    #[error("hook: {0}")]
+    Hook(String),
+    /// The operation was asked to stop (daemon shutdown) and did, cleanly.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
 }
 
 impl Error {
@@ -65,7 +71,10 @@ impl Error {
                     | libc::EINTR
             ),
             Error::Locked(_) => true,
-            Error::Config(_) | Error::Corrupt(_) | Error::Invalid(_) => false,
+            // A hook is the operator's script; whether it heals itself is
+            // unknown, so it gets the retries a cluster hiccup gets.
+            Error::Hook(_) => true,
+            Error::Config(_) | Error::Corrupt(_) | Error::Invalid(_) | Error::Cancelled(_) => false,
         }
     }
 }

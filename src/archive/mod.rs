@@ -6,6 +6,7 @@
 //! interrupted backup is recognised). It never talks to Ceph.
 
 pub mod atomic;
+pub mod global;
 pub mod lock;
 pub mod oplog;
 pub mod state;

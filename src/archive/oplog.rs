@@ -19,6 +19,9 @@ pub struct LogRecord {
     pub op: String,
     /// `start` or `end`.
     pub event: String,
+    /// The volume, in the fleet log (a volume's own log omits it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
     /// `ok` or `error` on end records.
@@ -36,6 +39,9 @@ pub struct LogRecord {
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Whether a retry may help, on failed fleet jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transient: Option<bool>,
 }
 
 /// Appends one record and fsyncs.

@@ -12,6 +12,7 @@
 mod commit;
 pub mod pipeline;
 pub mod plan;
+pub mod policy;
 mod writers;
 
 use std::time::Instant;
@@ -37,6 +38,8 @@ pub struct BackupOptions {
     pub depth: usize,
     /// `pool/image`, recorded in the manifest.
     pub source_name: String,
+    /// When to start a new chain with a full (`full-every:`).
+    pub full_every: Option<crate::config::FullEvery>,
 }
 
 impl Default for BackupOptions {
@@ -46,6 +49,7 @@ impl Default for BackupOptions {
             whole_object: false,
             depth: 8,
             source_name: String::new(),
+            full_every: None,
         }
     }
 }
@@ -116,7 +120,7 @@ fn backup_locked(
     let revisions = vol.revisions()?;
     let state = VolumeState::load(&vol.state_path())?;
     let parent = revisions.last().cloned();
-    let mut mode = choose_mode(image, parent.as_ref(), &state, opts)?;
+    let mut mode = choose_mode(image, vol, &revisions, &state, opts)?;
     // A delta needs its parent's chain; an unreadable one means a full.
     let parent_chain = match (&parent, &mode) {
         (Some(p), Mode::Diff { .. } | Mode::Compare { .. }) => match Chain::open(vol, p) {
@@ -188,15 +192,23 @@ fn backup_locked(
 
 fn choose_mode(
     image: &dyn SourceImage,
-    parent: Option<&Revision>,
+    vol: &VolumeDir,
+    revisions: &[Revision],
     state: &VolumeState,
     opts: &BackupOptions,
 ) -> Result<Mode> {
-    let Some(parent) = parent else {
+    let Some(parent) = revisions.last() else {
         return Ok(Mode::Full);
     };
     if opts.full {
         return Ok(Mode::Full);
+    }
+    if let Some(policy) = opts.full_every {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Some(why) = policy::full_due(vol, revisions, policy, now)? {
+            tracing::info!(volume = %vol.name, "writing a full: {why}");
+            return Ok(Mode::Full);
+        }
     }
     let pstate = state.get(&parent.id);
     if let Trust::Distrusted { reason } = &pstate.trust {

@@ -1,87 +1,114 @@
-//! `rbdelta backup [VOLUME...] [--all] [--full]`.
+//! `rbdelta backup [VOLUME...] [--all] [--full] [--jobs N]`.
 
-use anyhow::Context;
-use rbdelta::archive::VolumeDir;
-use rbdelta::backup::{backup, BackupOptions, Mode};
-use rbdelta::format::DEFAULT_BLOCK_SIZE;
-use rbdelta::source::rbd::RbdImage;
+use rbdelta::config::Unresolved;
+use rbdelta::fleet::{backup_volume, run_parallel, Fleet, Outcome};
+use serde_json::json;
 
-use super::{human, Ctx, Failure};
+use super::view::json_line;
+use super::{human, table, Ctx, Failure, ProgressMode};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Volumes to back up (names from the config).
+    /// Volumes to back up (names from the config, including volumes of
+    /// pool selections).
     volumes: Vec<String>,
-    /// Back up every volume in the config, one after the other.
+    /// Back up every volume of the config.
     #[arg(long, conflicts_with = "volumes")]
     all: bool,
     /// Write a full backup even when a delta is possible.
     #[arg(long)]
     full: bool,
+    /// Volumes backed up at once [default: defaults.parallel of the config].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: Option<u16>,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
-    let volumes = if a.all {
-        cfg.volumes()
-    } else if a.volumes.is_empty() {
-        return Err(Failure {
-            code: 2,
-            error: anyhow::anyhow!("name at least one volume, or use --all"),
-        });
+    if !a.all && a.volumes.is_empty() {
+        return Err(Failure::usage("name at least one volume, or use --all"));
+    }
+    let fleet = Fleet::new(ctx.connect(&cfg)?, &cfg);
+    let all_listed = a.volumes.iter().all(|n| cfg.listed().any(|v| v.name == *n));
+    let resolved = if a.all || !all_listed {
+        fleet.resolve(&cfg)
     } else {
-        a.volumes
-            .iter()
-            .map(|n| cfg.volume(n))
-            .collect::<Result<Vec<_>, _>>()?
+        cfg.resolve_listed()
     };
-    let cluster = ctx.connect(&cfg)?;
-    let mut failed = 0;
-    for v in &volumes {
-        let outcome = (|| -> anyhow::Result<_> {
-            let ioctx = cluster
-                .ioctx(&v.pool)
-                .with_context(|| format!("pool {}", v.pool))?;
-            let image = RbdImage::open(&ioctx, &v.image)
-                .with_context(|| format!("image {}", v.source_name()))?;
-            let vol = VolumeDir::open_or_create(&cfg.archive, &v.name, DEFAULT_BLOCK_SIZE)?;
-            let opts = BackupOptions {
-                full: a.full,
-                whole_object: v.whole_object,
-                source_name: v.source_name(),
-                ..Default::default()
-            };
-            let progress = ctx.progress(&v.name);
-            Ok(backup(&vol, &image, &opts, progress.as_ref())?)
-        })();
-        match outcome {
-            Ok(r) => {
-                let how = match &r.mode {
-                    Mode::Full => "full",
-                    Mode::Diff { .. } => "delta",
-                    Mode::Compare { .. } => "delta (checksum compare)",
-                };
-                println!(
-                    "{}: {how} {}, image {}, read {}, stored {}, {:.1}s",
-                    v.name,
-                    r.revision.short(),
-                    human(r.revision.manifest.size),
-                    human(r.bytes_read),
-                    human(r.bytes_written),
-                    r.duration.as_secs_f64()
-                );
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("rbdelta: error: {}: backup failed: {e:#}", v.name);
+    let (volumes, broken): (Vec<_>, Vec<Unresolved>) = if a.all {
+        (resolved.volumes, resolved.unresolved)
+    } else {
+        let mut vols = Vec::new();
+        let mut broken = Vec::new();
+        for n in &a.volumes {
+            if let Some(v) = resolved.get(n) {
+                vols.push(v.clone());
+            } else if let Some(u) = resolved.unresolved.iter().find(|u| u.name == *n) {
+                broken.push(u.clone());
+            } else {
+                return Err(Failure::usage(format!(
+                    "no volume named {n:?} in the config{}",
+                    if cfg.has_selections() {
+                        " or its pool selections"
+                    } else {
+                        ""
+                    }
+                )));
             }
         }
+        (vols, broken)
+    };
+    let jobs = a.jobs.map_or(cfg.fleet.parallel, usize::from);
+    let observer = ctx.observer(volumes.len() + broken.len());
+    let mut outcomes: Vec<Outcome> = broken
+        .iter()
+        .map(|u| fleet.unresolved(u, observer.as_ref()))
+        .collect();
+    outcomes.extend(run_parallel(&volumes, jobs, |v| {
+        backup_volume(&fleet, v, a.full, observer.as_ref())
+    }));
+    drop(observer);
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    if ctx.mode == ProgressMode::Json {
+        json_line(&json!({
+            "event": "summary", "volumes": outcomes.len(), "failed": failed,
+            "bytes_read": outcomes.iter().map(|o| o.bytes_read).sum::<u64>(),
+            "bytes_written": outcomes.iter().map(|o| o.bytes_written).sum::<u64>(),
+        }));
+    } else if outcomes.len() > 1 {
+        print!("{}", summary(&outcomes));
     }
     if failed > 0 {
         return Err(Failure {
             code: 1,
-            error: anyhow::anyhow!("{failed} of {} backups failed", volumes.len()),
+            error: anyhow::anyhow!("{failed} of {} backups failed", outcomes.len()),
         });
     }
     Ok(())
+}
+
+/// The end-of-run table: one row per volume, then totals.
+fn summary(outcomes: &[Outcome]) -> String {
+    let mut rows = vec![["VOLUME", "OUTCOME", "KIND", "READ", "WRITTEN", "DURATION"]
+        .map(String::from)
+        .to_vec()];
+    for o in outcomes {
+        rows.push(vec![
+            o.volume.clone(),
+            if o.ok { "ok".into() } else { "FAILED".into() },
+            o.kind.clone().unwrap_or_else(|| "-".into()),
+            human(o.bytes_read),
+            human(o.bytes_written),
+            format!("{:.1}s", o.duration.as_secs_f64()),
+        ]);
+    }
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    format!(
+        "\n{}{} volumes: {} ok, {failed} failed; read {}, stored {}\n",
+        table::render(&rows),
+        outcomes.len(),
+        outcomes.len() - failed,
+        human(outcomes.iter().map(|o| o.bytes_read).sum()),
+        human(outcomes.iter().map(|o| o.bytes_written).sum()),
+    )
 }

@@ -30,7 +30,7 @@ struct Row {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
-    let vol = open_volume(&cfg, &cfg.volume(&a.volume)?)?;
+    let vol = open_volume(&cfg, &a.volume)?;
     let state = VolumeState::load(&vol.state_path())?;
     let mut rows = Vec::new();
     for r in vol.revisions()? {

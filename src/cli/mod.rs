@@ -5,10 +5,13 @@
 //! config; 3 `verify` found damage.
 
 mod backup;
+mod config;
 mod list;
 mod progress;
 mod restore;
+mod table;
 mod verify;
+mod view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +22,7 @@ use clap::{Parser, Subcommand};
 
 use rbdelta::archive::VolumeDir;
 use rbdelta::ceph::{CephOptions, Cluster};
-use rbdelta::config::{Config, Volume, DEFAULT_CONFIG};
+use rbdelta::config::{Config, DEFAULT_CONFIG};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,9 +34,15 @@ pub struct Cli {
     /// Config file [default: $RBDELTA_CONFIG, then /etc/rbdelta/config.yaml]
     #[arg(short, long, global = true, env = "RBDELTA_CONFIG")]
     config: Option<PathBuf>,
-    /// Never draw progress bars.
+    /// How to show progress: bars on a terminal, else plain log lines.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// Same as --progress none.
     #[arg(long, global = true)]
     no_progress: bool,
+    /// Seconds between plain progress lines.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30)]
+    progress_interval: u64,
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -51,6 +60,22 @@ enum Command {
     Restore(restore::Args),
     /// Check a volume's archive: every block, every revision checksum.
     Verify(verify::Args),
+    /// Check the config file.
+    Config(config::Args),
+}
+
+/// `--progress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// Bars when stderr is a terminal, else plain lines.
+    Auto,
+    Bars,
+    /// A line per running job every --progress-interval seconds.
+    Plain,
+    /// JSON lines on stdout.
+    Json,
+    /// Result lines only.
+    None,
 }
 
 /// An error with its exit code.
@@ -70,6 +95,16 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
+impl Failure {
+    /// A bad invocation (exit code 2).
+    pub fn usage(msg: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 2,
+            error: anyhow::anyhow!("{msg}"),
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -78,13 +113,22 @@ pub fn main() -> ExitCode {
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
-        progress: !cli.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        mode: match (cli.no_progress, cli.progress) {
+            (true, _) => ProgressMode::None,
+            (false, ProgressMode::Auto) if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+                ProgressMode::Bars
+            }
+            (false, ProgressMode::Auto) => ProgressMode::Plain,
+            (false, m) => m,
+        },
+        interval: std::time::Duration::from_secs(cli.progress_interval.max(1)),
     };
     let result = match cli.command {
         Command::Backup(a) => backup::run(&ctx, a),
         Command::List(a) => list::run(&ctx, a),
         Command::Restore(a) => restore::run(&ctx, a),
         Command::Verify(a) => verify::run(&ctx, a),
+        Command::Config(a) => config::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,7 +157,8 @@ fn init_logging(verbose: u8) {
 /// What every subcommand gets.
 pub struct Ctx {
     pub config_path: PathBuf,
-    pub progress: bool,
+    pub mode: ProgressMode,
+    pub interval: std::time::Duration,
 }
 
 impl Ctx {
@@ -136,14 +181,42 @@ impl Ctx {
         })
     }
 
+    /// Progress of one operation (restore, verify): a bar or nothing.
     pub fn progress(&self, label: &str) -> Box<dyn rbdelta::progress::Progress> {
-        progress::for_terminal(self.progress, label)
+        progress::for_terminal(self.mode == ProgressMode::Bars, label)
+    }
+
+    /// The view of a fleet run of `jobs` jobs.
+    pub fn observer(&self, jobs: usize) -> Box<dyn rbdelta::fleet::Observer> {
+        match self.mode {
+            ProgressMode::Bars => Box::new(view::Bars::new(jobs)),
+            ProgressMode::Plain => Box::new(view::Plain::new(self.interval)),
+            ProgressMode::Json => Box::new(view::Json::new()),
+            ProgressMode::None | ProgressMode::Auto => Box::new(view::Lines),
+        }
     }
 }
 
-/// The archive directory of an existing volume.
-pub fn open_volume(cfg: &Config, v: &Volume) -> Result<VolumeDir> {
-    Ok(VolumeDir::open(&cfg.archive, &v.name)?)
+/// The archive directory of volume `name`: any volume with an archive,
+/// listed in the config or not (a volume removed from the config can still
+/// be listed, verified and restored).
+pub fn open_volume(cfg: &Config, name: &str) -> Result<VolumeDir> {
+    if !rbdelta::archive::valid_volume_name(name) {
+        anyhow::bail!("{name:?} is not a volume name");
+    }
+    if !cfg.archive.join(name).exists() {
+        let listed = cfg.listed().any(|v| v.name == name);
+        anyhow::bail!(
+            "no volume named {name:?} in the archive {}{}",
+            cfg.archive.display(),
+            if listed {
+                " (it is in the config but has no backup yet)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(VolumeDir::open(&cfg.archive, name)?)
 }
 
 /// Bytes in binary units for people ("1.5 GiB").

@@ -43,9 +43,11 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
-    let volume = cfg.volume(&a.volume)?;
-    let vol = open_volume(&cfg, &volume)?;
+    let vol = open_volume(&cfg, &a.volume)?;
     let rev = vol.find_revision(&a.revision)?;
+    // The image the revision came from, as recorded, even if the config no
+    // longer lists the volume.
+    let (src_pool, src_image) = rev.manifest.source.split_once('/').unwrap_or(("", ""));
     let size = rev.manifest.size;
     let cluster;
     let target: Box<dyn RestoreTarget> = if let Some(spec) = &a.to_image {
@@ -56,7 +58,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 code: 2,
                 error: anyhow!("--to-image wants POOL/IMAGE, got {spec:?}"),
             })?;
-        if pool == volume.pool && image == volume.image && !a.force {
+        if pool == src_pool && image == src_image && !a.force {
             return Err(anyhow!(
                 "refusing to restore over {spec}, the volume's own source image (use --force if you mean it)"
             )
@@ -76,9 +78,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             recorded
         } else {
             cluster
-                .ioctx(&volume.pool)
+                .ioctx(src_pool)
                 .ok()
-                .and_then(|io| RbdImage::open(&io, &volume.image).ok())
+                .and_then(|io| RbdImage::open(&io, src_image).ok())
                 .and_then(|img| img.layout().ok())
                 .unwrap_or_default()
         };

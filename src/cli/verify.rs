@@ -15,7 +15,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
-    let vol = open_volume(&cfg, &cfg.volume(&a.volume)?)?;
+    let vol = open_volume(&cfg, &a.volume)?;
     let only = a
         .revision
         .as_deref()

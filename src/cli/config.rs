@@ -1,0 +1,101 @@
+//! `rbdelta config check [--cluster]`: validate the config file and, with
+//! `--cluster`, that every pool and image it names exists.
+
+use rbdelta::config::Entry;
+use rbdelta::fleet::Fleet;
+
+use super::{table, Ctx, Failure};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Validate the config; errors name the file, line and key.
+    Check {
+        /// Also resolve pool selections and check every pool and image exists.
+        #[arg(long)]
+        cluster: bool,
+    },
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
+    let Command::Check { cluster } = a.command;
+    let cfg = ctx.config()?;
+    let images = cfg.listed().count();
+    let selections = cfg.entries.len() - images;
+    let origin = &cfg.origin;
+    if !cluster {
+        println!(
+            "{origin}: ok: {images} image(s), {selections} pool selection(s), archive {}",
+            cfg.archive.display()
+        );
+        return Ok(());
+    }
+    let fleet = Fleet::new(ctx.connect(&cfg)?, &cfg);
+    let resolved = fleet.resolve(&cfg);
+    let mut problems: Vec<String> = resolved
+        .unresolved
+        .iter()
+        .map(|u| format!("{}: {}", u.name, u.error))
+        .collect();
+    let mut rows = vec![["VOLUME", "SOURCE", "SCHEDULE", "FROM"]
+        .map(String::from)
+        .to_vec()];
+    for v in &resolved.volumes {
+        let exists = fleet
+            .cluster
+            .ioctx(&v.pool)
+            .and_then(|io| io.image_exists(&v.image));
+        match exists {
+            Ok(true) => {}
+            Ok(false) => problems.push(format!(
+                "{origin}:{}: image {} does not exist",
+                v.line,
+                v.source_name()
+            )),
+            Err(e) => problems.push(format!("{origin}:{}: pool {}: {e}", v.line, v.pool)),
+        }
+        rows.push(vec![
+            v.name.clone(),
+            v.source_name(),
+            v.settings
+                .schedule
+                .as_ref()
+                .map_or("-".into(), |s| s.pattern().to_string()),
+            format!("line {}", v.line),
+        ]);
+    }
+    for e in &cfg.entries {
+        if let Entry::Pool(sel) = e {
+            if !resolved.volumes.iter().any(|v| v.line == sel.line)
+                && !problems
+                    .iter()
+                    .any(|p| p.contains(&format!(":{}", sel.line)))
+            {
+                eprintln!(
+                    "rbdelta: warning: {origin}:{}: the selection in pool {} matches no image",
+                    sel.line, sel.pool
+                );
+            }
+        }
+    }
+    print!("{}", table::render(&rows));
+    if problems.is_empty() {
+        println!(
+            "{origin}: ok: {} volume(s) on the cluster",
+            resolved.volumes.len()
+        );
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("rbdelta: error: {p}");
+    }
+    Err(Failure {
+        code: 2,
+        error: anyhow::anyhow!("{origin}: {} problem(s) with the cluster", problems.len()),
+    })
+}

@@ -1,0 +1,70 @@
+//! The config file as written: serde structs that mirror the YAML keys one
+//! to one. Nothing here is interpreted; [`super::Config`] validates these
+//! into the model the rest of the program uses, so every key keeps its line
+//! number until it has been checked.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    #[serde(default)]
+    pub ceph: super::CephConfig,
+    pub archive: PathBuf,
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    pub volumes: Vec<S<RawVolume>>,
+}
+
+/// Keys every volume inherits (first block) and fleet-wide keys (second).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDefaults {
+    pub schedule: Option<S<String>>,
+    pub verify_schedule: Option<S<String>>,
+    pub spread: Option<S<String>>,
+    pub whole_object: Option<bool>,
+    pub bandwidth: Option<S<String>>,
+    pub full_every: Option<S<String>>,
+    pub hooks: Option<S<RawHooks>>,
+    pub retries: Option<u32>,
+    pub retry_delay: Option<S<String>>,
+
+    pub parallel: Option<S<usize>>,
+    pub total_bandwidth: Option<S<String>>,
+    pub catch_up: Option<bool>,
+}
+
+/// One `volumes:` entry: a single image, or a pool selection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawVolume {
+    pub name: Option<S<String>>,
+    pub pool: S<String>,
+    pub image: Option<S<String>>,
+    pub include: Option<Vec<S<String>>>,
+    pub exclude: Option<Vec<S<String>>>,
+
+    pub schedule: Option<S<String>>,
+    pub verify_schedule: Option<S<String>>,
+    pub spread: Option<S<String>>,
+    pub whole_object: Option<bool>,
+    pub bandwidth: Option<S<String>>,
+    pub full_every: Option<S<String>>,
+    pub hooks: Option<S<RawHooks>>,
+    pub retries: Option<u32>,
+    pub retry_delay: Option<S<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawHooks {
+    pub pre: Option<String>,
+    pub post: Option<String>,
+    pub timeout: Option<S<String>>,
+}

@@ -1,0 +1,515 @@
+//! The YAML configuration: the Ceph connection, the archive root, defaults
+//! every volume inherits, and the volumes, listed one by one or as pool
+//! selections resolved against the cluster at run time.
+//!
+//! Parsing is strict: unknown keys, missing keys, bad cron expressions,
+//! durations, rates and patterns, duplicate volume names and names that are
+//! not a safe path component are errors that name the file, the line and the
+//! key, because a typo in a backup config is otherwise found only on the day
+//! of the restore. `docs/CONFIG.md` documents every key.
+
+mod file;
+pub mod glob;
+mod select;
+pub mod units;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::archive::valid_volume_name;
+use crate::error::{Error, Result};
+use crate::schedule::Schedule;
+use file::{RawConfig, RawDefaults, RawHooks, RawVolume, S};
+pub use glob::Glob;
+pub use select::{Resolved, Unresolved};
+
+/// Where the config is looked for when `-c` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/rbdelta/config.yaml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CephConfig {
+    #[serde(default = "default_conf")]
+    pub conf: PathBuf,
+    /// cephx client id (without `client.`).
+    #[serde(default = "default_id")]
+    pub id: String,
+    #[serde(default)]
+    pub keyring: Option<PathBuf>,
+    /// Seconds before a cluster operation or the connection gives up.
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+}
+
+impl Default for CephConfig {
+    fn default() -> Self {
+        CephConfig {
+            conf: default_conf(),
+            id: default_id(),
+            keyring: None,
+            timeout: default_timeout(),
+        }
+    }
+}
+
+fn default_conf() -> PathBuf {
+    PathBuf::from("/etc/ceph/ceph.conf")
+}
+fn default_id() -> String {
+    "admin".into()
+}
+fn default_timeout() -> u64 {
+    30
+}
+
+impl CephConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub ceph: CephConfig,
+    pub archive: PathBuf,
+    pub fleet: Fleet,
+    pub entries: Vec<Entry>,
+    /// The file it came from, for messages.
+    pub origin: String,
+}
+
+/// Settings of the whole run rather than of one volume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fleet {
+    /// Volumes backed up at once.
+    pub parallel: usize,
+    /// Read rate shared by all running backups, bytes per second.
+    pub total_bandwidth: Option<u64>,
+    /// Whether the daemon runs a backup missed while it was down.
+    pub catch_up: bool,
+}
+
+/// One `volumes:` entry.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Image(Volume),
+    Pool(Selection),
+}
+
+/// A volume: one image and how to back it up.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    /// Archive subdirectory.
+    pub name: String,
+    pub pool: String,
+    pub image: String,
+    pub settings: Settings,
+    /// Config line of the entry that produced it.
+    pub line: u64,
+}
+
+impl Volume {
+    pub fn source_name(&self) -> String {
+        format!("{}/{}", self.pool, self.image)
+    }
+}
+
+/// The images of a pool whose names match `include` and none of `exclude`.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub pool: String,
+    pub include: Vec<Glob>,
+    pub exclude: Vec<Glob>,
+    /// Volume name template with `{image}` and `{pool}`.
+    pub name: String,
+    pub settings: Settings,
+    pub line: u64,
+}
+
+/// Per-volume settings after inheritance from `defaults:`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub schedule: Option<Schedule>,
+    pub verify_schedule: Option<Schedule>,
+    pub spread: Duration,
+    pub whole_object: bool,
+    /// Read rate of this volume's backup, bytes per second.
+    pub bandwidth: Option<u64>,
+    pub full_every: Option<FullEvery>,
+    pub hooks: Hooks,
+    /// Retries of a backup that failed with a temporary error (daemon).
+    pub retries: u32,
+    /// Delay before the first retry; doubled for each further one.
+    pub retry_delay: Duration,
+}
+
+/// When a backup writes a new full instead of a delta.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FullEvery {
+    /// The newest full is at least this old.
+    Age(Duration),
+    /// This many deltas follow the newest full.
+    Deltas(u32),
+    /// The deltas since the newest full add up to this fraction of the
+    /// image size.
+    Ratio(f64),
+}
+
+/// Commands run around the snapshot (`sh -c`), e.g. to freeze a guest.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hooks {
+    pub pre: Option<String>,
+    pub post: Option<String>,
+    pub timeout: Duration,
+}
+
+const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Config {
+    /// Reads and validates the config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: cannot read config: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid YAML").trim();
+            // The parser repeats the position ("error: line L column C: ...").
+            let first = match first.strip_prefix("error: line ") {
+                Some(rest) => rest.split_once(": ").map_or(rest, |(_, m)| m),
+                None => first,
+            };
+            match e.location() {
+                Some(l) => Error::Config(format!("{origin}:{}:{}: {first}", l.line(), l.column())),
+                None => Error::Config(format!("{origin}: {first}")),
+            }
+        })?;
+        Validator { origin }.config(raw)
+    }
+
+    /// The explicitly listed volumes, in config order.
+    pub fn listed(&self) -> impl Iterator<Item = &Volume> {
+        self.entries.iter().filter_map(|e| match e {
+            Entry::Image(v) => Some(v),
+            Entry::Pool(_) => None,
+        })
+    }
+
+    /// Whether some entry is a pool selection (resolving needs the cluster).
+    pub fn has_selections(&self) -> bool {
+        self.entries.iter().any(|e| matches!(e, Entry::Pool(_)))
+    }
+}
+
+/// Turns raw entries into the model, with `origin:line: key: message` errors.
+struct Validator<'a> {
+    origin: &'a str,
+}
+
+impl Validator<'_> {
+    fn err<T>(&self, line: u64, key: &str, msg: impl std::fmt::Display) -> Result<T> {
+        Err(Error::Config(format!(
+            "{}:{line}: {key}: {msg}",
+            self.origin
+        )))
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config> {
+        let d = &raw.defaults;
+        let base = self.settings(&Overrides::of_defaults(d), None, "defaults")?;
+        let fleet = Fleet {
+            parallel: match &d.parallel {
+                Some(p) if p.value == 0 || p.value > 64 => {
+                    return self.err(p.referenced.line(), "defaults.parallel", "must be 1 to 64")
+                }
+                Some(p) => p.value,
+                None => 2,
+            },
+            total_bandwidth: self.opt(&d.total_bandwidth, "defaults.total-bandwidth", |s| {
+                units::parse_rate(s)
+            })?,
+            catch_up: d.catch_up.unwrap_or(true),
+        };
+        let mut entries = Vec::new();
+        let mut names: Vec<(String, u64)> = Vec::new();
+        let mut sources: Vec<(String, u64)> = Vec::new();
+        for (i, v) in raw.volumes.iter().enumerate() {
+            let key = format!("volumes[{i}]");
+            let entry = self.entry(&v.value, v.referenced.line(), &key, &base)?;
+            if let Entry::Image(vol) = &entry {
+                let line = v
+                    .value
+                    .name
+                    .as_ref()
+                    .map_or(v.referenced.line(), |n| n.referenced.line());
+                if let Some((_, first)) = names.iter().find(|(n, _)| *n == vol.name) {
+                    return self.err(
+                        line,
+                        &format!("{key}.name"),
+                        format!(
+                            "duplicate volume name {:?} (first at line {first})",
+                            vol.name
+                        ),
+                    );
+                }
+                let src = vol.source_name();
+                if let Some((_, first)) = sources.iter().find(|(s, _)| *s == src) {
+                    return self.err(
+                        v.referenced.line(),
+                        &key,
+                        format!("image {src} is already listed at line {first}"),
+                    );
+                }
+                names.push((vol.name.clone(), line));
+                sources.push((src, v.referenced.line()));
+            }
+            entries.push(entry);
+        }
+        Ok(Config {
+            ceph: raw.ceph,
+            archive: raw.archive,
+            fleet,
+            entries,
+            origin: self.origin.to_string(),
+        })
+    }
+
+    fn entry(&self, v: &RawVolume, line: u64, key: &str, base: &Settings) -> Result<Entry> {
+        let pool = &v.pool.value;
+        if !valid_ceph_name(pool) {
+            return self.err(
+                v.pool.referenced.line(),
+                &format!("{key}.pool"),
+                format!("{pool:?} is not a valid pool name"),
+            );
+        }
+        let settings = self.settings(&Overrides::of_volume(v), Some(base), key)?;
+        let selection = v.include.is_some() || v.exclude.is_some();
+        match (&v.image, selection) {
+            (Some(image), false) => {
+                if !valid_ceph_name(&image.value) {
+                    return self.err(
+                        image.referenced.line(),
+                        &format!("{key}.image"),
+                        format!("{:?} is not a valid image name", image.value),
+                    );
+                }
+                let (name, nline) = match &v.name {
+                    Some(n) => (n.value.clone(), n.referenced.line()),
+                    None => (image.value.clone(), line),
+                };
+                if !valid_volume_name(&name) {
+                    return self.err(nline, &format!("{key}.name"), format!("{name:?} is not a safe volume name (letters, digits, - _ . @ +; no leading dot)"));
+                }
+                Ok(Entry::Image(Volume {
+                    name,
+                    pool: pool.clone(),
+                    image: image.value.clone(),
+                    settings,
+                    line,
+                }))
+            }
+            (Some(image), true) => self.err(
+                image.referenced.line(),
+                key,
+                "give either image: (one volume) or include:/exclude: (a pool selection), not both",
+            ),
+            (None, false) => self.err(
+                line,
+                key,
+                "missing image: (one volume) or include: (a pool selection, e.g. include: [\"*\"])",
+            ),
+            (None, true) => {
+                let globs = |list: &Option<Vec<S<String>>>, k: &str| -> Result<Vec<Glob>> {
+                    list.iter()
+                        .flatten()
+                        .map(|g| {
+                            Glob::new(&g.value).or_else(|e| {
+                                self.err(g.referenced.line(), &format!("{key}.{k}"), e)
+                            })
+                        })
+                        .collect()
+                };
+                let include = globs(&v.include, "include")?;
+                let exclude = globs(&v.exclude, "exclude")?;
+                if include.is_empty() {
+                    return self.err(line, &format!("{key}.include"), "a pool selection needs at least one include pattern (\"*\" for every image)");
+                }
+                let name = match &v.name {
+                    Some(n) => {
+                        let probe = n.value.replace("{image}", "x").replace("{pool}", "p");
+                        if !n.value.contains("{image}") || !valid_volume_name(&probe) {
+                            return self.err(n.referenced.line(), &format!("{key}.name"), format!("{:?}: a selection's name must be a template containing {{image}} (and may contain {{pool}})", n.value));
+                        }
+                        n.value.clone()
+                    }
+                    None => "{image}".into(),
+                };
+                Ok(Entry::Pool(Selection {
+                    pool: pool.clone(),
+                    include,
+                    exclude,
+                    name,
+                    settings,
+                    line,
+                }))
+            }
+        }
+    }
+
+    fn settings(&self, o: &Overrides, base: Option<&Settings>, prefix: &str) -> Result<Settings> {
+        let k = |name: &str| format!("{prefix}.{name}");
+        let schedule = |v: &Option<S<String>>,
+                        name: &str,
+                        inherited: Option<&Option<Schedule>>|
+         -> Result<Option<Schedule>> {
+            match v {
+                Some(s) => s
+                    .value
+                    .parse()
+                    .map(Some)
+                    .or_else(|e| self.err(s.referenced.line(), &k(name), e)),
+                None => Ok(inherited.cloned().flatten()),
+            }
+        };
+        let hooks = match o.hooks {
+            Some(h) => Hooks {
+                pre: h.value.pre.clone(),
+                post: h.value.post.clone(),
+                timeout: self
+                    .opt(&h.value.timeout, &k("hooks.timeout"), units::parse_duration)?
+                    .unwrap_or(DEFAULT_HOOK_TIMEOUT),
+            },
+            None => base.map(|b| b.hooks.clone()).unwrap_or(Hooks {
+                timeout: DEFAULT_HOOK_TIMEOUT,
+                ..Default::default()
+            }),
+        };
+        Ok(Settings {
+            schedule: schedule(o.schedule, "schedule", base.map(|b| &b.schedule))?,
+            verify_schedule: schedule(
+                o.verify_schedule,
+                "verify-schedule",
+                base.map(|b| &b.verify_schedule),
+            )?,
+            spread: match self.opt(o.spread, &k("spread"), units::parse_duration)? {
+                Some(d) => d,
+                None => base.map_or(Duration::ZERO, |b| b.spread),
+            },
+            whole_object: o
+                .whole_object
+                .or(base.map(|b| b.whole_object))
+                .unwrap_or(false),
+            bandwidth: match self.opt(o.bandwidth, &k("bandwidth"), units::parse_rate)? {
+                Some(r) => Some(r),
+                None => base.and_then(|b| b.bandwidth),
+            },
+            full_every: match self.opt(o.full_every, &k("full-every"), parse_full_every)? {
+                Some(f) => Some(f),
+                None => base.and_then(|b| b.full_every),
+            },
+            hooks,
+            retries: o.retries.or(base.map(|b| b.retries)).unwrap_or(3),
+            retry_delay: match self.opt(o.retry_delay, &k("retry-delay"), units::parse_duration)? {
+                Some(d) => d,
+                None => base.map_or(Duration::from_secs(300), |b| b.retry_delay),
+            },
+        })
+    }
+
+    /// Parses an optional spanned string, attaching its line to errors.
+    fn opt<T>(
+        &self,
+        v: &Option<S<String>>,
+        key: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>> {
+        match v {
+            Some(s) => parse(&s.value)
+                .map(Some)
+                .or_else(|e| self.err(s.referenced.line(), key, e)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The inheritable keys, whether they come from `defaults:` or a volume.
+struct Overrides<'a> {
+    schedule: &'a Option<S<String>>,
+    verify_schedule: &'a Option<S<String>>,
+    spread: &'a Option<S<String>>,
+    whole_object: Option<bool>,
+    bandwidth: &'a Option<S<String>>,
+    full_every: &'a Option<S<String>>,
+    hooks: Option<&'a S<RawHooks>>,
+    retries: Option<u32>,
+    retry_delay: &'a Option<S<String>>,
+}
+
+impl<'a> Overrides<'a> {
+    fn of_defaults(d: &'a RawDefaults) -> Self {
+        Overrides {
+            schedule: &d.schedule,
+            verify_schedule: &d.verify_schedule,
+            spread: &d.spread,
+            whole_object: d.whole_object,
+            bandwidth: &d.bandwidth,
+            full_every: &d.full_every,
+            hooks: d.hooks.as_ref(),
+            retries: d.retries,
+            retry_delay: &d.retry_delay,
+        }
+    }
+    fn of_volume(v: &'a RawVolume) -> Self {
+        Overrides {
+            schedule: &v.schedule,
+            verify_schedule: &v.verify_schedule,
+            spread: &v.spread,
+            whole_object: v.whole_object,
+            bandwidth: &v.bandwidth,
+            full_every: &v.full_every,
+            hooks: v.hooks.as_ref(),
+            retries: v.retries,
+            retry_delay: &v.retry_delay,
+        }
+    }
+}
+
+/// `30d` (age of the newest full), `14` (deltas since it) or `50%` (delta
+/// bytes since it, relative to the image size).
+fn parse_full_every(s: &str) -> Result<FullEvery, String> {
+    let t = s.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        return match p.trim().parse::<f64>() {
+            Ok(v) if v > 0.0 && v.is_finite() => Ok(FullEvery::Ratio(v / 100.0)),
+            _ => Err(format!("{s:?}: a percentage must be above 0")),
+        };
+    }
+    if let Ok(n) = t.parse::<u32>() {
+        return match n {
+            0 => Err(
+                "full-every: 0 would never write a delta; use --full or a positive count".into(),
+            ),
+            n => Ok(FullEvery::Deltas(n)),
+        };
+    }
+    units::parse_duration(t)
+        .map(FullEvery::Age)
+        .map_err(|_| format!("{s:?} is not a full-backup policy (an age like 30d, a delta count like 14, or a ratio like 50%)"))
+}
+
+/// Pool and image names: non-empty, no `/` or `@` (they separate pool,
+/// image and snapshot in Ceph's own notation).
+fn valid_ceph_name(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '@']) && !s.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+//! One job of a fleet run: back up or verify one volume, turning every
+//! result into an [`Outcome`] and recording it in the fleet log.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::guarded::{Guarded, Guards};
+use super::{Observer, Outcome};
+use crate::archive::oplog::{self, LogRecord};
+use crate::archive::{global, now_rfc3339, VolumeDir};
+use crate::backup::{backup, BackupOptions, Mode};
+use crate::ceph::Cluster;
+use crate::config::{Config, Resolved, Volume};
+use crate::error::{Error, Result};
+use crate::format::DEFAULT_BLOCK_SIZE;
+use crate::source::rbd::RbdImage;
+use crate::throttle::Throttle;
+use crate::verify::verify;
+
+/// What the jobs of one run share.
+pub struct Fleet {
+    pub cluster: Arc<Cluster>,
+    pub archive: PathBuf,
+    /// The fleet-wide read limit (`total-bandwidth`).
+    pub total: Option<Arc<Throttle>>,
+    /// Set to stop: jobs not started yet fail as cancelled, running ones
+    /// abort at their next read.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Fleet {
+    pub fn new(cluster: Arc<Cluster>, cfg: &Config) -> Fleet {
+        Fleet {
+            cluster,
+            archive: cfg.archive.clone(),
+            total: cfg
+                .fleet
+                .total_bandwidth
+                .map(|r| Arc::new(Throttle::new(r))),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Resolves `cfg`'s entries against the cluster.
+    pub fn resolve(&self, cfg: &Config) -> Resolved {
+        cfg.resolve(&mut |pool| self.cluster.ioctx(pool)?.list_images())
+    }
+
+    /// The failed outcome of an entry that yielded no volume, recorded and
+    /// reported like any other job's.
+    pub fn unresolved(&self, u: &crate::config::Unresolved, obs: &dyn Observer) -> Outcome {
+        let o = Outcome::failed(
+            &u.name,
+            "backup",
+            &Error::Invalid(u.error.clone()),
+            std::time::Duration::ZERO,
+        );
+        record(&self.archive, &o);
+        obs.finished(&o);
+        o
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// Backs up `vol` (a full if `full`), reporting to `obs`.
+pub fn backup_volume(fleet: &Fleet, vol: &Volume, full: bool, obs: &dyn Observer) -> Outcome {
+    let started = Instant::now();
+    let progress = obs.started(&vol.name, "backup");
+    let result = if fleet.cancelled() {
+        Err(Error::Cancelled(
+            "shutting down before the backup started".into(),
+        ))
+    } else {
+        run_backup(fleet, vol, full, progress.as_ref())
+    };
+    drop(progress);
+    let outcome = match result {
+        Ok(r) => Outcome {
+            volume: vol.name.clone(),
+            op: "backup",
+            ok: true,
+            kind: Some(
+                match &r.mode {
+                    Mode::Full => "full",
+                    Mode::Diff { .. } => "delta",
+                    Mode::Compare { .. } => "delta (checksum compare)",
+                }
+                .into(),
+            ),
+            revision: Some(r.revision.id.clone()),
+            size: Some(r.revision.manifest.size),
+            bytes_read: r.bytes_read,
+            bytes_written: r.bytes_written,
+            duration: started.elapsed(),
+            error: None,
+            transient: false,
+        },
+        Err(e) => Outcome::failed(&vol.name, "backup", &e, started.elapsed()),
+    };
+    record(&fleet.archive, &outcome);
+    obs.finished(&outcome);
+    outcome
+}
+
+fn run_backup(
+    fleet: &Fleet,
+    vol: &Volume,
+    full: bool,
+    progress: &dyn crate::progress::Progress,
+) -> Result<crate::backup::BackupReport> {
+    let ioctx = fleet
+        .cluster
+        .ioctx(&vol.pool)
+        .map_err(|e| context(e, &format!("pool {}", vol.pool)))?;
+    let image = RbdImage::open(&ioctx, &vol.image)
+        .map_err(|e| context(e, &format!("image {}", vol.source_name())))?;
+    let dir = VolumeDir::open_or_create(&fleet.archive, &vol.name, DEFAULT_BLOCK_SIZE)?;
+    let mut throttles: Vec<_> = fleet.total.iter().cloned().collect();
+    if let Some(r) = vol.settings.bandwidth {
+        throttles.push(Arc::new(Throttle::new(r)));
+    }
+    let guarded = Guarded {
+        inner: image,
+        volume: vol,
+        guards: Guards {
+            throttles,
+            cancel: Some(fleet.cancel.clone()),
+        },
+    };
+    let opts = BackupOptions {
+        full,
+        whole_object: vol.settings.whole_object,
+        source_name: vol.source_name(),
+        full_every: vol.settings.full_every,
+        ..Default::default()
+    };
+    backup(&dir, &guarded, &opts, progress)
+}
+
+/// Verifies every revision of volume `name` in `archive`.
+pub fn verify_volume(archive: &Path, name: &str, obs: &dyn Observer) -> Outcome {
+    let started = Instant::now();
+    let progress = obs.started(name, "verify");
+    let result =
+        VolumeDir::open(archive, name).and_then(|dir| verify(&dir, None, progress.as_ref()));
+    drop(progress);
+    let outcome = match result {
+        Ok(report) if report.problems.is_empty() => Outcome {
+            volume: name.to_string(),
+            op: "verify",
+            ok: true,
+            kind: None,
+            revision: None,
+            size: None,
+            bytes_read: report.bytes_read,
+            bytes_written: 0,
+            duration: started.elapsed(),
+            error: None,
+            transient: false,
+        },
+        Ok(report) => Outcome {
+            bytes_read: report.bytes_read,
+            ..Outcome::failed(
+                name,
+                "verify",
+                &Error::Corrupt(format!(
+                    "{} problem(s), first: {}",
+                    report.problems.len(),
+                    report.problems[0]
+                )),
+                started.elapsed(),
+            )
+        },
+        Err(e) => Outcome::failed(name, "verify", &e, started.elapsed()),
+    };
+    record(archive, &outcome);
+    obs.finished(&outcome);
+    outcome
+}
+
+/// Appends `o` to the fleet log; a log failure is a warning, not a failed job.
+fn record(archive: &Path, o: &Outcome) {
+    let rec = LogRecord {
+        time: now_rfc3339(),
+        op: o.op.into(),
+        event: "end".into(),
+        volume: Some(o.volume.clone()),
+        revision: o.revision.clone(),
+        outcome: Some(if o.ok { "ok" } else { "error" }.into()),
+        error: o.error.clone(),
+        kind: o.kind.clone(),
+        bytes_read: Some(o.bytes_read),
+        bytes_written: Some(o.bytes_written),
+        duration_ms: Some(o.duration.as_millis() as u64),
+        transient: (!o.ok).then_some(o.transient),
+        detail: None,
+    };
+    if let Err(e) =
+        global::ensure(archive).and_then(|()| oplog::append(&global::log_path(archive), &rec))
+    {
+        tracing::warn!("could not append to the fleet log: {e}");
+    }
+}
+
+/// Prefixes a Ceph error's message with what it concerned, keeping its kind.
+fn context(e: Error, what: &str) -> Error {
+    match e {
+        Error::Ceph { op, errno, msg } => Error::Ceph {
+            op: format!("{what}: {op}"),
+            errno,
+            msg,
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,87 @@
+//! Running many volumes: resolve the config against the cluster, back up (or
+//! verify) each volume as an isolated job, several at once over one shared
+//! cluster connection, and record every outcome in the fleet log.
+//!
+//! A job never takes the others down: every failure, from a missing pool to
+//! a failing hook, becomes an [`Outcome`] with its message and whether a
+//! retry may help; the caller decides how to report it and with which exit
+//! code. The CLI's `backup` and the daemon both run jobs through here.
+
+pub mod guarded;
+pub mod hooks;
+mod job;
+mod parallel;
+
+pub use job::{backup_volume, verify_volume, Fleet};
+pub use parallel::run_parallel;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::progress::Progress;
+
+/// What a job did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    pub volume: String,
+    /// `backup` or `verify`.
+    pub op: &'static str,
+    pub ok: bool,
+    /// `full`, `delta` or `delta (checksum compare)` for backups.
+    pub kind: Option<String>,
+    pub revision: Option<String>,
+    /// Image size of the new revision.
+    pub size: Option<u64>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    #[serde(serialize_with = "secs")]
+    pub duration: Duration,
+    pub error: Option<String>,
+    /// On failures: whether a retry later may succeed.
+    pub transient: bool,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+impl Outcome {
+    pub fn failed(
+        volume: &str,
+        op: &'static str,
+        error: &crate::error::Error,
+        duration: Duration,
+    ) -> Outcome {
+        Outcome {
+            volume: volume.to_string(),
+            op,
+            ok: false,
+            kind: None,
+            revision: None,
+            size: None,
+            bytes_read: 0,
+            bytes_written: 0,
+            duration,
+            error: Some(error.to_string()),
+            transient: error.is_transient(),
+        }
+    }
+}
+
+/// Watches a fleet run: hands out a [`Progress`] per job and hears each
+/// job's end. Implementations must be cheap and never block for long.
+pub trait Observer: Send + Sync {
+    fn started(&self, volume: &str, op: &'static str) -> Box<dyn Progress>;
+    fn finished(&self, outcome: &Outcome);
+}
+
+/// An observer that shows nothing.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn started(&self, _: &str, _: &'static str) -> Box<dyn Progress> {
+        Box::new(crate::progress::NoProgress)
+    }
+    fn finished(&self, _: &Outcome) {}
+}
