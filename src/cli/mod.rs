@@ -37,7 +37,7 @@ pub struct Cli {
     /// How to show progress: bars on a terminal, else plain log lines.
     #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
-    /// Same as --progress none.
+    /// Same as --progress none (an explicit --progress wins).
     #[arg(long, global = true)]
     no_progress: bool,
     /// Seconds between plain progress lines.
@@ -113,13 +113,14 @@ pub fn main() -> ExitCode {
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
-        mode: match (cli.no_progress, cli.progress) {
-            (true, _) => ProgressMode::None,
-            (false, ProgressMode::Auto) if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+        // An explicit --progress wins over --no-progress.
+        mode: match (cli.progress, cli.no_progress) {
+            (ProgressMode::Auto, true) => ProgressMode::None,
+            (ProgressMode::Auto, false) if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
                 ProgressMode::Bars
             }
-            (false, ProgressMode::Auto) => ProgressMode::Plain,
-            (false, m) => m,
+            (ProgressMode::Auto, false) => ProgressMode::Plain,
+            (m, _) => m,
         },
         interval: std::time::Duration::from_secs(cli.progress_interval.max(1)),
     };

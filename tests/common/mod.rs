@@ -7,6 +7,8 @@
 //! `RBDELTA_TEST_POOL`.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use rbdelta::ceph::{CephOptions, Cluster, IoCtx};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

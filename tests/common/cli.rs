@@ -1,0 +1,118 @@
+//! The `rbdelta` binary driven end to end: a config and archive in a temp
+//! dir, helpers that run commands and read images back.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+use super::{test_pool, unique_name, ScratchImage};
+use rbdelta::ceph::IoCtx;
+
+/// A config + archive in a temp dir, for volumes over scratch images.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Env {
+    pub fn new(conf: &Path, volumes: &[(&str, &str)]) -> Env {
+        let mut yaml = "volumes:\n".to_string();
+        for (name, image) in volumes {
+            yaml += &format!(
+                "  - name: {name}\n    pool: {}\n    image: {image}\n",
+                test_pool()
+            );
+        }
+        Env::with_yaml(conf, &yaml)
+    }
+
+    /// A config of the `ceph:` and `archive:` keys followed by `rest`.
+    pub fn with_yaml(conf: &Path, rest: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "ceph:\n  conf: {}\n  timeout: 20\narchive: {}\n{rest}",
+            conf.display(),
+            dir.path().join("archive").display()
+        );
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        Env { dir, config }
+    }
+
+    pub fn archive(&self) -> PathBuf {
+        self.dir.path().join("archive")
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("rbdelta").unwrap();
+        c.arg("-c").arg(&self.config).arg("--no-progress");
+        c
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "rbdelta {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts `rbdelta ARGS` in the background, output discarded.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
+            .arg("-c")
+            .arg(&self.config)
+            .arg("--no-progress")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn fails(&self, args: &[&str]) -> Output {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(!out.status.success(), "rbdelta {args:?} should have failed");
+        out
+    }
+
+    pub fn revisions(&self, volume: &str) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["list", volume, "--json"])).unwrap()
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn read_image(io: &IoCtx, name: &str, snap: Option<&str>) -> Vec<u8> {
+    let img = io.open_image_read_only(name, snap).unwrap();
+    let size = img.size().unwrap() as usize;
+    let mut buf = vec![0u8; size];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(4 << 20);
+        img.read(off as u64, &mut buf[off..off + n]).unwrap();
+        off += n;
+    }
+    buf
+}
+
+/// Restores `rev` into a new image and returns its bytes.
+pub fn restore_to_image(env: &Env, io: &IoCtx, volume: &str, rev: &str) -> Vec<u8> {
+    let target = unique_name("restored");
+    let _cleanup = ScratchImage::adopt(io, &target);
+    env.ok(&[
+        "restore",
+        volume,
+        "--revision",
+        rev,
+        "--to-image",
+        &format!("{}/{target}", test_pool()),
+    ]);
+    read_image(io, &target, None)
+}

@@ -1,0 +1,255 @@
+//! End-to-end tests of fleet runs against the real test cluster: pool
+//! selections, parallel `backup --all` with a broken volume, the JSON
+//! progress stream, hooks around the snapshot, bandwidth limits, the
+//! full-every policy and `config check`.
+
+mod common;
+
+use common::cli::{stderr, Env};
+use common::{pattern, test_conf, test_ioctx, test_pool, unique_name, ScratchImage};
+
+const MIB: u64 = 1 << 20;
+
+/// Images `{prefix}-{suffix}` with a little data each.
+fn images(io: &rbdelta::ceph::IoCtx, prefix: &str, suffixes: &[&str]) -> Vec<ScratchImage> {
+    suffixes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let name = format!("{prefix}-{s}");
+            io.create_image(&name, 4 * MIB, 0, 0).unwrap();
+            let img = io.open_image(&name).unwrap();
+            img.write(MIB, &pattern(300_000, i as u64)).unwrap();
+            ScratchImage::adopt(io, &name)
+        })
+        .collect()
+}
+
+#[test]
+fn backup_all_runs_a_pool_selection_in_parallel_and_a_broken_volume_fails_alone() {
+    let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
+        return;
+    };
+    let p = unique_name("fleet");
+    let vms: Vec<String> = (0..10).map(|i| format!("vm-{i}")).collect();
+    let mut suffixes: Vec<&str> = vms.iter().map(String::as_str).collect();
+    suffixes.extend(["vm-8-tmp", "db-1"]);
+    let _images = images(&io, &p, &suffixes);
+    let env = Env::with_yaml(
+        &conf,
+        &format!(
+            "defaults:\n  parallel: 2\nvolumes:\n  - pool: {pool}\n    include: [\"{p}-vm-*\"]\n    exclude: [\"*-tmp\"]\n    name: \"sel-{{image}}\"\n  - name: broken\n    pool: {pool}\n    image: {p}-missing\n",
+            pool = test_pool()
+        ),
+    );
+
+    // config check --cluster lists what the selection resolves to and
+    // names the missing image with its line.
+    let out = env.fails(&["config", "check", "--cluster"]);
+    assert_eq!(out.status.code(), Some(2));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for vm in &vms {
+        assert!(
+            listing.contains(&format!("sel-{p}-{vm} ")),
+            "{vm}: {listing}"
+        );
+    }
+    assert!(
+        !listing.contains("tmp") && !listing.contains("db-1"),
+        "{listing}"
+    );
+    assert!(
+        stderr(&out).contains(&format!(
+            "config.yaml:12: image {}/{p}-missing does not exist",
+            test_pool()
+        )),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = env.fails(&["backup", "--all", "--jobs", "4"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("broken: backup failed"),
+        "{}",
+        stderr(&out)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("11 volumes: 10 ok, 1 failed"), "{table}");
+    let failed_rows: Vec<_> = table.lines().filter(|l| l.contains("FAILED")).collect();
+    assert_eq!(failed_rows.len(), 1, "{table}");
+    assert!(failed_rows[0].starts_with("broken "), "{table}");
+    for vm in &vms {
+        let revs = env.revisions(&format!("sel-{p}-{vm}"));
+        assert_eq!(revs.len(), 1, "{vm}");
+        assert_eq!(revs[0]["kind"], "full");
+    }
+
+    // Second night: one image changed; JSON lines for other tools.
+    io.open_image(&format!("{p}-vm-3"))
+        .unwrap()
+        .write(0, &pattern(1000, 99))
+        .unwrap();
+    let out = env
+        .cmd()
+        .args(["--progress", "json", "backup", "--all", "-j", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let ends: Vec<_> = events.iter().filter(|e| e["event"] == "end").collect();
+    assert_eq!(ends.len(), 11);
+    assert_eq!(events.iter().filter(|e| e["event"] == "start").count(), 11);
+    for e in &ends {
+        let vol = e["volume"].as_str().unwrap();
+        if vol == "broken" {
+            assert_eq!(e["ok"], false);
+            assert_eq!(e["transient"], false, "a missing image is permanent: {e}");
+        } else {
+            assert_eq!(e["ok"], true, "{e}");
+            assert_eq!(e["kind"], "delta");
+            let changed = vol.ends_with("vm-3");
+            assert_eq!(e["bytes_written"].as_u64().unwrap() > 0, changed, "{e}");
+        }
+    }
+    let summary = events.last().unwrap();
+    assert_eq!(summary["event"], "summary");
+    assert_eq!(summary["failed"], 1);
+
+    // The fleet log has every outcome, the broken volume's included.
+    let log = std::fs::read_to_string(env.archive().join(".rbdelta/log.jsonl")).unwrap();
+    let broken: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("\"volume\":\"broken\""))
+        .collect();
+    assert_eq!(broken.len(), 2, "{log}");
+}
+
+#[test]
+fn hooks_run_around_the_snapshot_and_a_failing_pre_hook_aborts_cleanly() {
+    let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
+        return;
+    };
+    let a = ScratchImage::create(&io, "hook-ok", 4 * MIB);
+    let b = ScratchImage::create(&io, "hook-bad", 4 * MIB);
+    io.open_image(&b.name)
+        .unwrap()
+        .write(0, &pattern(5000, 1))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hooks.log");
+    let env = Env::with_yaml(
+        &conf,
+        &format!(
+            r#"defaults:
+  hooks:
+    pre: 'echo "pre $RBDELTA_VOLUME $RBDELTA_POOL/$RBDELTA_IMAGE $RBDELTA_PHASE" >> {log}'
+    post: 'echo "post $RBDELTA_VOLUME" >> {log}'
+volumes:
+  - name: good
+    pool: {pool}
+    image: {a}
+  - name: bad
+    pool: {pool}
+    image: {b}
+    hooks:
+      pre: 'echo "guest agent not answering" >&2; exit 7'
+      post: 'echo "post-after-failure $RBDELTA_VOLUME" >> {log}'
+"#,
+            log = log.display(),
+            pool = test_pool(),
+            a = a.name,
+            b = b.name
+        ),
+    );
+    let out = env.fails(&["backup", "--all"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad: backup failed: hook: pre hook failed")
+            && err.contains("guest agent not answering"),
+        "{err}"
+    );
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert!(
+        lines.contains(&format!("pre good {}/{} pre", test_pool(), a.name).as_str()),
+        "{lines:?}"
+    );
+    let pre = lines
+        .iter()
+        .position(|l| l.starts_with("pre good"))
+        .unwrap();
+    let post = lines.iter().position(|l| *l == "post good").unwrap();
+    assert!(pre < post, "{lines:?}");
+    assert!(
+        lines.contains(&"post-after-failure bad"),
+        "the post hook runs after a failed pre hook: {lines:?}"
+    );
+    assert_eq!(env.revisions("good").len(), 1);
+    // the failed backup left no revision and no snapshot
+    let bad = env.cmd().args(["list", "bad", "--json"]).output().unwrap();
+    if bad.status.success() {
+        let revs: Vec<serde_json::Value> = serde_json::from_slice(&bad.stdout).unwrap();
+        assert!(revs.is_empty());
+    }
+    let snaps = io.open_image(&b.name).unwrap().snap_list().unwrap();
+    assert!(snaps.is_empty(), "{snaps:?}");
+}
+
+#[test]
+fn bandwidth_limit_and_full_every_policy() {
+    let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
+        return;
+    };
+    let src = ScratchImage::create(&io, "bw", 8 * MIB);
+    let img = io.open_image(&src.name).unwrap();
+    img.write(0, &pattern(4 * MIB as usize, 5)).unwrap();
+    let env = Env::with_yaml(
+        &conf,
+        &format!(
+            "volumes:\n  - name: bw\n    pool: {}\n    image: {}\n    bandwidth: 2MiB\n    full-every: 2\n",
+            test_pool(),
+            src.name
+        ),
+    );
+    let t = std::time::Instant::now();
+    env.ok(&["backup", "bw"]);
+    // 4 MiB at 2 MiB/s cannot take less than about 2 s (lower bound only:
+    // a slow machine makes it longer, never shorter).
+    assert!(t.elapsed().as_secs_f64() > 1.5, "{:?}", t.elapsed());
+    for i in 0..3 {
+        img.write(i * MIB, &pattern(1000, 10 + i)).unwrap();
+        env.ok(&["backup", "bw"]);
+    }
+    let kinds: Vec<String> = env
+        .revisions("bw")
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["full", "delta", "delta", "full"]);
+}
+
+#[test]
+fn config_check_reports_errors_with_line_and_key() {
+    let Some(conf) = test_conf() else {
+        return;
+    };
+    let env = Env::with_yaml(
+        &conf,
+        "volumes:\n  - pool: rbd\n    image: a\n    schedule: \"0 3 * * 8\"\n",
+    );
+    let out = env.fails(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("config.yaml:8: volumes[0].schedule:"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    let env = Env::new(&conf, &[("a", "a")]);
+    let out = env.ok(&["config", "check"]);
+    assert!(out.contains("ok: 1 image(s), 0 pool selection(s)"), "{out}");
+}
