@@ -20,5 +20,6 @@ pub mod progress;
 pub mod restore;
 pub mod schedule;
 pub mod source;
+pub mod status;
 pub mod throttle;
 pub mod verify;

@@ -42,6 +42,10 @@ pub struct LogRecord {
     /// Whether a retry may help, on failed fleet jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transient: Option<bool>,
+    /// In the fleet log: whether the volume's own log records the same
+    /// operation (false for jobs that failed before taking the volume lock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_volume_log: Option<bool>,
 }
 
 /// Appends one record and fsyncs.

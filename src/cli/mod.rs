@@ -5,10 +5,13 @@
 //! config; 3 `verify` found damage.
 
 mod backup;
+mod check;
 mod config;
 mod list;
+mod log;
 mod progress;
 mod restore;
+mod status;
 mod table;
 mod verify;
 mod view;
@@ -62,6 +65,12 @@ enum Command {
     Verify(verify::Args),
     /// Check the config file.
     Config(config::Args),
+    /// Per volume: last backup, failures, revisions, size, last verify.
+    Status(status::Args),
+    /// Nagios-style check: OK, WARNING or CRITICAL (exit 0, 1, 2).
+    Check(check::Args),
+    /// The operation history, newest last.
+    Log(log::Args),
 }
 
 /// `--progress`.
@@ -96,6 +105,14 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 impl Failure {
+    /// Exit with `code`, having said everything already.
+    pub fn silent(code: u8) -> Failure {
+        Failure {
+            code,
+            error: anyhow::anyhow!(""),
+        }
+    }
+
     /// A bad invocation (exit code 2).
     pub fn usage(msg: impl std::fmt::Display) -> Failure {
         Failure {
@@ -130,11 +147,17 @@ pub fn main() -> ExitCode {
         Command::Restore(a) => restore::run(&ctx, a),
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Config(a) => config::run(&ctx, a),
+        Command::Status(a) => status::run(&ctx, a),
+        Command::Check(a) => check::run(&ctx, a),
+        Command::Log(a) => log::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("rbdelta: error: {:#}", f.error);
+            let msg = format!("{:#}", f.error);
+            if !msg.is_empty() {
+                eprintln!("rbdelta: error: {msg}");
+            }
             ExitCode::from(f.code)
         }
     }

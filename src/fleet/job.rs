@@ -57,7 +57,7 @@ impl Fleet {
             &Error::Invalid(u.error.clone()),
             std::time::Duration::ZERO,
         );
-        record(&self.archive, &o);
+        record(&self.archive, &o, false);
         obs.finished(&o);
         o
     }
@@ -71,13 +71,17 @@ impl Fleet {
 pub fn backup_volume(fleet: &Fleet, vol: &Volume, full: bool, obs: &dyn Observer) -> Outcome {
     let started = Instant::now();
     let progress = obs.started(&vol.name, "backup");
+    // Whether the backup engine logged the attempt in the volume's own log
+    // (it does once it holds the volume lock).
+    let mut reached = false;
     let result = if fleet.cancelled() {
         Err(Error::Cancelled(
             "shutting down before the backup started".into(),
         ))
     } else {
-        run_backup(fleet, vol, full, progress.as_ref())
+        run_backup(fleet, vol, full, progress.as_ref(), &mut reached)
     };
+    let in_volume_log = reached && !matches!(result, Err(Error::Locked(_)));
     drop(progress);
     let outcome = match result {
         Ok(r) => Outcome {
@@ -102,7 +106,7 @@ pub fn backup_volume(fleet: &Fleet, vol: &Volume, full: bool, obs: &dyn Observer
         },
         Err(e) => Outcome::failed(&vol.name, "backup", &e, started.elapsed()),
     };
-    record(&fleet.archive, &outcome);
+    record(&fleet.archive, &outcome, in_volume_log);
     obs.finished(&outcome);
     outcome
 }
@@ -112,6 +116,7 @@ fn run_backup(
     vol: &Volume,
     full: bool,
     progress: &dyn crate::progress::Progress,
+    reached: &mut bool,
 ) -> Result<crate::backup::BackupReport> {
     let ioctx = fleet
         .cluster
@@ -139,6 +144,7 @@ fn run_backup(
         full_every: vol.settings.full_every,
         ..Default::default()
     };
+    *reached = true;
     backup(&dir, &guarded, &opts, progress)
 }
 
@@ -146,6 +152,7 @@ fn run_backup(
 pub fn verify_volume(archive: &Path, name: &str, obs: &dyn Observer) -> Outcome {
     let started = Instant::now();
     let progress = obs.started(name, "verify");
+    let dir_exists = archive.join(name).is_dir();
     let result =
         VolumeDir::open(archive, name).and_then(|dir| verify(&dir, None, progress.as_ref()));
     drop(progress);
@@ -178,13 +185,14 @@ pub fn verify_volume(archive: &Path, name: &str, obs: &dyn Observer) -> Outcome 
         },
         Err(e) => Outcome::failed(name, "verify", &e, started.elapsed()),
     };
-    record(archive, &outcome);
+    record(archive, &outcome, dir_exists);
     obs.finished(&outcome);
     outcome
 }
 
-/// Appends `o` to the fleet log; a log failure is a warning, not a failed job.
-fn record(archive: &Path, o: &Outcome) {
+/// Appends `o` to the fleet log; a log failure is a warning, not a failed
+/// job. `in_volume_log`: the volume's own log has the operation too.
+fn record(archive: &Path, o: &Outcome, in_volume_log: bool) {
     let rec = LogRecord {
         time: now_rfc3339(),
         op: o.op.into(),
@@ -198,6 +206,7 @@ fn record(archive: &Path, o: &Outcome) {
         bytes_written: Some(o.bytes_written),
         duration_ms: Some(o.duration.as_millis() as u64),
         transient: (!o.ok).then_some(o.transient),
+        in_volume_log: Some(in_volume_log),
         detail: None,
     };
     if let Err(e) =

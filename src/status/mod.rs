@@ -1,0 +1,269 @@
+//! What monitoring needs to know about every volume, gathered from the
+//! archive alone (no cluster): the last successful backup and its age, the
+//! last failure, revision count, archive size, the last verify and trust.
+//!
+//! Sources: backups come from the fleet log (every backup the CLI or the
+//! daemon runs goes through it, including those that failed before their
+//! volume directory existed); for archives older than the fleet log, the
+//! volume's own log stands in. Verifies come from the volume's own log,
+//! which records every verify however it was started.
+
+pub mod check;
+pub mod prometheus;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::archive::oplog::{read_all, LogRecord};
+use crate::archive::state::{Trust, VolumeState};
+use crate::archive::{global, valid_volume_name, VolumeDir};
+use crate::config::{Config, Entry, Settings};
+use crate::error::Result;
+
+/// The status of one volume.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeStatus {
+    pub volume: String,
+    /// `pool/image` of the newest revision, or of the config entry.
+    pub source: Option<String>,
+    /// Whether the config still backs this volume up (listed, or matched
+    /// by a pool selection); volumes that are not are not checked.
+    pub in_config: bool,
+    pub schedule: Option<String>,
+    /// Seconds between scheduled backups (24 h when unscheduled).
+    pub interval_seconds: u64,
+    pub last_success: Option<Success>,
+    pub last_failure: Option<Failure>,
+    /// Failed backups since the last success.
+    pub consecutive_failures: u32,
+    /// Failed backups in the whole log.
+    pub failures_total: u64,
+    pub revisions: usize,
+    /// Bytes allocated on disk by the volume's archive directory.
+    pub archive_bytes: u64,
+    pub last_verify: Option<VerifyResult>,
+    pub distrusted: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Success {
+    pub time: String,
+    pub unix: i64,
+    pub kind: Option<String>,
+    pub revision: Option<String>,
+    pub duration_seconds: f64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub time: String,
+    pub unix: i64,
+    pub error: String,
+    pub transient: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyResult {
+    pub time: String,
+    pub unix: i64,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// RFC 3339 to Unix seconds (0 when unparsable).
+pub fn unix_of(t: &str) -> i64 {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .map_or(0, |t| t.unix_timestamp())
+}
+
+/// RFC 3339 to Unix nanoseconds (0 when unparsable), for ordering.
+pub fn unix_nanos_of(t: &str) -> i128 {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .map_or(0, |t| t.unix_timestamp_nanos())
+}
+
+/// Every volume the config or the archive knows, with its status.
+pub fn collect(cfg: &Config) -> Result<Vec<VolumeStatus>> {
+    let fleet_log = read_all(&global::log_path(&cfg.archive))?;
+    let mut by_volume: BTreeMap<String, Vec<LogRecord>> = BTreeMap::new();
+    for r in fleet_log {
+        if let Some(v) = r.volume.clone() {
+            by_volume.entry(v).or_default().push(r);
+        }
+    }
+    let mut names: Vec<String> = cfg.listed().map(|v| v.name.clone()).collect();
+    let mut extra: Vec<String> = by_volume.keys().cloned().collect();
+    if let Ok(dir) = std::fs::read_dir(&cfg.archive) {
+        for e in dir.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if valid_volume_name(&n) && e.path().join("rbdelta-volume.json").exists() {
+                extra.push(n);
+            }
+        }
+    }
+    extra.sort();
+    extra.dedup();
+    names.extend(
+        extra
+            .into_iter()
+            .filter(|n| !cfg.listed().any(|v| v.name == *n)),
+    );
+    let mut out = Vec::new();
+    for name in names {
+        let fleet = by_volume.remove(&name).unwrap_or_default();
+        out.push(one(cfg, &name, &fleet)?);
+    }
+    Ok(out)
+}
+
+fn one(cfg: &Config, name: &str, fleet: &[LogRecord]) -> Result<VolumeStatus> {
+    let dir = cfg.archive.join(name);
+    let vol = if dir.join("rbdelta-volume.json").exists() {
+        Some(VolumeDir::open(&cfg.archive, name)?)
+    } else {
+        None
+    };
+    let own = match &vol {
+        Some(v) => read_all(&v.log_path())?,
+        None => Vec::new(),
+    };
+    let revisions = match &vol {
+        Some(v) => v.revisions()?,
+        None => Vec::new(),
+    };
+    let source = revisions.last().map(|r| r.manifest.source.clone());
+    let settings = settings_for(cfg, name, source.as_deref());
+    let fleet_backups: Vec<&LogRecord> = fleet
+        .iter()
+        .filter(|r| r.op == "backup" && r.event == "end")
+        .collect();
+    let backups: Vec<&LogRecord> = if fleet_backups.is_empty() {
+        own.iter()
+            .filter(|r| r.op == "backup" && r.event == "end")
+            .collect()
+    } else {
+        fleet_backups
+    };
+    let mut s = VolumeStatus {
+        volume: name.to_string(),
+        source: source.or_else(|| {
+            cfg.listed()
+                .find(|v| v.name == name)
+                .map(|v| v.source_name())
+        }),
+        in_config: settings.is_some(),
+        schedule: settings
+            .and_then(|s| s.schedule.as_ref())
+            .map(|s| s.pattern().to_string()),
+        interval_seconds: settings
+            .and_then(|s| s.schedule.as_ref())
+            .map_or(86_400, |s| {
+                s.interval(time::OffsetDateTime::now_utc().unix_timestamp())
+                    .as_secs()
+            }),
+        last_success: None,
+        last_failure: None,
+        consecutive_failures: 0,
+        failures_total: 0,
+        revisions: revisions.len(),
+        archive_bytes: allocated(&dir),
+        last_verify: None,
+        distrusted: 0,
+    };
+    for r in backups {
+        if r.outcome.as_deref() == Some("ok") {
+            s.consecutive_failures = 0;
+            s.last_success = Some(Success {
+                time: r.time.clone(),
+                unix: unix_of(&r.time),
+                kind: r.kind.clone(),
+                revision: r.revision.clone(),
+                duration_seconds: r.duration_ms.unwrap_or(0) as f64 / 1000.0,
+                bytes_read: r.bytes_read.unwrap_or(0),
+                bytes_written: r.bytes_written.unwrap_or(0),
+            });
+        } else {
+            s.consecutive_failures += 1;
+            s.failures_total += 1;
+            s.last_failure = Some(Failure {
+                time: r.time.clone(),
+                unix: unix_of(&r.time),
+                error: r.error.clone().unwrap_or_default(),
+                transient: r.transient.unwrap_or(false),
+            });
+        }
+    }
+    if let Some(r) = own
+        .iter()
+        .rev()
+        .find(|r| r.op == "verify" && r.event == "end" && r.revision.is_none())
+    {
+        s.last_verify = Some(VerifyResult {
+            time: r.time.clone(),
+            unix: unix_of(&r.time),
+            ok: r.outcome.as_deref() == Some("ok"),
+            error: r.error.clone().or_else(|| r.detail.clone()),
+        });
+    }
+    if let Some(v) = &vol {
+        let state = VolumeState::load(&v.state_path())?;
+        s.distrusted = revisions
+            .iter()
+            .filter(|r| matches!(state.get(&r.id).trust, Trust::Distrusted { .. }))
+            .count();
+    }
+    Ok(s)
+}
+
+/// The settings the config applies to volume `name` (listed, or matched by
+/// a selection through its recorded source), or `None` if it no longer
+/// backs it up.
+fn settings_for<'a>(cfg: &'a Config, name: &str, source: Option<&str>) -> Option<&'a Settings> {
+    if let Some(v) = cfg.listed().find(|v| v.name == name) {
+        return Some(&v.settings);
+    }
+    let selections = cfg.entries.iter().filter_map(|e| match e {
+        Entry::Pool(s) => Some(s),
+        Entry::Image(_) => None,
+    });
+    let mut first = None;
+    for sel in selections {
+        first.get_or_insert(sel);
+        if let Some((pool, image)) = source.and_then(|s| s.split_once('/')) {
+            let named = sel.name.replace("{image}", image).replace("{pool}", pool) == name;
+            if pool == sel.pool
+                && named
+                && sel.include.iter().any(|g| g.matches(image))
+                && !sel.exclude.iter().any(|g| g.matches(image))
+            {
+                return Some(&sel.settings);
+            }
+        }
+    }
+    // A volume with no revision yet (say, it failed at once): if the config
+    // has selections, it most likely came from one.
+    match source {
+        None => first.map(|s| &s.settings),
+        Some(_) => None,
+    }
+}
+
+/// Bytes allocated under `dir` (sparse files count what they use).
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => allocated(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
