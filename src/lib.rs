@@ -13,6 +13,7 @@ pub mod ceph;
 pub mod chain;
 pub mod checksum;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod fleet;
 pub mod format;

@@ -72,9 +72,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     for e in &cfg.entries {
         if let Entry::Pool(sel) = e {
             if !resolved.volumes.iter().any(|v| v.line == sel.line)
-                && !problems
-                    .iter()
-                    .any(|p| p.contains(&format!(":{}", sel.line)))
+                && !resolved.unresolved.iter().any(|u| u.line == sel.line)
             {
                 eprintln!(
                     "rbdelta: warning: {origin}:{}: the selection in pool {} matches no image",

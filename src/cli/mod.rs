@@ -7,10 +7,12 @@
 mod backup;
 mod check;
 mod config;
+mod daemon;
 mod list;
 mod log;
 mod progress;
 mod restore;
+mod signals;
 mod status;
 mod table;
 mod verify;
@@ -24,7 +26,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use rbdelta::archive::VolumeDir;
-use rbdelta::ceph::{CephOptions, Cluster};
+use rbdelta::ceph::Cluster;
 use rbdelta::config::{Config, DEFAULT_CONFIG};
 
 #[derive(Debug, Parser)]
@@ -71,6 +73,8 @@ enum Command {
     Check(check::Args),
     /// The operation history, newest last.
     Log(log::Args),
+    /// Run backups and verifies by schedule until SIGTERM; SIGHUP reloads.
+    Daemon(daemon::Args),
 }
 
 /// `--progress`.
@@ -150,6 +154,7 @@ pub fn main() -> ExitCode {
         Command::Status(a) => status::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
         Command::Log(a) => log::run(&ctx, a),
+        Command::Daemon(a) => daemon::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,12 +196,7 @@ impl Ctx {
     }
 
     pub fn connect(&self, cfg: &Config) -> Result<Arc<Cluster>> {
-        let opts = CephOptions {
-            conf: Some(cfg.ceph.conf.clone()),
-            id: cfg.ceph.id.clone(),
-            keyring: cfg.ceph.keyring.clone(),
-            timeout: cfg.ceph.timeout(),
-        };
+        let opts = cfg.ceph.options();
         Cluster::connect(&opts).with_context(|| {
             format!(
                 "cannot connect to the Ceph cluster of {}",

@@ -68,6 +68,16 @@ impl CephConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout)
     }
+
+    /// How to connect.
+    pub fn options(&self) -> crate::ceph::CephOptions {
+        crate::ceph::CephOptions {
+            conf: Some(self.conf.clone()),
+            id: self.id.clone(),
+            keyring: self.keyring.clone(),
+            timeout: self.timeout(),
+        }
+    }
 }
 
 /// A validated config.
@@ -385,6 +395,7 @@ impl Validator<'_> {
                 post: h.value.post.clone(),
                 timeout: self
                     .opt(&h.value.timeout, &k("hooks.timeout"), units::parse_duration)?
+                    .or(base.map(|b| b.hooks.timeout))
                     .unwrap_or(DEFAULT_HOOK_TIMEOUT),
             },
             None => base.map(|b| b.hooks.clone()).unwrap_or(Hooks {

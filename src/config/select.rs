@@ -21,6 +21,10 @@ pub struct Unresolved {
     /// The volume name when known, else a description of the entry.
     pub name: String,
     pub error: String,
+    /// Config line of the entry.
+    pub line: u64,
+    /// Whether trying again later may help (a pool listing that timed out).
+    pub transient: bool,
 }
 
 impl Config {
@@ -47,6 +51,8 @@ impl Config {
                                     sel.pool, self.origin, sel.line
                                 ),
                                 error: format!("cannot list pool {}: {e}", sel.pool),
+                                line: sel.line,
+                                transient: e.is_transient(),
                             });
                             continue;
                         }
@@ -69,6 +75,8 @@ impl Config {
                                     sel.pool, self.origin, sel.line
                                 ),
                                 name,
+                                line: sel.line,
+                                transient: false,
                             });
                             continue;
                         }
@@ -110,6 +118,8 @@ impl Resolved {
                     first.line
                 ),
                 name: v.name,
+                line: v.line,
+                transient: false,
             });
             return;
         }

@@ -57,6 +57,10 @@ impl Fleet {
             &Error::Invalid(u.error.clone()),
             std::time::Duration::ZERO,
         );
+        let o = Outcome {
+            transient: u.transient,
+            ..o
+        };
         record(&self.archive, &o, false);
         obs.finished(&o);
         o

@@ -86,6 +86,14 @@ pub fn unix_nanos_of(t: &str) -> i128 {
         .map_or(0, |t| t.unix_timestamp_nanos())
 }
 
+/// The fleet log records of volume `name`.
+pub fn fleet_records(archive: &Path, name: &str) -> Result<Vec<LogRecord>> {
+    Ok(read_all(&global::log_path(archive))?
+        .into_iter()
+        .filter(|r| r.volume.as_deref() == Some(name))
+        .collect())
+}
+
 /// Every volume the config or the archive knows, with its status.
 pub fn collect(cfg: &Config) -> Result<Vec<VolumeStatus>> {
     let fleet_log = read_all(&global::log_path(&cfg.archive))?;
@@ -120,7 +128,8 @@ pub fn collect(cfg: &Config) -> Result<Vec<VolumeStatus>> {
     Ok(out)
 }
 
-fn one(cfg: &Config, name: &str, fleet: &[LogRecord]) -> Result<VolumeStatus> {
+/// The status of one volume, given its fleet log records.
+pub fn one(cfg: &Config, name: &str, fleet: &[LogRecord]) -> Result<VolumeStatus> {
     let dir = cfg.archive.join(name);
     let vol = if dir.join("rbdelta-volume.json").exists() {
         Some(VolumeDir::open(&cfg.archive, name)?)
@@ -217,6 +226,54 @@ fn one(cfg: &Config, name: &str, fleet: &[LogRecord]) -> Result<VolumeStatus> {
             .count();
     }
     Ok(s)
+}
+
+impl VolumeStatus {
+    /// Updates the status with a job that just ended (the daemon keeps its
+    /// status current this way instead of re-reading every log).
+    pub fn apply(&mut self, o: &crate::fleet::Outcome, archive: &Path) {
+        let time = crate::archive::now_rfc3339();
+        let unix = unix_of(&time);
+        match (o.op, o.ok) {
+            ("backup", true) => {
+                self.last_success = Some(Success {
+                    time,
+                    unix,
+                    kind: o.kind.clone(),
+                    revision: o.revision.clone(),
+                    duration_seconds: o.duration.as_secs_f64(),
+                    bytes_read: o.bytes_read,
+                    bytes_written: o.bytes_written,
+                });
+                self.consecutive_failures = 0;
+            }
+            ("backup", false) => {
+                self.last_failure = Some(Failure {
+                    time,
+                    unix,
+                    error: o.error.clone().unwrap_or_default(),
+                    transient: o.transient,
+                });
+                self.consecutive_failures += 1;
+                self.failures_total += 1;
+            }
+            (_, ok) => {
+                self.last_verify = Some(VerifyResult {
+                    time,
+                    unix,
+                    ok,
+                    error: o.error.clone(),
+                })
+            }
+        }
+        let dir = archive.join(&self.volume);
+        self.archive_bytes = allocated(&dir);
+        self.revisions = std::fs::read_dir(dir.join("revisions")).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        });
+    }
 }
 
 /// The settings the config applies to volume `name` (listed, or matched by

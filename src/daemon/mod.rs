@@ -1,0 +1,241 @@
+//! `rbdelta daemon`: runs the fleet by schedule.
+//!
+//! One loop on a single-threaded tokio runtime owns all state (the
+//! [`planner::Planner`], the config, the cluster connection) and reacts to
+//! four things: a job is due, a job ended, SIGHUP (reload the config and
+//! re-resolve pool selections), SIGTERM/SIGINT (stop). Jobs themselves are
+//! blocking librbd and file work and run on tokio's blocking threads, at
+//! most `defaults.parallel` at once.
+//!
+//! Shutdown: the shared cancel flag makes every running backup abort at its
+//! next read (the engine removes its snapshot and temp files; no half
+//! revision ever becomes visible), the loop waits for every job to report,
+//! writes the status file and returns.
+
+pub mod planner;
+mod status_file;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::archive::global;
+use crate::archive::oplog::read_all;
+use crate::ceph::Cluster;
+use crate::config::{Config, Volume};
+use crate::error::{Error, Result};
+use crate::fleet::{backup_volume, verify_volume, Fleet, Observer, Outcome};
+use planner::{JobKind, Planner};
+
+/// How often pool selections are listed again, to pick up new images.
+const RESOLVE_EVERY: i64 = 600;
+/// Wait between attempts to reach an unreachable cluster.
+const RECONNECT_EVERY: Duration = Duration::from_secs(30);
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Runs until SIGTERM or SIGINT. Fails only when the config cannot be
+/// loaded at start or signals cannot be set up.
+pub fn run(config_path: &Path, observer: Arc<dyn Observer>) -> Result<()> {
+    let cfg = Config::load(config_path)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    rt.block_on(Daemon::new(config_path.to_path_buf(), cfg, observer).run())
+}
+
+struct Daemon {
+    path: PathBuf,
+    cfg: Config,
+    observer: Arc<dyn Observer>,
+    fleet: Option<Arc<Fleet>>,
+    cancel: Arc<AtomicBool>,
+    planner: Planner,
+    resolved_at: i64,
+    status: status_file::StatusFile,
+}
+
+type Done = (String, JobKind, Outcome);
+
+impl Daemon {
+    fn new(path: PathBuf, cfg: Config, observer: Arc<dyn Observer>) -> Daemon {
+        let status = status_file::StatusFile::new(&cfg, &path);
+        Daemon {
+            path,
+            planner: Planner::new(cfg.fleet.catch_up),
+            cfg,
+            observer,
+            fleet: None,
+            cancel: Arc::new(AtomicBool::new(false)),
+            resolved_at: 0,
+            status,
+        }
+    }
+
+    async fn run(mut self) -> Result<()> {
+        let sig = |k| signal(k).map_err(|e| Error::io("signal handler", e));
+        let (mut term, mut int, mut hup) = (
+            sig(SignalKind::terminate())?,
+            sig(SignalKind::interrupt())?,
+            sig(SignalKind::hangup())?,
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
+        tracing::info!("daemon started with {}", self.path.display());
+        loop {
+            self.ensure_connected();
+            self.start_due(&tx);
+            self.status.write(&self.cfg, &self.planner);
+            let wait = self.next_wakeup();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                Some((name, kind, outcome)) = rx.recv() => {
+                    self.planner.finished(&name, kind, &outcome, now());
+                    self.status.record(&self.cfg, &outcome);
+                }
+                _ = hup.recv() => self.reload(),
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        let running = self.planner.running();
+        tracing::info!("stopping: {running} running job(s) are aborted cleanly");
+        self.cancel.store(true, Ordering::Relaxed);
+        while self.planner.running() > 0 {
+            match rx.recv().await {
+                Some((name, kind, outcome)) => {
+                    self.planner.finished(&name, kind, &outcome, now());
+                    self.status.record(&self.cfg, &outcome);
+                }
+                None => break,
+            }
+        }
+        self.status.write(&self.cfg, &self.planner);
+        tracing::info!("daemon stopped");
+        Ok(())
+    }
+
+    /// Connects (and resolves the volumes) if not connected, and re-resolves
+    /// pool selections every [`RESOLVE_EVERY`] seconds.
+    fn ensure_connected(&mut self) {
+        let t = now();
+        if self.fleet.is_none() {
+            if t < self.resolved_at {
+                return; // waiting before the next connection attempt
+            }
+            match Cluster::connect(&self.cfg.ceph.options()) {
+                Ok(c) => {
+                    let mut f = Fleet::new(c, &self.cfg);
+                    f.cancel = self.cancel.clone();
+                    self.fleet = Some(Arc::new(f));
+                    self.resolved_at = 0;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "cannot connect to the Ceph cluster ({e}); retrying in {}s",
+                        RECONNECT_EVERY.as_secs()
+                    );
+                    self.resolved_at = t + RECONNECT_EVERY.as_secs() as i64;
+                    return;
+                }
+            }
+        }
+        if t - self.resolved_at >= RESOLVE_EVERY || self.resolved_at == 0 {
+            self.resolve(t);
+        }
+    }
+
+    fn resolve(&mut self, t: i64) {
+        let Some(fleet) = &self.fleet else { return };
+        let resolved = fleet.resolve(&self.cfg);
+        for u in &resolved.unresolved {
+            tracing::error!("{}: {}", u.name, u.error);
+        }
+        let last = last_attempts(&self.cfg.archive);
+        self.planner
+            .update(resolved.volumes, self.cfg.fleet.catch_up, t, &|n| {
+                last.get(n).copied()
+            });
+        self.resolved_at = t;
+        tracing::info!("{} volume(s) scheduled", self.planner.plans.len());
+    }
+
+    fn reload(&mut self) {
+        match Config::load(&self.path) {
+            Ok(cfg) => {
+                let reconnect = cfg.ceph.options() != self.cfg.ceph.options()
+                    || cfg.archive != self.cfg.archive;
+                self.cfg = cfg;
+                self.status = status_file::StatusFile::new(&self.cfg, &self.path);
+                if reconnect {
+                    self.fleet = None;
+                    self.resolved_at = 0;
+                }
+                self.ensure_connected();
+                self.resolve(now());
+                tracing::info!("config reloaded from {}", self.path.display());
+            }
+            Err(e) => tracing::error!("config not reloaded, keeping the old one: {e}"),
+        }
+    }
+
+    fn start_due(&mut self, tx: &mpsc::UnboundedSender<Done>) {
+        let Some(fleet) = self.fleet.clone() else {
+            return;
+        };
+        let t = now();
+        while self.planner.running() < self.cfg.fleet.parallel {
+            let Some((vol, kind)) = self.planner.take_due(t) else {
+                break;
+            };
+            let (fleet, obs, tx) = (fleet.clone(), self.observer.clone(), tx.clone());
+            tokio::task::spawn_blocking(move || {
+                let outcome = run_job(&fleet, &vol, kind, obs.as_ref());
+                let _ = tx.send((vol.name.clone(), kind, outcome));
+            });
+        }
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        let t = now();
+        if self.fleet.is_none() {
+            // not connected: `resolved_at` holds the next attempt
+            return Duration::from_secs((self.resolved_at - t).clamp(1, 3600) as u64);
+        }
+        let mut at = self.resolved_at + RESOLVE_EVERY;
+        if let Some(due) = self.planner.next_due() {
+            at = at.min(due);
+        }
+        Duration::from_secs((at - t).clamp(0, 3600) as u64).max(Duration::from_millis(200))
+    }
+}
+
+fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Outcome {
+    match kind {
+        JobKind::Backup => backup_volume(fleet, vol, false, obs),
+        JobKind::Verify => verify_volume(&fleet.archive, &vol.name, obs),
+    }
+}
+
+/// When each volume's last backup ended, from the fleet log.
+fn last_attempts(archive: &Path) -> std::collections::HashMap<String, i64> {
+    let mut out = std::collections::HashMap::new();
+    for r in read_all(&global::log_path(archive)).unwrap_or_default() {
+        if let (Some(v), "backup", "end") = (r.volume, r.op.as_str(), r.event.as_str()) {
+            if r.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("cancelled"))
+            {
+                continue; // a backup cut short by shutdown did not happen
+            }
+            out.insert(v, crate::status::unix_of(&r.time));
+        }
+    }
+    out
+}
