@@ -44,6 +44,7 @@ py=/usr/bin/python3  # Debian's python3, which has python3-rados
 step "creating sample images"
 "$py" "$samples" random rbd db1 512 192 1
 "$py" "$samples" random rbd web1 256 64 2
+for i in 1 2 3 4; do "$py" "$samples" random rbd "vm-$i" 128 48 $((10 + i)); done
 mkdir -p "$work/fs"
 for i in $(seq 1 20); do head -c $((i * 100000)) /dev/urandom > "$work/fs/file$i.bin"; done
 echo "hello from the first backup" > "$work/fs/README.txt"
@@ -56,7 +57,12 @@ cat > "$work/config.yaml" <<YAML
 ceph:
   conf: $CEPH_CONF
 archive: $work/archive
+defaults:
+  parallel: 3                 # volumes backed up at once
+  schedule: "0 1 * * *"       # nightly, for rbdelta daemon (and rbdelta check)
 volumes:
+  - pool: rbd                 # a pool selection: every vm-* image
+    include: ["vm-*"]
   - pool: rbd
     image: db1
   - pool: rbd
@@ -67,7 +73,10 @@ volumes:
 YAML
 export RBDELTA_CONFIG="$work/config.yaml"
 
-step "first backup of every volume (fulls)"
+step "checking the config against the cluster (the selection resolves to vm-1..vm-4)"
+"$rbdelta" config check --cluster
+
+step "first backup of every volume, three at a time (fulls)"
 "$rbdelta" backup --all
 
 step "changing the images: scattered writes, a grow, new files in the filesystem"
@@ -87,7 +96,12 @@ step "revisions of the filesystem volume"
 "$rbdelta" list files
 
 step "verifying the whole archive of every volume"
-for v in db1 web1 files; do "$rbdelta" verify "$v"; done
+for v in db1 web1 files vm-1 vm-2 vm-3 vm-4; do "$rbdelta" verify "$v"; done
+
+step "what monitoring sees: status, the Nagios check, the operation log"
+"$rbdelta" status
+"$rbdelta" check
+"$rbdelta" log -n 8
 
 step "restoring the latest revision of 'files' into a new image rbd/fs1-restored"
 "$rbdelta" restore files --to-image rbd/fs1-restored

@@ -84,15 +84,13 @@ impl Bars {
 impl Observer for Bars {
     fn started(&self, volume: &str, op: &'static str) -> Box<dyn Progress> {
         let bar = self.multi.insert_before(&self.total, ProgressBar::new(0));
+        // No bar until the job knows how much it will read.
         bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>16} {msg:8} [{bar:30}] {binary_bytes:>10}/{binary_total_bytes:10} {binary_bytes_per_sec:>12} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix:>16} {msg:8} starting").expect("valid template"),
         );
         bar.set_prefix(volume.to_string());
         bar.set_message(op);
+        bar.tick();
         Box::new(VolumeBar(bar))
     }
     fn finished(&self, o: &Outcome) {
@@ -113,6 +111,13 @@ struct VolumeBar(ProgressBar);
 
 impl Progress for VolumeBar {
     fn begin(&self, phase: &str, total: u64) {
+        self.0.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>16} {msg:8} [{bar:30}] {binary_bytes:>10}/{binary_total_bytes:10} {binary_bytes_per_sec:>12} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
         self.0.set_length(total);
         self.0.set_position(0);
         self.0.set_message(phase.to_string());
