@@ -47,8 +47,9 @@ measure() {
   if [[ -z ${secs[$name]:-} ]] || awk "BEGIN{exit !($s < ${secs[$name]})}"; then secs[$name]=$s; fi
 }
 
+name() { printf 'fleet-%03d' "$1"; }
 echo "bench: creating $N images of $MIB MiB" >&2
-for i in $(seq -w 1 "$N"); do "$py" "$samples" random rbd "fleet-$i" "$MIB" $((MIB / 4)) "$i"; done
+for i in $(seq 1 "$N"); do "$py" "$samples" random rbd "$(name "$i")" "$MIB" $((MIB / 4)) "$i"; done
 
 cat > "$work/config.yaml" <<YAML
 ceph:
@@ -67,10 +68,11 @@ measure fulls "$bin" --no-progress backup --all --jobs 4
 rbd_loop() {
   local prev=$1 next=$2
   for img in $(rbd ls rbd | grep '^fleet-'); do
-    rbd snap create "rbd/$img@$next" >/dev/null
+    rbd snap create --no-progress "rbd/$img@$next" >/dev/null
+    rm -f "$work/diff.$img"
     if [[ -n $prev ]]; then
       rbd export-diff --no-progress --from-snap "$prev" "rbd/$img@$next" "$work/diff.$img" >/dev/null
-      rbd snap rm "rbd/$img@$prev" >/dev/null
+      rbd snap rm --no-progress "rbd/$img@$prev" >/dev/null
     else
       rbd export-diff --no-progress "rbd/$img@$next" "$work/diff.$img" >/dev/null
     fi
@@ -89,9 +91,9 @@ done
 
 echo "bench: nights with $CHANGED images changed" >&2
 for rep in $(seq "$REPS"); do
-  for i in $(seq -w 1 "$CHANGED"); do "$py" "$samples" scatter rbd "fleet-$i" 200 $((rep * 100 + 10#$i)); done
+  for i in $(seq 1 "$CHANGED"); do "$py" "$samples" scatter rbd "$(name "$i")" 200 $((rep * 100 + i)); done
   measure loop_some loop_once
-  for i in $(seq -w 1 "$CHANGED"); do "$py" "$samples" scatter rbd "fleet-$i" 200 $((rep * 100 + 50 + 10#$i)); done
+  for i in $(seq 1 "$CHANGED"); do "$py" "$samples" scatter rbd "$(name "$i")" 200 $((rep * 100 + 50 + i)); done
   measure some_j4 "$bin" --no-progress backup --all --jobs 4
 done
 "$bin" --no-progress status >/dev/null

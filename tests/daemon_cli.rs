@@ -261,6 +261,15 @@ fn sigterm_during_a_backup_aborts_it_cleanly() {
         "stopping took {:?}",
         t.elapsed()
     );
+    // plain progress: a start line and periodic lines with a percentage
+    let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("rbdelta: slow: backup started"), "{log}");
+    assert!(
+        log.lines().any(|l| l.starts_with("rbdelta: slow: delta ")
+            && l.contains("% (")
+            && l.contains("/s")),
+        "{log}"
+    );
     let last = fleet_log(&env, "slow").pop().unwrap();
     assert!(
         last["error"].as_str().unwrap().starts_with("cancelled"),

@@ -128,7 +128,9 @@ impl Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // The daemon's own events (start, reload, stop, connection trouble) are
+    // worth a journal line even at the default level.
+    init_logging(cli.verbose, matches!(cli.command, Command::Daemon(_)));
     let ctx = Ctx {
         config_path: cli
             .config
@@ -168,10 +170,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
+fn init_logging(verbose: u8, daemon: bool) {
+    let default = match (verbose, daemon) {
+        (0, false) => "warn",
+        (0, true) => "warn,rbdelta::daemon=info",
+        (1, _) => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RBDELTA_LOG")
