@@ -70,3 +70,29 @@ impl VolumeState {
         self.revisions.get(id).cloned().unwrap_or_default()
     }
 }
+
+/// Read-modify-write of `<volume>/state.json` under `<volume>/state.lock`
+/// (a blocking flock held only for the update), so concurrent verifies,
+/// tag commands and backups never lose each other's changes.
+pub fn update<T>(volume_dir: &Path, f: impl FnOnce(&mut VolumeState) -> T) -> Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let lock_path = volume_dir.join("state.lock");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    // SAFETY: flock on a valid, owned descriptor; released when `lock` drops.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(Error::io(&lock_path, std::io::Error::last_os_error()));
+    }
+    let path = volume_dir.join("state.json");
+    let mut state = VolumeState::load(&path)?;
+    let out = f(&mut state);
+    state.save(&path)?;
+    Ok(out)
+}

@@ -197,12 +197,12 @@ fn commit_manifest(vol: &VolumeDir, rev: &Revision, bytes: &[u8]) -> Result<()> 
 /// every other snapshot of this volume archive, and drop the intent record.
 pub(super) fn finish(vol: &VolumeDir, image: &dyn SourceImage, newest: &Revision) -> Result<()> {
     let revisions = vol.revisions()?;
-    let mut state = VolumeState::load(&vol.state_path())?;
-    for r in &revisions {
-        let entry = state.revisions.entry(r.id.clone()).or_default();
-        entry.snapshot = (r.id == newest.id).then(|| r.manifest.snapshot.clone());
-    }
-    state.save(&vol.state_path())?;
+    crate::archive::state::update(&vol.path, |state| {
+        for r in &revisions {
+            let entry = state.revisions.entry(r.id.clone()).or_default();
+            entry.snapshot = (r.id == newest.id).then(|| r.manifest.snapshot.clone());
+        }
+    })?;
     remove_stale_snapshots(vol, image, Some(&newest.manifest.snapshot));
     vol.clear_pending()
 }

@@ -63,20 +63,33 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
-        "{:<12}  {:<20}  {:<5}  {:>14}  {:<12}  SNAPSHOT",
-        "ID", "CREATED", "KIND", "SIZE", "PARENT"
-    );
+    let mut table = vec![[
+        "ID", "CREATED", "KIND", "SIZE", "PARENT", "TRUST", "TAGS", "SNAPSHOT",
+    ]
+    .map(String::from)
+    .to_vec()];
     for r in rows {
-        println!(
-            "{:<12}  {:<20}  {:<5}  {:>14}  {:<12}  {}",
-            &r.id[..12],
-            &r.created[..r.created.len().min(19)],
+        table.push(vec![
+            r.id[..12].to_string(),
+            r.created[..r.created.len().min(19)].to_string(),
             r.kind,
-            r.size,
-            r.parent.as_deref().map_or("-", |p| &p[..12]),
-            r.snapshot.as_deref().unwrap_or("-")
-        );
+            r.size.to_string(),
+            r.parent
+                .as_deref()
+                .map_or("-".into(), |p| p[..12].to_string()),
+            match r.trust.split_once(' ') {
+                Some(("distrusted:", _)) => "DISTRUSTED".into(),
+                Some((state, _)) => state.to_string(),
+                None => r.trust.clone(),
+            },
+            if r.tags.is_empty() {
+                "-".into()
+            } else {
+                r.tags.join(",")
+            },
+            r.snapshot.unwrap_or_else(|| "-".into()),
+        ]);
     }
+    print!("{}", super::table::render(&table));
     Ok(())
 }

@@ -45,6 +45,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
     let vol = open_volume(&cfg, &a.volume)?;
     let rev = vol.find_revision(&a.revision)?;
+    let state = rbdelta::archive::state::VolumeState::load(&vol.state_path())?;
+    if let rbdelta::archive::state::Trust::Distrusted { reason } = state.get(&rev.id).trust {
+        eprintln!(
+            "rbdelta: warning: revision {} is distrusted ({reason}); every block is checked while restoring, but compare the result with care",
+            rev.short()
+        );
+    }
     // The image the revision came from, as recorded, even if the config no
     // longer lists the volume.
     let (src_pool, src_image) = rev.manifest.source.split_once('/').unwrap_or(("", ""));

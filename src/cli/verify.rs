@@ -1,46 +1,162 @@
-//! `rbdelta verify VOLUME [--revision REV]`.
+//! `rbdelta verify [VOLUME...|--all] [--revision REV] [--subset n/m]
+//! [--deep] [--source]`.
 
-use rbdelta::verify::verify;
+use rbdelta::archive::state::VolumeState;
+use rbdelta::archive::VolumeDir;
+use rbdelta::source::rbd::RbdImage;
+use rbdelta::source::SourceImage;
+use rbdelta::verify::source::verify_source;
+use rbdelta::verify::{verify_with, Subset, VerifyOptions, VerifyReport};
 
 use super::{human, open_volume, Ctx, Failure};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Volume name from the config.
-    volume: String,
+    /// Volumes to verify.
+    volumes: Vec<String>,
+    /// Every volume in the archive.
+    #[arg(long, conflicts_with = "volumes")]
+    all: bool,
     /// Only this revision (id, unique prefix or `latest`) and what it needs.
     #[arg(long)]
     revision: Option<String>,
+    /// Only slice n of m of the stored blocks (a nightly `--subset $((day % m + 1))/m`
+    /// covers everything every m nights).
+    #[arg(long, value_name = "N/M")]
+    subset: Option<Subset>,
+    /// Also read every revision as a restore would and recompute its image checksum.
+    #[arg(long)]
+    deep: bool,
+    /// Compare revisions with the Ceph snapshots they were read from, where
+    /// those still exist (needs the cluster).
+    #[arg(long, conflicts_with_all = ["subset", "deep"])]
+    source: bool,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
-    let vol = open_volume(&cfg, &a.volume)?;
-    let only = a
-        .revision
-        .as_deref()
-        .map(|r| vol.find_revision(r))
-        .transpose()?;
-    let progress = ctx.progress(&a.volume);
-    let report = verify(&vol, only.as_ref(), progress.as_ref())?;
-    if report.problems.is_empty() {
+    let names: Vec<String> = if a.all {
+        archive_volumes(&cfg.archive)
+    } else if a.volumes.is_empty() {
+        return Err(Failure::usage("name at least one volume, or use --all"));
+    } else {
+        a.volumes.clone()
+    };
+    let cluster = if a.source {
+        Some(ctx.connect(&cfg)?)
+    } else {
+        None
+    };
+    let mut damaged = 0;
+    for name in &names {
+        let vol = open_volume(&cfg, name)?;
+        let only = a
+            .revision
+            .as_deref()
+            .map(|r| vol.find_revision(r))
+            .transpose()?;
+        let progress = ctx.progress(name);
+        let report = match &cluster {
+            None => {
+                let opts = VerifyOptions {
+                    only,
+                    subset: a.subset,
+                    deep: a.deep,
+                };
+                verify_with(&vol, &opts, progress.as_ref())?
+            }
+            Some(c) => against_source(c, &vol, only, progress.as_ref())?,
+        };
+        if !print(name, &report, a.subset) {
+            damaged += 1;
+        }
+    }
+    if damaged > 0 {
+        return Err(Failure {
+            code: 3,
+            error: anyhow::anyhow!(
+                "verify found damage in {damaged} of {} volume(s)",
+                names.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Prints the result; false when something is damaged.
+fn print(name: &str, r: &VerifyReport, subset: Option<Subset>) -> bool {
+    let scope = subset.map_or(String::new(), |s| {
+        format!(" (subset {s}: {} blocks)", r.blocks_checked)
+    });
+    if r.problems.is_empty() {
         println!(
-            "{}: {} revision(s) verified, {} read, no problems",
-            a.volume,
-            report.revisions,
-            human(report.bytes_read)
+            "{name}: {} revision(s) verified{scope}, {} read, no problems",
+            r.revisions,
+            human(r.bytes_read)
         );
-        return Ok(());
+        return true;
     }
-    for p in &report.problems {
-        println!("{}: DAMAGED: {p}", a.volume);
+    for p in &r.problems {
+        println!("{name}: DAMAGED: {p}");
     }
-    Err(Failure {
-        code: 3,
-        error: anyhow::anyhow!(
-            "{}: verify found {} problem(s)",
-            a.volume,
-            report.problems.len()
-        ),
-    })
+    for id in &r.distrusted {
+        println!("{name}: revision {} is now distrusted", &id[..12]);
+    }
+    false
+}
+
+/// `--source`: the chosen revision, or every revision whose snapshot rbdelta
+/// still keeps.
+fn against_source(
+    cluster: &std::sync::Arc<rbdelta::ceph::Cluster>,
+    vol: &VolumeDir,
+    only: Option<rbdelta::archive::Revision>,
+    progress: &dyn rbdelta::progress::Progress,
+) -> anyhow::Result<VerifyReport> {
+    let state = VolumeState::load(&vol.state_path())?;
+    let revs = match only {
+        Some(r) => vec![r],
+        None => vol
+            .revisions()?
+            .into_iter()
+            .filter(|r| state.get(&r.id).snapshot.is_some())
+            .collect(),
+    };
+    let mut total = VerifyReport::default();
+    for rev in revs {
+        let (pool, image) = rev.manifest.source.split_once('/').unwrap_or(("", ""));
+        let img = RbdImage::open(&cluster.ioctx(pool)?, image)?;
+        let Some(snap) = img.open_snapshot(&rev.manifest.snapshot)? else {
+            println!(
+                "{}: revision {}: snapshot {} no longer exists; skipped",
+                vol.name,
+                rev.short(),
+                rev.manifest.snapshot
+            );
+            continue;
+        };
+        let r = verify_source(vol, &rev, snap.as_ref(), progress)?;
+        total.revisions += r.revisions;
+        total.bytes_read += r.bytes_read;
+        total.blocks_checked += r.blocks_checked;
+        total.problems.extend(r.problems);
+        total.distrusted.extend(r.distrusted);
+        total.verified.extend(r.verified);
+    }
+    Ok(total)
+}
+
+/// Volume directories under the archive root.
+fn archive_volumes(root: &std::path::Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("rbdelta-volume.json").exists())
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .filter(|n| rbdelta::archive::valid_volume_name(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }

@@ -27,6 +27,7 @@ pub struct RawConfig {
 pub struct RawDefaults {
     pub schedule: Option<S<String>>,
     pub verify_schedule: Option<S<String>>,
+    pub verify_slices: Option<S<u32>>,
     pub spread: Option<S<String>>,
     pub whole_object: Option<bool>,
     pub bandwidth: Option<S<String>>,
@@ -52,6 +53,7 @@ pub struct RawVolume {
 
     pub schedule: Option<S<String>>,
     pub verify_schedule: Option<S<String>>,
+    pub verify_slices: Option<S<u32>>,
     pub spread: Option<S<String>>,
     pub whole_object: Option<bool>,
     pub bandwidth: Option<S<String>>,

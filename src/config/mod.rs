@@ -144,6 +144,9 @@ pub struct Selection {
 pub struct Settings {
     pub schedule: Option<Schedule>,
     pub verify_schedule: Option<Schedule>,
+    /// Scheduled verifies check one of this many rotating slices of the
+    /// stored blocks (`verify --subset`), a different one each day.
+    pub verify_slices: Option<u32>,
     pub spread: Duration,
     pub whole_object: bool,
     /// Read rate of this volume's backup, bytes per second.
@@ -410,6 +413,13 @@ impl Validator<'_> {
                 "verify-schedule",
                 base.map(|b| &b.verify_schedule),
             )?,
+            verify_slices: match o.verify_slices {
+                Some(n) if n.value == 0 || n.value > 366 => {
+                    return self.err(n.referenced.line(), &k("verify-slices"), "must be 1 to 366");
+                }
+                Some(n) => Some(n.value),
+                None => base.and_then(|b| b.verify_slices),
+            },
             spread: match self.opt(o.spread, &k("spread"), units::parse_duration)? {
                 Some(d) => d,
                 None => base.map_or(Duration::ZERO, |b| b.spread),
@@ -455,6 +465,7 @@ impl Validator<'_> {
 struct Overrides<'a> {
     schedule: &'a Option<S<String>>,
     verify_schedule: &'a Option<S<String>>,
+    verify_slices: &'a Option<S<u32>>,
     spread: &'a Option<S<String>>,
     whole_object: Option<bool>,
     bandwidth: &'a Option<S<String>>,
@@ -469,6 +480,7 @@ impl<'a> Overrides<'a> {
         Overrides {
             schedule: &d.schedule,
             verify_schedule: &d.verify_schedule,
+            verify_slices: &d.verify_slices,
             spread: &d.spread,
             whole_object: d.whole_object,
             bandwidth: &d.bandwidth,
@@ -482,6 +494,7 @@ impl<'a> Overrides<'a> {
         Overrides {
             schedule: &v.schedule,
             verify_schedule: &v.verify_schedule,
+            verify_slices: &v.verify_slices,
             spread: &v.spread,
             whole_object: v.whole_object,
             bandwidth: &v.bandwidth,

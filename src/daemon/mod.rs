@@ -219,7 +219,14 @@ impl Daemon {
 fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Outcome {
     match kind {
         JobKind::Backup => backup_volume(fleet, vol, false, obs),
-        JobKind::Verify => verify_volume(&fleet.archive, &vol.name, obs),
+        JobKind::Verify => {
+            let day = (now() / 86_400) as u64;
+            let subset = vol
+                .settings
+                .verify_slices
+                .map(|m| crate::verify::Subset::for_day(day, m));
+            verify_volume(&fleet.archive, &vol.name, subset, obs)
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::DEFAULT_BLOCK_SIZE;
 use crate::source::rbd::RbdImage;
 use crate::throttle::Throttle;
-use crate::verify::verify;
+use crate::verify::{verify_with, Subset, VerifyOptions};
 
 /// What the jobs of one run share.
 pub struct Fleet {
@@ -152,13 +152,24 @@ fn run_backup(
     backup(&dir, &guarded, &opts, progress)
 }
 
-/// Verifies every revision of volume `name` in `archive`.
-pub fn verify_volume(archive: &Path, name: &str, obs: &dyn Observer) -> Outcome {
+/// Verifies every revision of volume `name` in `archive` (only slice
+/// `subset` of the stored blocks, if given).
+pub fn verify_volume(
+    archive: &Path,
+    name: &str,
+    subset: Option<Subset>,
+    obs: &dyn Observer,
+) -> Outcome {
     let started = Instant::now();
     let progress = obs.started(name, "verify");
     let dir_exists = archive.join(name).is_dir();
-    let result =
-        VolumeDir::open(archive, name).and_then(|dir| verify(&dir, None, progress.as_ref()));
+    let result = VolumeDir::open(archive, name).and_then(|dir| {
+        let opts = VerifyOptions {
+            subset,
+            ..Default::default()
+        };
+        verify_with(&dir, &opts, progress.as_ref())
+    });
     drop(progress);
     let outcome = match result {
         Ok(report) if report.problems.is_empty() => Outcome {

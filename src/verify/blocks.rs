@@ -1,0 +1,175 @@
+//! Checking stored blocks against their hashes: every listed block of a
+//! full or a delta, and every unlisted region of a full against zero,
+//! optionally only the blocks of one [`Subset`].
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use super::subset::Subset;
+use super::Problem;
+use crate::archive::{StorageKind, VolumeDir};
+use crate::checksum::{block_hash, is_zero};
+use crate::error::{IoContext, Result};
+use crate::format::delta::DeltaFile;
+use crate::format::index::BlockEntry;
+use crate::progress::Progress;
+
+/// What checking one data file found.
+#[derive(Debug, Default)]
+pub struct FileCheck {
+    pub bytes_read: u64,
+    pub blocks_checked: u64,
+    pub problems: Vec<Problem>,
+}
+
+pub fn data_len(vol: &VolumeDir, id: &str) -> Option<u64> {
+    let p = match vol.storage_kind(id).ok()? {
+        StorageKind::Full => vol.full_path(id),
+        StorageKind::Delta => vol.delta_path(id),
+    };
+    std::fs::metadata(p).ok().map(|m| m.len())
+}
+
+/// Checks the stored blocks (of `subset`, or all) of one revision's data file.
+pub fn check_data(
+    vol: &VolumeDir,
+    id: &str,
+    subset: Option<Subset>,
+    progress: &dyn Progress,
+) -> Result<FileCheck> {
+    let bs = vol.block_size;
+    let mut fc = FileCheck::default();
+    match vol.storage_kind(id)? {
+        StorageKind::Full => {
+            let (idx, file, path) = crate::chain::open_full(vol, id)?;
+            let len = idx.header.size;
+            check_entries(
+                id,
+                &file,
+                &path,
+                idx.entries()?,
+                bs,
+                subset,
+                progress,
+                &mut fc,
+            )?;
+            let holes = check_holes(id, &file, &path, idx.entries()?, len, bs, subset)?;
+            fc.problems.extend(holes);
+        }
+        StorageKind::Delta => {
+            let path = vol.delta_path(id);
+            let d = DeltaFile::open(&path)?;
+            let entries = d.entries.iter().map(|e| Ok(*e));
+            check_entries(id, &d.file, &path, entries, bs, subset, progress, &mut fc)?;
+        }
+    }
+    Ok(fc)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_entries(
+    id: &str,
+    file: &File,
+    path: &Path,
+    entries: impl Iterator<Item = Result<BlockEntry>>,
+    bs: u64,
+    subset: Option<Subset>,
+    progress: &dyn Progress,
+    fc: &mut FileCheck,
+) -> Result<()> {
+    let mut buf = Vec::new();
+    for e in entries {
+        let e = e?;
+        if e.zero || subset.is_some_and(|s| !s.contains(e.block)) {
+            continue;
+        }
+        buf.resize(e.len as usize, 0);
+        file.read_exact_at(&mut buf, e.offset).at(path)?;
+        progress.advance(e.len as u64);
+        fc.bytes_read += e.len as u64;
+        fc.blocks_checked += 1;
+        if block_hash(&buf) != e.hash {
+            let start = e.block * bs;
+            fc.problems.push(Problem {
+                revision: id.to_string(),
+                range: Some((start, start + e.len as u64)),
+                what: format!("block {} fails its checksum in {}", e.block, path.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// In a full, data found outside the listed blocks must be zeros. Walks the
+/// file's data regions and the (ascending) index together.
+fn check_holes(
+    id: &str,
+    file: &File,
+    path: &Path,
+    listed: impl Iterator<Item = Result<BlockEntry>>,
+    size: u64,
+    bs: u64,
+    subset: Option<Subset>,
+) -> Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut listed = listed.peekable();
+    let mut buf = vec![0u8; bs as usize];
+    let mut pos = 0u64;
+    let mut next_block = 0u64; // blocks below this were checked
+    while pos < size {
+        let Some((start, end)) = next_data(file, pos, size).at(path)? else {
+            break;
+        };
+        let mut block = (start / bs).max(next_block);
+        while block * bs < end {
+            while let Some(Ok(e)) = listed.peek() {
+                if e.block >= block {
+                    break;
+                }
+                listed.next();
+            }
+            let is_listed = match listed.peek() {
+                Some(Ok(e)) => e.block == block,
+                Some(Err(_)) => return Err(listed.next().unwrap().unwrap_err()),
+                None => false,
+            };
+            if !is_listed && subset.is_none_or(|s| s.contains(block)) {
+                let len = (size - block * bs).min(bs) as usize;
+                file.read_exact_at(&mut buf[..len], block * bs).at(path)?;
+                if !is_zero(&buf[..len]) {
+                    problems.push(Problem {
+                        revision: id.to_string(),
+                        range: Some((block * bs, block * bs + len as u64)),
+                        what: format!("unlisted block {block} is not zero in {}", path.display()),
+                    });
+                }
+            }
+            block += 1;
+        }
+        next_block = block;
+        pos = end;
+    }
+    Ok(problems)
+}
+
+/// The next data region at or after `pos` (SEEK_DATA / SEEK_HOLE).
+fn next_data(file: &File, pos: u64, size: u64) -> std::io::Result<Option<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    // SAFETY: lseek on a valid descriptor; offsets are in range.
+    let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+    if start < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+    if end < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some((start as u64, (end as u64).min(size))))
+}
