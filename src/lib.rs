@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod format;
 pub mod progress;
 pub mod restore;
+pub mod retention;
 pub mod schedule;
 pub mod source;
 pub mod status;

@@ -35,6 +35,7 @@ pub struct RawDefaults {
     pub hooks: Option<S<RawHooks>>,
     pub retries: Option<u32>,
     pub retry_delay: Option<S<String>>,
+    pub retention: Option<S<RawRetention>>,
 
     pub parallel: Option<S<usize>>,
     pub total_bandwidth: Option<S<String>>,
@@ -61,6 +62,7 @@ pub struct RawVolume {
     pub hooks: Option<S<RawHooks>>,
     pub retries: Option<u32>,
     pub retry_delay: Option<S<String>>,
+    pub retention: Option<S<RawRetention>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,4 +71,16 @@ pub struct RawHooks {
     pub pre: Option<String>,
     pub post: Option<String>,
     pub timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRetention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    pub keep_within: Option<S<String>>,
 }

@@ -157,6 +157,8 @@ pub struct Settings {
     pub retries: u32,
     /// Delay before the first retry; doubled for each further one.
     pub retry_delay: Duration,
+    /// Which revisions `prune` keeps (empty: all).
+    pub retention: crate::retention::Retention,
 }
 
 /// When a backup writes a new full instead of a delta.
@@ -437,6 +439,22 @@ impl Validator<'_> {
                 None => base.and_then(|b| b.full_every),
             },
             hooks,
+            retention: match o.retention {
+                Some(r) => crate::retention::Retention {
+                    keep_last: r.value.keep_last,
+                    keep_hourly: r.value.keep_hourly,
+                    keep_daily: r.value.keep_daily,
+                    keep_weekly: r.value.keep_weekly,
+                    keep_monthly: r.value.keep_monthly,
+                    keep_yearly: r.value.keep_yearly,
+                    keep_within: self.opt(
+                        &r.value.keep_within,
+                        &k("retention.keep-within"),
+                        units::parse_duration,
+                    )?,
+                },
+                None => base.map(|b| b.retention.clone()).unwrap_or_default(),
+            },
             retries: o.retries.or(base.map(|b| b.retries)).unwrap_or(3),
             retry_delay: match self.opt(o.retry_delay, &k("retry-delay"), units::parse_duration)? {
                 Some(d) => d,
@@ -473,6 +491,7 @@ struct Overrides<'a> {
     hooks: Option<&'a S<RawHooks>>,
     retries: Option<u32>,
     retry_delay: &'a Option<S<String>>,
+    retention: Option<&'a S<file::RawRetention>>,
 }
 
 impl<'a> Overrides<'a> {
@@ -488,6 +507,7 @@ impl<'a> Overrides<'a> {
             hooks: d.hooks.as_ref(),
             retries: d.retries,
             retry_delay: &d.retry_delay,
+            retention: d.retention.as_ref(),
         }
     }
     fn of_volume(v: &'a RawVolume) -> Self {
@@ -502,6 +522,7 @@ impl<'a> Overrides<'a> {
             hooks: v.hooks.as_ref(),
             retries: v.retries,
             retry_delay: &v.retry_delay,
+            retention: v.retention.as_ref(),
         }
     }
 }

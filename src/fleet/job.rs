@@ -20,8 +20,18 @@ use crate::throttle::Throttle;
 use crate::verify::{verify_with, Subset, VerifyOptions};
 
 /// What the jobs of one run share.
+///
+/// `cluster` serves listings (pool selections, `config check`). Each backup
+/// opens its own client connection from `ceph` and shuts it down at the
+/// end: librbd 16.2 (Debian 12) was seen to abort in a librados finisher
+/// thread, on a mutex of an image closed earlier, in about one run of 30
+/// to 1 of 8 with 50 volumes backed up over one shared client (even at
+/// `--jobs 1`, and with open, close and snapshot calls serialized); with a
+/// client per backup, 0 of 60 runs. A connection costs a few milliseconds
+/// next to a backup's two snapshot operations.
 pub struct Fleet {
     pub cluster: Arc<Cluster>,
+    pub ceph: crate::ceph::CephOptions,
     pub archive: PathBuf,
     /// The fleet-wide read limit (`total-bandwidth`).
     pub total: Option<Arc<Throttle>>,
@@ -34,6 +44,7 @@ impl Fleet {
     pub fn new(cluster: Arc<Cluster>, cfg: &Config) -> Fleet {
         Fleet {
             cluster,
+            ceph: cfg.ceph.options(),
             archive: cfg.archive.clone(),
             total: cfg
                 .fleet
@@ -122,8 +133,9 @@ fn run_backup(
     progress: &dyn crate::progress::Progress,
     reached: &mut bool,
 ) -> Result<crate::backup::BackupReport> {
-    let ioctx = fleet
-        .cluster
+    // Declared first so it is dropped last, after the image and the ioctx.
+    let cluster = Cluster::connect(&fleet.ceph)?;
+    let ioctx = cluster
         .ioctx(&vol.pool)
         .map_err(|e| context(e, &format!("pool {}", vol.pool)))?;
     let image = RbdImage::open(&ioctx, &vol.image)
