@@ -75,6 +75,16 @@ impl TempFile {
     }
 }
 
+impl TempFile {
+    /// Makes the file durable and keeps it under its temp name (an intent
+    /// record will name it); returns the path.
+    pub fn keep(mut self) -> Result<PathBuf> {
+        self.file.sync_all().at(&self.path)?;
+        self.done = true;
+        Ok(self.path.clone())
+    }
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.done {

@@ -195,12 +195,20 @@ fn commit_manifest(vol: &VolumeDir, rev: &Revision, bytes: &[u8]) -> Result<()> 
 
 /// After the commit: record `newest`'s snapshot as the only one kept, remove
 /// every other snapshot of this volume archive, and drop the intent record.
-pub(super) fn finish(vol: &VolumeDir, image: &dyn SourceImage, newest: &Revision) -> Result<()> {
+pub(super) fn finish(
+    vol: &VolumeDir,
+    image: &dyn SourceImage,
+    newest: &Revision,
+    tags: &[String],
+) -> Result<()> {
     let revisions = vol.revisions()?;
     crate::archive::state::update(&vol.path, |state| {
         for r in &revisions {
             let entry = state.revisions.entry(r.id.clone()).or_default();
             entry.snapshot = (r.id == newest.id).then(|| r.manifest.snapshot.clone());
+            if r.id == newest.id {
+                entry.tags.extend(tags.iter().cloned());
+            }
         }
     })?;
     remove_stale_snapshots(vol, image, Some(&newest.manifest.snapshot));
@@ -246,7 +254,7 @@ pub fn recover(vol: &VolumeDir, image: &dyn SourceImage) -> Result<()> {
                 "finishing interrupted backup of revision {}",
                 committed.short()
             );
-            finish(vol, image, committed)?;
+            finish(vol, image, committed, &[])?;
         }
         None => {
             tracing::info!("undoing interrupted backup (snapshot {})", pending.snapshot);

@@ -40,6 +40,8 @@ pub struct BackupOptions {
     pub source_name: String,
     /// When to start a new chain with a full (`full-every:`).
     pub full_every: Option<crate::config::FullEvery>,
+    /// Tags for the new revision (`backup --tag`).
+    pub tags: Vec<String>,
 }
 
 impl Default for BackupOptions {
@@ -50,6 +52,7 @@ impl Default for BackupOptions {
             depth: 8,
             source_name: String::new(),
             full_every: None,
+            tags: Vec::new(),
         }
     }
 }
@@ -116,6 +119,9 @@ fn backup_locked(
     progress: &dyn Progress,
 ) -> Result<BackupReport> {
     let started = Instant::now();
+    // A history edit first: its staged files live in tmp/, which the
+    // backup's own recovery empties.
+    crate::history::recover(vol)?;
     recover(vol, image)?;
     let revisions = vol.revisions()?;
     let state = VolumeState::load(&vol.state_path())?;
@@ -179,7 +185,7 @@ fn backup_locked(
         }
     };
     let t = Instant::now();
-    commit::finish(vol, image, &revision)?;
+    commit::finish(vol, image, &revision, &opts.tags)?;
     tracing::info!(volume = %vol.name, "old snapshots removed in {:?}", t.elapsed());
     Ok(BackupReport {
         revision,

@@ -18,6 +18,9 @@ pub struct Args {
     /// Write a full backup even when a delta is possible.
     #[arg(long)]
     full: bool,
+    /// Tag the new revisions (tagged revisions are never pruned); repeatable.
+    #[arg(long = "tag", value_name = "NAME")]
+    tags: Vec<String>,
     /// Volumes backed up at once [default: defaults.parallel of the config].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: Option<u16>,
@@ -25,6 +28,11 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
+    if let Some(bad) = a.tags.iter().find(|t| !super::tag::valid_tag(t)) {
+        return Err(Failure::usage(format!(
+            "{bad:?} is not a tag name (letters, digits, - _ . : @ +)"
+        )));
+    }
     if !a.all && a.volumes.is_empty() {
         return Err(Failure::usage("name at least one volume, or use --all"));
     }
@@ -69,7 +77,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         .map(|u| fleet.unresolved(u, observer.as_ref()))
         .collect();
     outcomes.extend(run_parallel(&volumes, jobs, |v| {
-        backup_volume(&fleet, v, a.full, observer.as_ref())
+        backup_volume(&fleet, v, a.full, &a.tags, observer.as_ref())
     }));
     drop(observer);
     let failed = outcomes.iter().filter(|o| !o.ok).count();

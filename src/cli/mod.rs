@@ -11,10 +11,12 @@ mod daemon;
 mod list;
 mod log;
 mod progress;
+mod prune;
 mod restore;
 mod signals;
 mod status;
 mod table;
+mod tag;
 mod verify;
 mod view;
 
@@ -75,6 +77,25 @@ enum Command {
     Log(log::Args),
     /// Run backups and verifies by schedule until SIGTERM; SIGHUP reloads.
     Daemon(daemon::Args),
+    /// Remove revisions the retention rules do not keep (later ones keep
+    /// their content: deltas are merged forward).
+    Prune(prune::PruneArgs),
+    /// Fold a range of revisions into the newer end of the range.
+    Merge(prune::MergeArgs),
+    /// Tag a revision (tagged revisions are never pruned).
+    Tag(tag::Args),
+    /// Remove tags from a revision.
+    Untag(tag::Args),
+    /// Give a revision a synthetic full built from the archive (no Ceph reads).
+    SyntheticFull(SyntheticArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SyntheticArgs {
+    volume: String,
+    /// Revision id, unique prefix or `latest`.
+    #[arg(default_value = "latest")]
+    revision: String,
 }
 
 /// `--progress`.
@@ -157,6 +178,11 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(&ctx, a),
         Command::Log(a) => log::run(&ctx, a),
         Command::Daemon(a) => daemon::run(&ctx, a),
+        Command::Prune(a) => prune::prune(&ctx, a),
+        Command::Merge(a) => prune::merge(&ctx, a),
+        Command::Tag(a) => tag::run(&ctx, a, true),
+        Command::Untag(a) => tag::run(&ctx, a, false),
+        Command::SyntheticFull(a) => synthetic_full(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -222,6 +248,21 @@ impl Ctx {
             ProgressMode::None | ProgressMode::Auto => Box::new(view::Lines),
         }
     }
+}
+
+fn synthetic_full(ctx: &Ctx, a: SyntheticArgs) -> Result<(), Failure> {
+    let cfg = ctx.config()?;
+    let vol = open_volume(&cfg, &a.volume)?;
+    let rev = vol.find_revision(&a.revision)?;
+    let t = std::time::Instant::now();
+    rbdelta::history::make_full(&vol, &rev.id)?;
+    println!(
+        "{}: revision {} now has a full ({:.1}s)",
+        a.volume,
+        rev.short(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// The archive directory of volume `name`: any volume with an archive,

@@ -147,7 +147,7 @@ fn against_source(
 }
 
 /// Volume directories under the archive root.
-fn archive_volumes(root: &std::path::Path) -> Vec<String> {
+pub fn archive_volumes(root: &std::path::Path) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(root)
         .map(|d| {
             d.flatten()

@@ -218,7 +218,7 @@ impl Daemon {
 
 fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Outcome {
     match kind {
-        JobKind::Backup => backup_volume(fleet, vol, false, obs),
+        JobKind::Backup => backup_volume(fleet, vol, false, &[], obs),
         JobKind::Verify => {
             let day = (now() / 86_400) as u64;
             let subset = vol

@@ -83,7 +83,13 @@ impl Fleet {
 }
 
 /// Backs up `vol` (a full if `full`), reporting to `obs`.
-pub fn backup_volume(fleet: &Fleet, vol: &Volume, full: bool, obs: &dyn Observer) -> Outcome {
+pub fn backup_volume(
+    fleet: &Fleet,
+    vol: &Volume,
+    full: bool,
+    tags: &[String],
+    obs: &dyn Observer,
+) -> Outcome {
     let started = Instant::now();
     let progress = obs.started(&vol.name, "backup");
     // Whether the backup engine logged the attempt in the volume's own log
@@ -94,7 +100,7 @@ pub fn backup_volume(fleet: &Fleet, vol: &Volume, full: bool, obs: &dyn Observer
             "shutting down before the backup started".into(),
         ))
     } else {
-        run_backup(fleet, vol, full, progress.as_ref(), &mut reached)
+        run_backup(fleet, vol, full, tags, progress.as_ref(), &mut reached)
     };
     let in_volume_log = reached && !matches!(result, Err(Error::Locked(_)));
     drop(progress);
@@ -130,6 +136,7 @@ fn run_backup(
     fleet: &Fleet,
     vol: &Volume,
     full: bool,
+    tags: &[String],
     progress: &dyn crate::progress::Progress,
     reached: &mut bool,
 ) -> Result<crate::backup::BackupReport> {
@@ -158,6 +165,7 @@ fn run_backup(
         whole_object: vol.settings.whole_object,
         source_name: vol.source_name(),
         full_every: vol.settings.full_every,
+        tags: tags.to_vec(),
         ..Default::default()
     };
     *reached = true;

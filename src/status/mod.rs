@@ -279,7 +279,7 @@ impl VolumeStatus {
 /// The settings the config applies to volume `name` (listed, or matched by
 /// a selection through its recorded source), or `None` if it no longer
 /// backs it up.
-fn settings_for<'a>(cfg: &'a Config, name: &str, source: Option<&str>) -> Option<&'a Settings> {
+pub fn settings_for<'a>(cfg: &'a Config, name: &str, source: Option<&str>) -> Option<&'a Settings> {
     if let Some(v) = cfg.listed().find(|v| v.name == name) {
         return Some(&v.settings);
     }

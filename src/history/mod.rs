@@ -1,0 +1,154 @@
+//! Editing history: removing revisions (prune, merge) without changing
+//! what any kept revision reads, and synthetic fulls.
+//!
+//! Removing revision R: a successor S whose delta is based on R is first
+//! rewritten so it no longer needs R, as a merged delta when R is a delta
+//! ([`merge`]) or as a synthetic full when R is a full ([`synthetic`]);
+//! then R's manifest, data and state go. S keeps its id, manifest and
+//! checksum. The steps run under an intent record ([`intent`]), so a crash
+//! at any point is finished by the next writer. The newest revision (the
+//! next backup's base, holding the Ceph snapshot) is never removed.
+
+pub mod intent;
+pub mod merge;
+pub mod synthetic;
+
+use crate::archive::lock::LockMode;
+use crate::archive::oplog::Operation;
+use crate::archive::{Revision, StorageKind, VolumeDir};
+use crate::checksum::to_hex;
+use crate::error::{Error, Result};
+use intent::{Intent, Staged};
+
+/// Finishes an interrupted history edit, if any. Callers hold the
+/// exclusive volume lock.
+pub fn recover(vol: &VolumeDir) -> Result<()> {
+    if let Some(i) = intent::read(vol)? {
+        tracing::warn!(volume = %vol.name, "finishing the interrupted removal of revision {}", &i.remove[..12.min(i.remove.len())]);
+        intent::apply(vol, &i)?;
+    }
+    Ok(())
+}
+
+/// The revisions whose delta is based on `id`.
+fn children(vol: &VolumeDir, revisions: &[Revision], id: &str) -> Result<Vec<Revision>> {
+    let mut out = Vec::new();
+    for r in revisions {
+        if vol.storage_kind(&r.id)? == StorageKind::Delta {
+            let base = crate::format::delta::read_header(&vol.delta_path(&r.id))?.base;
+            if to_hex(&base) == id {
+                out.push(r.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the revisions `ids` (oldest first), keeping every other
+/// revision's content. Takes the exclusive volume lock.
+pub fn remove_revisions(vol: &VolumeDir, ids: &[String]) -> Result<usize> {
+    let _lock = vol.lock(LockMode::Exclusive)?;
+    recover(vol)?;
+    vol.clear_tmp()?;
+    let op = Operation::start(
+        vol.log_path(),
+        "remove",
+        None,
+        Some(format!("{} revision(s)", ids.len())),
+    )?;
+    op.end(remove_locked(vol, ids), |n, rec| {
+        rec.detail = Some(format!("{n} revision(s) removed"))
+    })
+}
+
+fn remove_locked(vol: &VolumeDir, ids: &[String]) -> Result<usize> {
+    let mut done = 0;
+    let mut revisions = vol.revisions()?;
+    let newest = revisions.last().map(|r| r.id.clone());
+    let mut order: Vec<&String> = ids.iter().collect();
+    order.sort_by_key(|id| revisions.iter().position(|r| r.id == **id));
+    for id in order {
+        if Some(id) == newest.as_ref() {
+            return Err(Error::Invalid(format!(
+                "revision {} is the newest and is never removed",
+                &id[..12]
+            )));
+        }
+        let r = revisions
+            .iter()
+            .find(|r| r.id == *id)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("no revision {id} in volume {}", vol.name)))?;
+        remove_one(vol, &revisions, &r)?;
+        revisions.retain(|x| x.id != r.id);
+        done += 1;
+    }
+    Ok(done)
+}
+
+fn remove_one(vol: &VolumeDir, revisions: &[Revision], r: &Revision) -> Result<()> {
+    let kids = children(vol, revisions, &r.id)?;
+    if kids.len() > 1 {
+        return Err(Error::Corrupt(format!(
+            "revision {} is the base of {} deltas; rbdelta never writes that",
+            r.short(),
+            kids.len()
+        )));
+    }
+    let child = kids.into_iter().next();
+    let name = |p: std::path::PathBuf| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let staged = match &child {
+        None => Staged::None,
+        Some(s) => match vol.storage_kind(&r.id)? {
+            StorageKind::Delta => Staged::Delta {
+                tmp: name(merge::stage(vol, r, s)?),
+            },
+            StorageKind::Full => {
+                let (full, fidx) = synthetic::stage(vol, s)?;
+                Staged::Full {
+                    full: name(full),
+                    fidx: name(fidx),
+                }
+            }
+        },
+    };
+    crate::fault::point("remove: staged");
+    let i = Intent {
+        op: "remove".into(),
+        remove: r.id.clone(),
+        child: child.map(|c| c.id),
+        staged,
+    };
+    intent::write(vol, &i)?;
+    crate::fault::point("remove: intent written");
+    intent::apply(vol, &i)
+}
+
+/// Gives revision `id` (a delta) its own synthetic full, so later deltas no
+/// longer depend on the older chain. Takes the exclusive volume lock.
+pub fn make_full(vol: &VolumeDir, id: &str) -> Result<()> {
+    let _lock = vol.lock(LockMode::Exclusive)?;
+    recover(vol)?;
+    let rev = vol.read_revision(id)?;
+    if vol.storage_kind(id)? == StorageKind::Full {
+        return Ok(());
+    }
+    let op = Operation::start(vol.log_path(), "synthetic-full", Some(id.to_string()), None)?;
+    op.end(
+        (|| {
+            let (full, fidx) = synthetic::stage(vol, &rev)?;
+            std::fs::rename(&fidx, vol.full_index_path(id)).map_err(|e| Error::io(&fidx, e))?;
+            std::fs::rename(&full, vol.full_path(id)).map_err(|e| Error::io(&full, e))?;
+            crate::archive::atomic::fsync_dir(&vol.data_dir())?;
+            // The full wins over the delta from here on; the delta goes.
+            std::fs::remove_file(vol.delta_path(id))
+                .map_err(|e| Error::io(vol.delta_path(id), e))?;
+            crate::archive::atomic::fsync_dir(&vol.data_dir())
+        })(),
+        |_, _| {},
+    )
+}

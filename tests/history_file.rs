@@ -1,0 +1,234 @@
+//! History edits on the file-backed source: thirty-odd revisions with grows,
+//! shrinks, discards and several fulls, pruned by retention rules and
+//! merged (deltas folded forward, fulls replaced by synthetic fulls), with
+//! every kept revision restoring to exactly its original bytes; an
+//! interrupted removal is finished by the next writer; and a property test
+//! over random histories and random removals.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use rbdelta::archive::{state, StorageKind, VolumeDir};
+use rbdelta::backup::{backup, BackupOptions};
+use rbdelta::history::{self, intent};
+use rbdelta::progress::NoProgress;
+use rbdelta::restore::file_target::FileTarget;
+use rbdelta::restore::{restore, RestoreOptions};
+use rbdelta::retention::{decide, Candidate, Retention};
+use rbdelta::source::file::{resize, write_at, FileImage};
+use rbdelta::verify::{verify_with, VerifyOptions};
+
+const BS: u64 = 4096;
+
+struct Fx {
+    dir: tempfile::TempDir,
+    image: FileImage,
+    vol: VolumeDir,
+    /// Bytes of every revision at backup time.
+    want: BTreeMap<String, Vec<u8>>,
+}
+
+fn fx() -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let image = FileImage::new(dir.path().join("img")).unwrap();
+    let vol = VolumeDir::open_or_create(&dir.path().join("archive"), "vm", BS).unwrap();
+    Fx {
+        dir,
+        image,
+        vol,
+        want: BTreeMap::new(),
+    }
+}
+
+fn snap(f: &mut Fx, full: bool) -> String {
+    let o = BackupOptions {
+        source_name: "test/vm".into(),
+        full,
+        ..Default::default()
+    };
+    let id = backup(&f.vol, &f.image, &o, &NoProgress)
+        .unwrap()
+        .revision
+        .id;
+    f.want
+        .insert(id.clone(), std::fs::read(f.image.image_path()).unwrap());
+    id
+}
+
+fn restored(f: &Fx, id: &str) -> Vec<u8> {
+    let rev = f.vol.find_revision(id).unwrap();
+    let out = f.dir.path().join(format!("r-{id}"));
+    let _ = std::fs::remove_file(&out);
+    let t = FileTarget::create(&out, rev.manifest.size, true).unwrap();
+    restore(
+        &f.vol,
+        &rev,
+        Box::new(t),
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    std::fs::read(&out).unwrap()
+}
+
+/// Every revision left restores to its bytes and the archive verifies.
+fn check_all(f: &Fx) {
+    let revs = f.vol.revisions().unwrap();
+    for r in &revs {
+        assert!(
+            restored(f, &r.id) == f.want[&r.id],
+            "revision {} restores differently",
+            r.short()
+        );
+    }
+    let deep = VerifyOptions {
+        deep: true,
+        ..Default::default()
+    };
+    let report = verify_with(&f.vol, &deep, &NoProgress).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+fn op(f: &Fx, i: u64) {
+    let size = std::fs::metadata(f.image.image_path()).unwrap().len();
+    match i % 7 {
+        0 => resize(&f.image, size + 9 * BS + 123).unwrap(),
+        3 if size > 40 * BS => resize(&f.image, size - 13 * BS - 77).unwrap(),
+        5 => write_at(
+            &f.image,
+            (i * 5 * BS) % size,
+            &vec![0u8; (3 * BS) as usize][..(3 * BS).min(size - (i * 5 * BS) % size) as usize],
+        )
+        .unwrap(),
+        _ => {
+            let at = (i * 7919 * 13) % size;
+            let len = ((i * 977) % (4 * BS)).max(1).min(size - at);
+            write_at(&f.image, at, &vec![(i as u8) | 1; len as usize]).unwrap();
+        }
+    }
+}
+
+#[test]
+fn thirty_revisions_with_resizes_pruned_and_merged_restore_exactly() {
+    let mut f = fx();
+    resize(&f.image, 64 * BS).unwrap();
+    write_at(&f.image, 0, &vec![7u8; 20 * BS as usize]).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..32u64 {
+        op(&f, i);
+        ids.push(snap(&mut f, i == 11 || i == 23));
+    }
+    check_all(&f);
+    for id in [&ids[4], &ids[17]] {
+        state::update(&f.vol.path, |s| {
+            s.revisions
+                .entry(id.clone())
+                .or_default()
+                .tags
+                .push("keep".into())
+        })
+        .unwrap();
+    }
+    // Retention: the last 5 and the tagged ones.
+    let st = state::VolumeState::load(&f.vol.state_path()).unwrap();
+    let cands: Vec<Candidate> = f
+        .vol
+        .revisions()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Candidate {
+            id: r.id.clone(),
+            time: 1_000_000 + i as i64 * 3600,
+            tags: st.get(&r.id).tags,
+        })
+        .collect();
+    let rules = Retention {
+        keep_last: Some(5),
+        ..Default::default()
+    };
+    let remove: Vec<String> = decide(&cands, &rules, 2_000_000)
+        .into_iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(remove.len(), 32 - 7);
+    assert_eq!(history::remove_revisions(&f.vol, &remove).unwrap(), 25);
+    let left: Vec<String> = f
+        .vol
+        .revisions()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let mut expect = vec![ids[4].clone(), ids[17].clone()];
+    expect.extend(ids[27..].iter().cloned());
+    assert_eq!(left, expect);
+    // The oldest kept revision needed its removed full: it has a synthetic one.
+    assert_eq!(f.vol.storage_kind(&ids[4]).unwrap(), StorageKind::Full);
+    check_all(&f);
+    // Merge the middle away; a synthetic full for the newest.
+    history::remove_revisions(&f.vol, &[ids[17].clone(), ids[28].clone()]).unwrap();
+    history::make_full(&f.vol, &ids[31]).unwrap();
+    assert_eq!(f.vol.storage_kind(&ids[31]).unwrap(), StorageKind::Full);
+    check_all(&f);
+    assert!(
+        history::remove_revisions(&f.vol, &[ids[31].clone()]).is_err(),
+        "the newest stays"
+    );
+}
+
+#[test]
+fn an_interrupted_removal_is_finished_by_the_next_writer() {
+    let mut f = fx();
+    resize(&f.image, 32 * BS).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..4u64 {
+        op(&f, i * 2 + 1);
+        ids.push(snap(&mut f, false));
+    }
+    // Stage and record the removal of revision 2, then "crash".
+    let revs = f.vol.revisions().unwrap();
+    let tmp = history::merge::stage(&f.vol, &revs[1], &revs[2]).unwrap();
+    let i = intent::Intent {
+        op: "remove".into(),
+        remove: ids[1].clone(),
+        child: Some(ids[2].clone()),
+        staged: intent::Staged::Delta {
+            tmp: tmp.file_name().unwrap().to_string_lossy().into_owned(),
+        },
+    };
+    intent::write(&f.vol, &i).unwrap();
+    check_all(&f); // nothing visible changed yet
+    op(&f, 99);
+    snap(&mut f, false); // the next backup finishes it first
+    assert!(intent::read(&f.vol).unwrap().is_none());
+    assert!(f.vol.revisions().unwrap().iter().all(|r| r.id != ids[1]));
+    f.want.remove(&ids[1]);
+    check_all(&f);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_histories_survive_random_removals(
+        ops in proptest::collection::vec(0u64..1000, 6..14),
+        fulls in proptest::collection::vec(any::<bool>(), 14),
+        gone in proptest::collection::vec(any::<bool>(), 14),
+    ) {
+        let mut f = fx();
+        resize(&f.image, 48 * BS + 100).unwrap();
+        let mut ids = Vec::new();
+        for (k, o) in ops.iter().enumerate() {
+            op(&f, *o);
+            ids.push(snap(&mut f, fulls[k] && k % 3 == 2));
+        }
+        let remove: Vec<String> = ids[..ids.len() - 1].iter().enumerate().filter(|(k, _)| gone[*k]).map(|(_, id)| id.clone()).collect();
+        history::remove_revisions(&f.vol, &remove).unwrap();
+        for id in &remove {
+            f.want.remove(id);
+        }
+        check_all(&f);
+    }
+}
