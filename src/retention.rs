@@ -35,6 +35,8 @@ pub struct Candidate {
     pub id: String,
     /// Creation time, Unix seconds.
     pub time: i64,
+    /// Position in the volume's history (breaks ties of equal times).
+    pub seq: u64,
     pub tags: Vec<String>,
 }
 
@@ -50,7 +52,7 @@ pub struct Decision {
 /// Decides for every candidate (any order); returns them newest first.
 pub fn decide(candidates: &[Candidate], rules: &Retention, now: i64) -> Vec<Decision> {
     let mut revs: Vec<&Candidate> = candidates.iter().collect();
-    revs.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
+    revs.sort_by(|a, b| b.time.cmp(&a.time).then(b.seq.cmp(&a.seq)));
     let mut out: Vec<Decision> = revs
         .iter()
         .map(|c| Decision {
@@ -144,6 +146,7 @@ mod tests {
             .map(|i| Candidate {
                 id: format!("r{i:05}"),
                 time: end - i * H,
+                seq: (days * 24 - i) as u64,
                 tags: Vec::new(),
             })
             .collect()

@@ -140,6 +140,7 @@ fn thirty_revisions_with_resizes_pruned_and_merged_restore_exactly() {
         .map(|(i, r)| Candidate {
             id: r.id.clone(),
             time: 1_000_000 + i as i64 * 3600,
+            seq: r.manifest.seq,
             tags: st.get(&r.id).tags,
         })
         .collect();

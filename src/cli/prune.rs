@@ -67,6 +67,7 @@ fn plan(
         .map(|r| Candidate {
             id: r.id.clone(),
             time: unix_of(&r.manifest.created),
+            seq: r.manifest.seq,
             tags: state.get(&r.id).tags,
         })
         .collect();

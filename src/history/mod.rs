@@ -45,7 +45,8 @@ fn children(vol: &VolumeDir, revisions: &[Revision], id: &str) -> Result<Vec<Rev
 }
 
 /// Removes the revisions `ids` (oldest first), keeping every other
-/// revision's content. Takes the exclusive volume lock.
+/// revision's content. Ids no longer present count as removed (a rerun of
+/// an interrupted removal). Takes the exclusive volume lock.
 pub fn remove_revisions(vol: &VolumeDir, ids: &[String]) -> Result<usize> {
     let _lock = vol.lock(LockMode::Exclusive)?;
     recover(vol)?;
@@ -74,11 +75,18 @@ fn remove_locked(vol: &VolumeDir, ids: &[String]) -> Result<usize> {
                 &id[..12]
             )));
         }
-        let r = revisions
-            .iter()
-            .find(|r| r.id == *id)
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("no revision {id} in volume {}", vol.name)))?;
+        // Already gone: an interrupted run of the same removal, finished
+        // by the recovery above.
+        let Some(r) = revisions.iter().find(|r| r.id == *id).cloned() else {
+            if vol.manifest_path(id).exists() {
+                return Err(Error::Invalid(format!(
+                    "no revision {id} in volume {}",
+                    vol.name
+                )));
+            }
+            done += 1;
+            continue;
+        };
         remove_one(vol, &revisions, &r)?;
         revisions.retain(|x| x.id != r.id);
         done += 1;
