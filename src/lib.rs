@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod format;
 pub mod history;
 pub mod progress;
+pub mod repair;
 pub mod restore;
 pub mod retention;
 pub mod schedule;

@@ -114,3 +114,35 @@ fn verify_all_subsets_deep_source_and_trust() {
     let out = env.ok(&["backup", "a"]);
     assert!(out.contains("a: full "), "{out}");
 }
+
+#[test]
+fn repair_restores_a_bad_block_from_the_ceph_snapshot() {
+    let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
+        return;
+    };
+    let src = ScratchImage::create(&io, "repair", 8 * MIB);
+    let img = io.open_image(&src.name).unwrap();
+    img.write(0, &pattern(2 * MIB as usize, 5)).unwrap();
+    let env = Env::new(&conf, &[("r", &src.name)]);
+    env.ok(&["backup", "r"]);
+    img.write(5 * MIB, &pattern(70_000, 6)).unwrap();
+    env.ok(&["backup", "r"]);
+    let newest = env.revisions("r")[1]["id"].as_str().unwrap().to_string();
+    flip(
+        &env.archive().join(format!("r/data/{newest}.delta")),
+        4096 + 77,
+    );
+    assert_eq!(env.fails(&["verify", "r"]).status.code(), Some(3));
+    let out = env.ok(&["repair", "r"]);
+    assert!(
+        out.contains("repaired from Ceph snapshot") && out.contains("every revision verifies"),
+        "{out}"
+    );
+    env.ok(&["verify", "r"]);
+    let list = env.ok(&["list", "r"]);
+    assert_eq!(
+        list.lines().filter(|l| l.contains(" verified ")).count(),
+        2,
+        "{list}"
+    );
+}

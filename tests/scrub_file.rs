@@ -205,3 +205,62 @@ fn source_check_passes_and_catches_an_archive_that_disagrees_with_its_snapshot()
     assert!(r.problems[1].what.contains("image checksum"));
     assert!(matches!(trust(&f, &rev.id), Trust::Distrusted { .. }));
 }
+
+#[test]
+fn repair_takes_good_copies_from_the_archive_and_the_snapshot_and_lists_the_rest() {
+    let f = fx();
+    resize(&f.image, 512 * 1024).unwrap();
+    write_at(&f.image, 0, &bytes(40 * BS as usize, 1)).unwrap();
+    let r1 = run_backup(&f).revision.id;
+    write_at(&f.image, 60 * BS, &bytes(BS as usize, 2)).unwrap(); // only ever in r2
+    let r2 = run_backup(&f).revision.id;
+    write_at(&f.image, 60 * BS, &bytes(BS as usize, 3)).unwrap();
+    let o = BackupOptions {
+        source_name: "test/vm".into(),
+        full: true,
+        ..Default::default()
+    };
+    backup(&f.vol, &f.image, &o, &NoProgress).unwrap(); // a full: blocks 0..40 as in r1
+    write_at(&f.image, 70 * BS, &bytes(BS as usize, 4)).unwrap(); // only in r4 and its snapshot
+    let r4 = run_backup(&f).revision.id;
+
+    flip(&f.vol.full_path(&r1), 5 * BS + 17);
+    let d2 = DeltaFile::open(&f.vol.delta_path(&r2)).unwrap();
+    let e2 = d2.entries.iter().find(|e| e.block == 60).copied().unwrap();
+    flip(&f.vol.delta_path(&r2), e2.offset + 3);
+    let d4 = DeltaFile::open(&f.vol.delta_path(&r4)).unwrap();
+    let e4 = d4.entries.iter().find(|e| e.block == 70).copied().unwrap();
+    flip(&f.vol.delta_path(&r4), e4.offset + 9);
+
+    let rep = rbdelta::repair::repair(&f.vol, Some(&f.image), &NoProgress).unwrap();
+    let fixed: Vec<(String, u64)> = rep
+        .fixed
+        .iter()
+        .map(|x| (x.revision.clone(), x.block))
+        .collect();
+    assert!(fixed.contains(&(r1.clone(), 5)), "{:?}", rep.fixed);
+    assert!(fixed.contains(&(r4.clone(), 70)), "{:?}", rep.fixed);
+    assert!(
+        rep.fixed
+            .iter()
+            .any(|x| x.block == 5 && x.from.starts_with("data/")),
+        "{:?}",
+        rep.fixed
+    );
+    assert!(
+        rep.fixed
+            .iter()
+            .any(|x| x.block == 70 && x.from.contains("snapshot")),
+        "{:?}",
+        rep.fixed
+    );
+    assert_eq!(rep.unfixed.len(), 1);
+    assert_eq!(
+        (rep.unfixed[0].revision.as_str(), rep.unfixed[0].block),
+        (r2.as_str(), 60)
+    );
+    assert_eq!(rep.verify.distrusted, vec![r2.clone()]);
+    assert!(matches!(trust(&f, &r1), Trust::Verified { .. }));
+    assert!(matches!(trust(&f, &r4), Trust::Verified { .. }));
+    assert!(matches!(trust(&f, &r2), Trust::Distrusted { .. }));
+}

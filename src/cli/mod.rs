@@ -12,6 +12,7 @@ mod list;
 mod log;
 mod progress;
 mod prune;
+mod repair;
 mod restore;
 mod signals;
 mod status;
@@ -88,6 +89,8 @@ enum Command {
     Untag(tag::Args),
     /// Give a revision a synthetic full built from the archive (no Ceph reads).
     SyntheticFull(SyntheticArgs),
+    /// Replace bad blocks with good copies (archive or Ceph snapshots).
+    Repair(repair::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -183,6 +186,7 @@ pub fn main() -> ExitCode {
         Command::Tag(a) => tag::run(&ctx, a, true),
         Command::Untag(a) => tag::run(&ctx, a, false),
         Command::SyntheticFull(a) => synthetic_full(&ctx, a),
+        Command::Repair(a) => repair::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,7 +49,7 @@ pub fn stage(vol: &VolumeDir, s: &Revision) -> Result<(PathBuf, PathBuf)> {
             // Zero at S: the copy must not hold data there.
             Source::Stored { .. } | Source::Zero => {
                 if offset < base.size {
-                    punch(&full.file, offset, r.len).at(&full.path)?;
+                    crate::archive::atomic::punch_hole(&full.file, offset, r.len).at(&full.path)?;
                 }
             }
         }
@@ -127,25 +127,4 @@ fn copy_plain(from: &File, to: &File, mut at: u64, end: u64) -> std::io::Result<
         at += n as u64;
     }
     Ok(())
-}
-
-fn punch(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    // SAFETY: fallocate on a valid descriptor with in-range values.
-    let rc = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-        // No hole punching here: write zeros instead.
-        return f.write_all_at(&vec![0u8; len as usize], offset);
-    }
-    Err(e)
 }

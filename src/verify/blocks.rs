@@ -22,6 +22,18 @@ pub struct FileCheck {
     pub bytes_read: u64,
     pub blocks_checked: u64,
     pub problems: Vec<Problem>,
+    /// The bad blocks, for repair.
+    pub bad: Vec<BadBlock>,
+}
+
+/// A stored block that does not read back as it should.
+#[derive(Debug, Clone, Copy)]
+pub enum BadBlock {
+    /// A listed block whose data fails its hash.
+    Data(BlockEntry),
+    /// An unlisted region of a full (block `block`, `len` bytes) that is
+    /// not zero.
+    Hole { block: u64, len: u64 },
 }
 
 pub fn data_len(vol: &VolumeDir, id: &str) -> Option<u64> {
@@ -55,8 +67,9 @@ pub fn check_data(
                 progress,
                 &mut fc,
             )?;
-            let holes = check_holes(id, &file, &path, idx.entries()?, len, bs, subset)?;
-            fc.problems.extend(holes);
+            let (problems, bad) = check_holes(id, &file, &path, idx.entries()?, len, bs, subset)?;
+            fc.problems.extend(problems);
+            fc.bad.extend(bad);
         }
         StorageKind::Delta => {
             let path = vol.delta_path(id);
@@ -91,6 +104,7 @@ fn check_entries(
         fc.bytes_read += e.len as u64;
         fc.blocks_checked += 1;
         if block_hash(&buf) != e.hash {
+            fc.bad.push(BadBlock::Data(e));
             let start = e.block * bs;
             fc.problems.push(Problem {
                 revision: id.to_string(),
@@ -112,8 +126,9 @@ fn check_holes(
     size: u64,
     bs: u64,
     subset: Option<Subset>,
-) -> Result<Vec<Problem>> {
+) -> Result<(Vec<Problem>, Vec<BadBlock>)> {
     let mut problems = Vec::new();
+    let mut bad = Vec::new();
     let mut listed = listed.peekable();
     let mut buf = vec![0u8; bs as usize];
     let mut pos = 0u64;
@@ -139,6 +154,10 @@ fn check_holes(
                 let len = (size - block * bs).min(bs) as usize;
                 file.read_exact_at(&mut buf[..len], block * bs).at(path)?;
                 if !is_zero(&buf[..len]) {
+                    bad.push(BadBlock::Hole {
+                        block,
+                        len: len as u64,
+                    });
                     problems.push(Problem {
                         revision: id.to_string(),
                         range: Some((block * bs, block * bs + len as u64)),
@@ -151,7 +170,7 @@ fn check_holes(
         next_block = block;
         pos = end;
     }
-    Ok(problems)
+    Ok((problems, bad))
 }
 
 /// The next data region at or after `pos` (SEEK_DATA / SEEK_HOLE).

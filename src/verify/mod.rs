@@ -12,7 +12,7 @@
 //! fails is distrusted (so it is never a backup's base again), and a full
 //! verify that finds nothing marks the revisions it covered verified.
 
-mod blocks;
+pub(crate) mod blocks;
 pub mod source;
 pub mod subset;
 
