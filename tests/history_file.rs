@@ -233,3 +233,36 @@ proptest! {
         check_all(&f);
     }
 }
+
+#[test]
+fn full_every_with_synthetic_fulls_builds_the_full_from_the_archive() {
+    let mut f = fx();
+    resize(&f.image, 40 * BS).unwrap();
+    write_at(&f.image, 0, &vec![3u8; 30 * BS as usize]).unwrap();
+    let mut kinds = Vec::new();
+    for i in 0..5u64 {
+        op(&f, i * 3 + 1);
+        let o = BackupOptions {
+            source_name: "test/vm".into(),
+            full_every: Some(rbdelta::config::FullEvery::Deltas(2)),
+            synthetic_fulls: true,
+            ..Default::default()
+        };
+        let r = backup(&f.vol, &f.image, &o, &NoProgress).unwrap();
+        f.want.insert(
+            r.revision.id.clone(),
+            std::fs::read(f.image.image_path()).unwrap(),
+        );
+        if i == 3 {
+            assert!(r.synthetic_full);
+            assert!(
+                r.bytes_read < 30 * BS,
+                "a synthetic full reads only the delta from the source"
+            );
+        }
+        kinds.push(f.vol.storage_kind(&r.revision.id).unwrap());
+    }
+    use StorageKind::*;
+    assert_eq!(kinds, [Full, Delta, Delta, Full, Delta]);
+    check_all(&f);
+}

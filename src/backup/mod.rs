@@ -42,6 +42,9 @@ pub struct BackupOptions {
     pub full_every: Option<crate::config::FullEvery>,
     /// Tags for the new revision (`backup --tag`).
     pub tags: Vec<String>,
+    /// When `full_every` says a full is due, store a delta and then build a
+    /// synthetic full from the archive instead of reading the whole image.
+    pub synthetic_fulls: bool,
 }
 
 impl Default for BackupOptions {
@@ -53,6 +56,7 @@ impl Default for BackupOptions {
             source_name: String::new(),
             full_every: None,
             tags: Vec::new(),
+            synthetic_fulls: false,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct BackupReport {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub duration: std::time::Duration,
+    /// The new revision got a synthetic full after its delta.
+    pub synthetic_full: bool,
 }
 
 impl BackupReport {
@@ -127,6 +133,11 @@ fn backup_locked(
     let state = VolumeState::load(&vol.state_path())?;
     let parent = revisions.last().cloned();
     let mut mode = choose_mode(image, vol, &revisions, &state, opts)?;
+    let synthesize = if opts.synthetic_fulls && mode != Mode::Full {
+        full_due(vol, &revisions, opts)?
+    } else {
+        None
+    };
     // A delta needs its parent's chain; an unreadable one means a full.
     let parent_chain = match (&parent, &mode) {
         (Some(p), Mode::Diff { .. } | Mode::Compare { .. }) => match Chain::open(vol, p) {
@@ -187,12 +198,22 @@ fn backup_locked(
     let t = Instant::now();
     commit::finish(vol, image, &revision, &opts.tags)?;
     tracing::info!(volume = %vol.name, "old snapshots removed in {:?}", t.elapsed());
+    if let Some(why) = &synthesize {
+        // The delta is committed; the full is an optimisation of its storage.
+        match crate::history::make_full_locked(vol, &revision.id) {
+            Ok(()) => tracing::info!(volume = %vol.name, "synthetic full written: {why}"),
+            Err(e) => {
+                tracing::warn!(volume = %vol.name, "synthetic full failed, the delta stays: {e}")
+            }
+        }
+    }
     Ok(BackupReport {
         revision,
         mode,
         bytes_read,
         bytes_written,
         duration: started.elapsed(),
+        synthetic_full: synthesize.is_some(),
     })
 }
 
@@ -209,9 +230,8 @@ fn choose_mode(
     if opts.full {
         return Ok(Mode::Full);
     }
-    if let Some(policy) = opts.full_every {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if let Some(why) = policy::full_due(vol, revisions, policy, now)? {
+    if let Some(why) = full_due(vol, revisions, opts)? {
+        if !opts.synthetic_fulls {
             tracing::info!(volume = %vol.name, "writing a full: {why}");
             return Ok(Mode::Full);
         }
@@ -243,6 +263,22 @@ fn choose_mode(
     Ok(Mode::Diff {
         base_snapshot: base,
     })
+}
+
+fn full_due(
+    vol: &VolumeDir,
+    revisions: &[Revision],
+    opts: &BackupOptions,
+) -> Result<Option<String>> {
+    match opts.full_every {
+        Some(policy) => policy::full_due(
+            vol,
+            revisions,
+            policy,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        ),
+        None => Ok(None),
+    }
 }
 
 /// `<volume prefix><UTC time>-<random>`: unique, sortable, recognisable.

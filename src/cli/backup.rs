@@ -37,9 +37,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         return Err(Failure::usage("name at least one volume, or use --all"));
     }
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Before connecting: librados' threads must inherit the signal mask.
+    // Before any connection: librados' threads must inherit the signal mask.
     super::signals::stop_on_terminate(cancel.clone());
-    let mut fleet = Fleet::new(ctx.connect(&cfg)?, &cfg);
+    let mut fleet = Fleet::new(&cfg);
     fleet.cancel = cancel;
     let all_listed = a.volumes.iter().all(|n| cfg.listed().any(|v| v.name == *n));
     let resolved = if a.all || !all_listed {

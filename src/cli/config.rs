@@ -35,7 +35,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    let fleet = Fleet::new(ctx.connect(&cfg)?, &cfg);
+    let fleet = Fleet::new(&cfg);
+    let client = fleet.client()?;
     let resolved = fleet.resolve(&cfg);
     let mut problems: Vec<String> = resolved
         .unresolved
@@ -46,8 +47,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         .map(String::from)
         .to_vec()];
     for v in &resolved.volumes {
-        let exists = fleet
-            .cluster
+        let exists = client
             .ioctx(&v.pool)
             .and_then(|io| io.image_exists(&v.image));
         match exists {

@@ -4,9 +4,9 @@
 
 use rbdelta::archive::state::VolumeState;
 use rbdelta::archive::VolumeDir;
-use rbdelta::history::remove_revisions;
-use rbdelta::retention::{decide, Candidate, Retention};
-use rbdelta::status::{settings_for, unix_of};
+use rbdelta::history::{prune_plan, remove_revisions};
+use rbdelta::retention::Retention;
+use rbdelta::status::settings_for;
 
 use super::{open_volume, table, Ctx, Failure};
 
@@ -60,18 +60,8 @@ fn plan(
     now: i64,
     dry_run: bool,
 ) -> anyhow::Result<Vec<String>> {
-    let state = VolumeState::load(&vol.state_path())?;
     let revisions = vol.revisions()?;
-    let candidates: Vec<Candidate> = revisions
-        .iter()
-        .map(|r| Candidate {
-            id: r.id.clone(),
-            time: unix_of(&r.manifest.created),
-            seq: r.manifest.seq,
-            tags: state.get(&r.id).tags,
-        })
-        .collect();
-    let decisions = decide(&candidates, rules, now);
+    let decisions = prune_plan(vol, rules, now)?;
     let mut rows = vec![["ID", "CREATED", "ACTION", "WHY"]
         .map(String::from)
         .to_vec()];

@@ -152,6 +152,9 @@ pub struct Settings {
     /// Read rate of this volume's backup, bytes per second.
     pub bandwidth: Option<u64>,
     pub full_every: Option<FullEvery>,
+    /// Build the fulls `full_every` asks for from the archive (synthetic)
+    /// instead of reading the image.
+    pub synthetic_fulls: bool,
     pub hooks: Hooks,
     /// Retries of a backup that failed with a temporary error (daemon).
     pub retries: u32,
@@ -438,6 +441,10 @@ impl Validator<'_> {
                 Some(f) => Some(f),
                 None => base.and_then(|b| b.full_every),
             },
+            synthetic_fulls: o
+                .synthetic_fulls
+                .or(base.map(|b| b.synthetic_fulls))
+                .unwrap_or(false),
             hooks,
             retention: match o.retention {
                 Some(r) => crate::retention::Retention {
@@ -488,6 +495,7 @@ struct Overrides<'a> {
     whole_object: Option<bool>,
     bandwidth: &'a Option<S<String>>,
     full_every: &'a Option<S<String>>,
+    synthetic_fulls: Option<bool>,
     hooks: Option<&'a S<RawHooks>>,
     retries: Option<u32>,
     retry_delay: &'a Option<S<String>>,
@@ -504,6 +512,7 @@ impl<'a> Overrides<'a> {
             whole_object: d.whole_object,
             bandwidth: &d.bandwidth,
             full_every: &d.full_every,
+            synthetic_fulls: d.synthetic_fulls,
             hooks: d.hooks.as_ref(),
             retries: d.retries,
             retry_delay: &d.retry_delay,
@@ -519,6 +528,7 @@ impl<'a> Overrides<'a> {
             whole_object: v.whole_object,
             bandwidth: &v.bandwidth,
             full_every: &v.full_every,
+            synthetic_fulls: v.synthetic_fulls,
             hooks: v.hooks.as_ref(),
             retries: v.retries,
             retry_delay: &v.retry_delay,

@@ -131,7 +131,7 @@ impl Daemon {
             }
             match Cluster::connect(&self.cfg.ceph.options()) {
                 Ok(c) => {
-                    let mut f = Fleet::new(c, &self.cfg);
+                    let mut f = Fleet::with_client(c, &self.cfg);
                     f.cancel = self.cancel.clone();
                     self.fleet = Some(Arc::new(f));
                     self.resolved_at = 0;
@@ -218,7 +218,21 @@ impl Daemon {
 
 fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Outcome {
     match kind {
-        JobKind::Backup => backup_volume(fleet, vol, false, &[], obs),
+        JobKind::Backup => {
+            let o = backup_volume(fleet, vol, false, &[], obs);
+            if o.ok && !vol.settings.retention.is_empty() {
+                // Retention right after a successful backup, so a fleet
+                // with rules never grows past them.
+                let pruned = crate::archive::VolumeDir::open(&fleet.archive, &vol.name)
+                    .and_then(|d| crate::history::prune(&d, &vol.settings.retention, now()));
+                match pruned {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("{}: {n} revision(s) pruned", vol.name),
+                    Err(e) => tracing::error!("{}: prune failed: {e}", vol.name),
+                }
+            }
+            o
+        }
         JobKind::Verify => {
             let day = (now() / 86_400) as u64;
             let subset = vol

@@ -136,11 +136,54 @@ fn remove_one(vol: &VolumeDir, revisions: &[Revision], r: &Revision) -> Result<(
     intent::apply(vol, &i)
 }
 
+/// What `rules` decide for every revision of `vol` at time `now`, newest
+/// first.
+pub fn prune_plan(
+    vol: &VolumeDir,
+    rules: &crate::retention::Retention,
+    now: i64,
+) -> Result<Vec<crate::retention::Decision>> {
+    let state = crate::archive::state::VolumeState::load(&vol.state_path())?;
+    let candidates: Vec<crate::retention::Candidate> = vol
+        .revisions()?
+        .iter()
+        .map(|r| crate::retention::Candidate {
+            id: r.id.clone(),
+            time: crate::status::unix_of(&r.manifest.created),
+            seq: r.manifest.seq,
+            tags: state.get(&r.id).tags,
+        })
+        .collect();
+    Ok(crate::retention::decide(&candidates, rules, now))
+}
+
+/// Applies `rules` to `vol`: removes what they do not keep. Returns how
+/// many revisions went.
+pub fn prune(vol: &VolumeDir, rules: &crate::retention::Retention, now: i64) -> Result<usize> {
+    if rules.is_empty() {
+        return Ok(0);
+    }
+    let remove: Vec<String> = prune_plan(vol, rules, now)?
+        .into_iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.id)
+        .collect();
+    if remove.is_empty() {
+        return Ok(0);
+    }
+    remove_revisions(vol, &remove)
+}
+
 /// Gives revision `id` (a delta) its own synthetic full, so later deltas no
 /// longer depend on the older chain. Takes the exclusive volume lock.
 pub fn make_full(vol: &VolumeDir, id: &str) -> Result<()> {
     let _lock = vol.lock(LockMode::Exclusive)?;
     recover(vol)?;
+    make_full_locked(vol, id)
+}
+
+/// [`make_full`] for a caller that holds the exclusive lock.
+pub fn make_full_locked(vol: &VolumeDir, id: &str) -> Result<()> {
     let rev = vol.read_revision(id)?;
     if vol.storage_kind(id)? == StorageKind::Full {
         return Ok(());
