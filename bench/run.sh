@@ -6,6 +6,8 @@
 #   full backup      rbdelta backup (first)    vs  rbd export  + sync
 #   incremental      rbdelta backup (delta)    vs  rbd export-diff + sync
 #   restore          rbdelta restore --to-image vs rbd import
+#   synthetic full   rbdelta synthetic-full    vs  rbdelta backup --full (from Ceph)
+#   merge            MiB/s of delta folded by rbdelta merge
 #
 # Workload (deterministic): an image of IMAGE_GIB with about half of it
 # written in 4 MiB pieces; then SCATTER scattered 4-64 KiB writes and a grow
@@ -93,6 +95,19 @@ done
 
 "$bin" --no-progress verify bench >/dev/null
 delta_bytes=$(stat -c %s "$work/archive/bench/data/"*.delta)
+
+# History edits, on the same data: a second delta, then fold the first delta
+# into it (merge throughput), then a synthetic full of the newest revision
+# against reading a new full from Ceph.
+echo "bench: merge and synthetic full" >&2
+"$py" "$samples" scatter rbd bench "$SCATTER" 9
+"$bin" --no-progress backup bench >/dev/null
+read -r first second third < <("$bin" list bench --json | "$py" -c 'import json,sys; print(" ".join(r["id"] for r in json.load(sys.stdin)))')
+merged_bytes=$(stat -c %s "$work/archive/bench/data/$second.delta")
+measure merge "$bin" --no-progress merge bench "$second" "$third"
+measure synthetic "$bin" --no-progress synthetic-full bench "$third"
+measure ceph_full "$bin" --no-progress backup bench --full
+"$bin" --no-progress verify bench >/dev/null
 diff_bytes=$(stat -c %s "$work/diff.bin")
 
 ratio() { awk "BEGIN{printf \"%.2f\", $1 / $2}"; }
@@ -102,6 +117,9 @@ row() { printf '%-14s %10s %10s %8s %11s MiB %10s MiB\n' "$1" "${secs[$2]}" "${s
 row "full backup" full export
 row "incremental" incremental export_diff
 row "restore" restore import
+printf '%-14s %10s %10s %8s %11s MiB %10s MiB\n' "synthetic full" "${secs[synthetic]}" "${secs[ceph_full]}" "$(ratio "${secs[synthetic]}" "${secs[ceph_full]}")" "$(mib "${rss[synthetic]}")" "$(mib "${rss[ceph_full]}")"
+echo "(synthetic full: rbdelta synthetic-full vs rbdelta backup --full reading the image from Ceph)"
+echo "merge: folded a $((merged_bytes / 1048576)) MiB delta in ${secs[merge]} s: $(awk "BEGIN{printf \"%.0f\", $merged_bytes / 1048576 / ${secs[merge]}}") MiB/s"
 echo
 echo "image ${IMAGE_GIB} GiB, ${SCATTER} scattered writes; delta file $((delta_bytes / 1048576)) MiB vs export-diff $((diff_bytes / 1048576)) MiB"
 echo "(rbd export/export-diff are followed by sync; rbdelta fsyncs its own files; ratio < 1 means rbdelta is faster)"
