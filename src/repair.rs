@@ -111,7 +111,7 @@ fn repair_locked(
         let file = OpenOptions::new().write(true).open(&path).at(&path)?;
         match b {
             BadBlock::Hole { block, len } => {
-                crate::archive::atomic::punch_hole(&file, block * vol.block_size, len).at(&path)?;
+                crate::archive::sparse::punch_hole(&file, block * vol.block_size, len).at(&path)?;
                 file.sync_all().at(&path)?;
                 fixed.push(Fixed {
                     revision: rev.id.clone(),

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::cli::{read_image, restore_to_image, stderr, Env};
-use common::{pattern, test_conf, test_ioctx, test_pool, unique_name, ScratchImage};
+use common::{flip_byte, pattern, test_conf, test_ioctx, test_pool, unique_name, ScratchImage};
 
 const MIB: u64 = 1 << 20;
 
@@ -118,19 +118,6 @@ fn clone_is_backed_up_with_its_parent_data() {
     drop(child); // before the parent
 }
 
-fn flip(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 1;
-    f.write_all_at(&b, at).unwrap();
-}
-
 #[test]
 fn verify_names_flipped_bytes_in_a_full_and_a_delta() {
     let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
@@ -150,8 +137,8 @@ fn verify_names_flipped_bytes_in_a_full_and_a_delta() {
         revs[1]["id"].as_str().unwrap(),
     );
     let data = env.archive().join("flip/data");
-    flip(&data.join(format!("{full}.full")), MIB + 5);
-    flip(&data.join(format!("{delta}.delta")), 4096 + 100);
+    flip_byte(&data.join(format!("{full}.full")), MIB + 5);
+    flip_byte(&data.join(format!("{delta}.delta")), 4096 + 100);
     let out = env.fails(&["verify", "flip"]);
     assert_eq!(out.status.code(), Some(3));
     let text = String::from_utf8_lossy(&out.stdout);

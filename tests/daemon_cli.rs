@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::cli::{stderr, Env};
-use common::{pattern, test_conf, test_ioctx, test_pool, ScratchImage};
+use common::{flip_byte, pattern, test_conf, test_ioctx, test_pool, ScratchImage};
 
 const MIB: u64 = 1 << 20;
 
@@ -417,7 +416,7 @@ fn status_prometheus_check_and_log_report_what_happened() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "full"))
         .unwrap();
-    flip(&full, 50_000);
+    flip_byte(&full, 50_000);
     assert_eq!(env.fails(&["verify", "a"]).status.code(), Some(3));
     let (code, line) = check(&env, &["a"]);
     assert_eq!(code, 2, "{line}");
@@ -464,17 +463,4 @@ fn status_prometheus_check_and_log_report_what_happened() {
         "failures before the volume log are shown: {broken}"
     );
     assert_eq!(env.ok(&["log", "-n", "1"]).lines().count(), 1);
-}
-
-fn flip(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0xff;
-    f.write_all_at(&b, at).unwrap();
 }

@@ -2,8 +2,9 @@
 //! revision restores to exactly the bytes it had, across writes, discards,
 //! grows and shrinks, and damage is found.
 
-use std::path::Path;
+mod common;
 
+use common::flip_byte;
 use proptest::prelude::*;
 use rbdelta::archive::VolumeDir;
 use rbdelta::backup::{backup, BackupOptions, Mode};
@@ -42,21 +43,6 @@ fn opts() -> BackupOptions {
         source_name: "test/vm".into(),
         ..Default::default()
     }
-}
-
-fn restore_bytes(f: &Fixture, id: &str) -> Vec<u8> {
-    let rev = f.vol.find_revision(id).unwrap();
-    let out = f.root.parent().unwrap().join(format!("out-{id}"));
-    let target = FileTarget::create(&out, rev.manifest.size, true).unwrap();
-    restore(
-        &f.vol,
-        &rev,
-        Box::new(target),
-        &RestoreOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-    std::fs::read(&out).unwrap()
 }
 
 fn live(f: &Fixture) -> Vec<u8> {
@@ -116,7 +102,7 @@ proptest! {
             expected.push((r.revision.id.clone(), bytes));
         }
         for (id, bytes) in &expected {
-            let got = restore_bytes(&f, id);
+            let got = common::restore_to_vec(&f.vol, id, f.root.parent().unwrap());
             prop_assert!(got == *bytes, "revision {} differs", id);
             // random access agrees with the sequential walk, block by block
             let chain = rbdelta::chain::Chain::open(&f.vol, &f.vol.find_revision(id).unwrap()).unwrap();
@@ -147,7 +133,10 @@ fn incremental_stores_only_changed_blocks_and_keeps_one_snapshot() {
     );
     let snaps = f.image.snapshot_names().unwrap();
     assert_eq!(snaps, vec![r2.revision.manifest.snapshot.clone()]);
-    assert_eq!(restore_bytes(&f, &r2.revision.id), live(&f));
+    assert_eq!(
+        common::restore_to_vec(&f.vol, &r2.revision.id, f.root.parent().unwrap()),
+        live(&f)
+    );
 }
 
 #[test]
@@ -168,24 +157,14 @@ fn missing_base_snapshot_falls_back_to_checksum_compare() {
         3 * BS,
         "two partly zeroed blocks and one written block"
     );
-    assert_eq!(restore_bytes(&f, &r2.revision.id), live(&f));
+    assert_eq!(
+        common::restore_to_vec(&f.vol, &r2.revision.id, f.root.parent().unwrap()),
+        live(&f)
+    );
     assert!(verify(&f.vol, None, &NoProgress)
         .unwrap()
         .problems
         .is_empty());
-}
-
-fn flip_byte(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    file.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x40;
-    file.write_all_at(&b, at).unwrap();
 }
 
 #[test]
@@ -261,7 +240,7 @@ fn archive_files_are_owner_only_and_log_every_operation() {
     write_at(&f.image, 70_000, &[2u8; 5000]).unwrap();
     backup(&f.vol, &f.image, &opts(), &NoProgress).unwrap();
     verify(&f.vol, None, &NoProgress).unwrap();
-    restore_bytes(&f, &r1.revision.id);
+    common::restore_to_vec(&f.vol, &r1.revision.id, f.root.parent().unwrap());
     let mut stack = vec![f.root.clone()];
     while let Some(p) = stack.pop() {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
@@ -356,7 +335,10 @@ fn an_unreadable_parent_makes_the_next_backup_a_full() {
     write_at(&f.image, 50_000, &[6u8; 10]).unwrap();
     let r2 = backup(&f.vol, &f.image, &opts(), &NoProgress).unwrap();
     assert_eq!(r2.mode, Mode::Full);
-    assert_eq!(restore_bytes(&f, &r2.revision.id), live(&f));
+    assert_eq!(
+        common::restore_to_vec(&f.vol, &r2.revision.id, f.root.parent().unwrap()),
+        live(&f)
+    );
     let report = verify(&f.vol, None, &NoProgress).unwrap();
     assert!(
         report.problems.iter().all(|p| p.revision == r1.revision.id),

@@ -5,6 +5,8 @@
 //! interrupted removal is finished by the next writer; and a property test
 //! over random histories and random removals.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
@@ -12,8 +14,6 @@ use rbdelta::archive::{state, StorageKind, VolumeDir};
 use rbdelta::backup::{backup, BackupOptions};
 use rbdelta::history::{self, intent};
 use rbdelta::progress::NoProgress;
-use rbdelta::restore::file_target::FileTarget;
-use rbdelta::restore::{restore, RestoreOptions};
 use rbdelta::retention::{decide, Candidate, Retention};
 use rbdelta::source::file::{resize, write_at, FileImage};
 use rbdelta::verify::{verify_with, VerifyOptions};
@@ -56,19 +56,7 @@ fn snap(f: &mut Fx, full: bool) -> String {
 }
 
 fn restored(f: &Fx, id: &str) -> Vec<u8> {
-    let rev = f.vol.find_revision(id).unwrap();
-    let out = f.dir.path().join(format!("r-{id}"));
-    let _ = std::fs::remove_file(&out);
-    let t = FileTarget::create(&out, rev.manifest.size, true).unwrap();
-    restore(
-        &f.vol,
-        &rev,
-        Box::new(t),
-        &RestoreOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-    std::fs::read(&out).unwrap()
+    common::restore_to_vec(&f.vol, id, f.dir.path())
 }
 
 /// Every revision left restores to its bytes and the archive verifies.

@@ -6,22 +6,9 @@
 mod common;
 
 use common::cli::{stderr, Env};
-use common::{pattern, test_conf, test_ioctx, test_pool, unique_name, ScratchImage};
+use common::{flip_byte, pattern, test_conf, test_ioctx, test_pool, unique_name, ScratchImage};
 
 const MIB: u64 = 1 << 20;
-
-fn flip(path: &std::path::Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0xff;
-    f.write_all_at(&b, at).unwrap();
-}
 
 #[test]
 fn verify_all_subsets_deep_source_and_trust() {
@@ -75,7 +62,7 @@ fn verify_all_subsets_deep_source_and_trust() {
     // and status show it, restore warns, the next backup is a full.
     let revs = env.revisions("a");
     let newest = revs[1]["id"].as_str().unwrap().to_string();
-    flip(
+    flip_byte(
         &env.archive().join(format!("a/data/{newest}.delta")),
         4096 + 10,
     );
@@ -128,7 +115,7 @@ fn repair_restores_a_bad_block_from_the_ceph_snapshot() {
     img.write(5 * MIB, &pattern(70_000, 6)).unwrap();
     env.ok(&["backup", "r"]);
     let newest = env.revisions("r")[1]["id"].as_str().unwrap().to_string();
-    flip(
+    flip_byte(
         &env.archive().join(format!("r/data/{newest}.delta")),
         4096 + 77,
     );

@@ -4,6 +4,9 @@
 //! restore would, and `--source` catches an archive that disagrees with
 //! its snapshot.
 
+mod common;
+
+use common::flip_byte;
 use rbdelta::archive::state::{Trust, VolumeState};
 use rbdelta::archive::VolumeDir;
 use rbdelta::backup::{backup, BackupOptions, Mode};
@@ -41,19 +44,6 @@ fn run_backup(f: &Fx) -> rbdelta::backup::BackupReport {
         ..Default::default()
     };
     backup(&f.vol, &f.image, &o, &NoProgress).unwrap()
-}
-
-fn flip(path: &std::path::Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    file.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x5a;
-    file.write_all_at(&b, at).unwrap();
 }
 
 /// A full of 1 MiB (256 blocks) and three deltas, one of them a grow.
@@ -101,7 +91,7 @@ fn subset_scrubs_cover_every_stored_block_once_and_find_each_corruption_once() {
 
     // one bad block in the full (block 130) and one in the second delta
     let full = f.vol.full_path(&ids[0]);
-    flip(&full, 130 * BS + 9);
+    flip_byte(&full, 130 * BS + 9);
     let delta_path = f.vol.delta_path(&ids[2]);
     let entry = DeltaFile::open(&delta_path)
         .unwrap()
@@ -109,7 +99,7 @@ fn subset_scrubs_cover_every_stored_block_once_and_find_each_corruption_once() {
         .into_iter()
         .find(|e| !e.zero)
         .unwrap();
-    flip(&delta_path, entry.offset + 1);
+    flip_byte(&delta_path, entry.offset + 1);
     let mut found = Vec::new();
     for n in 1..=m {
         let o = VerifyOptions {
@@ -132,7 +122,7 @@ fn damage_distrusts_exactly_the_revisions_that_read_it_and_forces_a_full() {
     let f = fx();
     let ids = history(&f);
     // Block 70 of the full: the last revision rewrote it, the others read it.
-    flip(&f.vol.full_path(&ids[0]), 70 * BS + 3);
+    flip_byte(&f.vol.full_path(&ids[0]), 70 * BS + 3);
     let r = verify_with(&f.vol, &VerifyOptions::default(), &NoProgress).unwrap();
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
     let mut distrusted = r.distrusted.clone();
@@ -167,7 +157,7 @@ fn damage_distrusts_exactly_the_revisions_that_read_it_and_forces_a_full() {
         .into_iter()
         .find(|e| !e.zero)
         .unwrap();
-    flip(&newest, e.offset);
+    flip_byte(&newest, e.offset);
     verify_with(&f.vol, &VerifyOptions::default(), &NoProgress).unwrap();
     assert!(matches!(trust(&f, &ids[3]), Trust::Distrusted { .. }));
     write_at(&f.image, 0, &bytes(100, 9)).unwrap();
@@ -190,7 +180,7 @@ fn source_check_passes_and_catches_an_archive_that_disagrees_with_its_snapshot()
     assert_eq!(r.verified, vec![rev.id.clone()]);
     drop(snap);
     // The snapshot says something else than what the archive stored.
-    flip(
+    flip_byte(
         &f.dir.path().join("img/snaps").join(&rev.manifest.snapshot),
         5 * BS + 1,
     );
@@ -224,13 +214,13 @@ fn repair_takes_good_copies_from_the_archive_and_the_snapshot_and_lists_the_rest
     write_at(&f.image, 70 * BS, &bytes(BS as usize, 4)).unwrap(); // only in r4 and its snapshot
     let r4 = run_backup(&f).revision.id;
 
-    flip(&f.vol.full_path(&r1), 5 * BS + 17);
+    flip_byte(&f.vol.full_path(&r1), 5 * BS + 17);
     let d2 = DeltaFile::open(&f.vol.delta_path(&r2)).unwrap();
     let e2 = d2.entries.iter().find(|e| e.block == 60).copied().unwrap();
-    flip(&f.vol.delta_path(&r2), e2.offset + 3);
+    flip_byte(&f.vol.delta_path(&r2), e2.offset + 3);
     let d4 = DeltaFile::open(&f.vol.delta_path(&r4)).unwrap();
     let e4 = d4.entries.iter().find(|e| e.block == 70).copied().unwrap();
-    flip(&f.vol.delta_path(&r4), e4.offset + 9);
+    flip_byte(&f.vol.delta_path(&r4), e4.offset + 9);
 
     let rep = rbdelta::repair::repair(&f.vol, Some(&f.image), &NoProgress).unwrap();
     let fixed: Vec<(String, u64)> = rep

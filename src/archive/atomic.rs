@@ -93,30 +93,6 @@ impl Drop for TempFile {
     }
 }
 
-/// Makes `[offset, offset + len)` of `f` read as zeros, freeing the space
-/// where the file system can punch holes (writing zeros where it cannot).
-pub fn punch_hole(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: fallocate on a valid descriptor with in-range values.
-    let rc = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-        return f.write_all_at(&vec![0u8; len as usize], offset);
-    }
-    Err(e)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

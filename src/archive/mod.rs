@@ -9,6 +9,7 @@ pub mod atomic;
 pub mod global;
 pub mod lock;
 pub mod oplog;
+pub mod sparse;
 pub mod state;
 
 use std::path::{Path, PathBuf};
@@ -316,6 +317,23 @@ impl VolumeDir {
 }
 
 /// Whether `name` is a safe single path component for a volume directory.
+/// The volume directories under the archive root (valid names with a
+/// volume header), sorted. A missing root has none.
+pub fn list_volumes(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .filter(|n| {
+                    valid_volume_name(n) && root.join(n).join("rbdelta-volume.json").exists()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 pub fn valid_volume_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128

@@ -132,12 +132,18 @@ fn backup_locked(
     let revisions = vol.revisions()?;
     let state = VolumeState::load(&vol.state_path())?;
     let parent = revisions.last().cloned();
-    let mut mode = choose_mode(image, vol, &revisions, &state, opts)?;
-    let synthesize = if opts.synthetic_fulls && mode != Mode::Full {
-        full_due(vol, &revisions, opts)?
-    } else {
-        None
+    // Why `full-every` wants a full now, if it does (judged once).
+    let due = match (opts.full_every, revisions.is_empty() || opts.full) {
+        (Some(policy), false) => policy::full_due(
+            vol,
+            &revisions,
+            policy,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )?,
+        _ => None,
     };
+    let mut mode = choose_mode(image, vol, &revisions, &state, opts, due.as_deref())?;
+    let synthesize = due.filter(|_| opts.synthetic_fulls && mode != Mode::Full);
     // A delta needs its parent's chain; an unreadable one means a full.
     let parent_chain = match (&parent, &mode) {
         (Some(p), Mode::Diff { .. } | Mode::Compare { .. }) => match Chain::open(vol, p) {
@@ -223,6 +229,7 @@ fn choose_mode(
     revisions: &[Revision],
     state: &VolumeState,
     opts: &BackupOptions,
+    full_due: Option<&str>,
 ) -> Result<Mode> {
     let Some(parent) = revisions.last() else {
         return Ok(Mode::Full);
@@ -230,11 +237,9 @@ fn choose_mode(
     if opts.full {
         return Ok(Mode::Full);
     }
-    if let Some(why) = full_due(vol, revisions, opts)? {
-        if !opts.synthetic_fulls {
-            tracing::info!(volume = %vol.name, "writing a full: {why}");
-            return Ok(Mode::Full);
-        }
+    if let Some(why) = full_due.filter(|_| !opts.synthetic_fulls) {
+        tracing::info!(volume = %vol.name, "writing a full: {why}");
+        return Ok(Mode::Full);
     }
     let pstate = state.get(&parent.id);
     if let Trust::Distrusted { reason } = &pstate.trust {
@@ -263,22 +268,6 @@ fn choose_mode(
     Ok(Mode::Diff {
         base_snapshot: base,
     })
-}
-
-fn full_due(
-    vol: &VolumeDir,
-    revisions: &[Revision],
-    opts: &BackupOptions,
-) -> Result<Option<String>> {
-    match opts.full_every {
-        Some(policy) => policy::full_due(
-            vol,
-            revisions,
-            policy,
-            time::OffsetDateTime::now_utc().unix_timestamp(),
-        ),
-        None => Ok(None),
-    }
 }
 
 /// `<volume prefix><UTC time>-<random>`: unique, sortable, recognisable.

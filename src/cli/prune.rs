@@ -6,7 +6,6 @@ use rbdelta::archive::state::VolumeState;
 use rbdelta::archive::VolumeDir;
 use rbdelta::history::{prune_plan, remove_revisions};
 use rbdelta::retention::Retention;
-use rbdelta::status::settings_for;
 
 use super::{open_volume, table, Ctx, Failure};
 
@@ -25,7 +24,7 @@ pub struct PruneArgs {
 pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<(), Failure> {
     let cfg = ctx.config()?;
     let names = if a.all {
-        super::verify::archive_volumes(&cfg.archive)
+        rbdelta::archive::list_volumes(&cfg.archive)
     } else if a.volumes.is_empty() {
         return Err(Failure::usage("name at least one volume, or use --all"));
     } else {
@@ -36,7 +35,8 @@ pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<(), Failure> {
         let vol = open_volume(&cfg, name)?;
         let revisions = vol.revisions()?;
         let source = revisions.last().map(|r| r.manifest.source.clone());
-        let rules = settings_for(&cfg, name, source.as_deref())
+        let rules = cfg
+            .settings_for(name, source.as_deref())
             .map(|s| s.retention.clone())
             .unwrap_or_default();
         if rules.is_empty() {

@@ -36,7 +36,7 @@ pub struct Args {
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
     let names: Vec<String> = if a.all {
-        archive_volumes(&cfg.archive)
+        rbdelta::archive::list_volumes(&cfg.archive)
     } else if a.volumes.is_empty() {
         return Err(Failure::usage("name at least one volume, or use --all"));
     } else {
@@ -144,19 +144,4 @@ fn against_source(
         total.verified.extend(r.verified);
     }
     Ok(total)
-}
-
-/// Volume directories under the archive root.
-pub fn archive_volumes(root: &std::path::Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(root)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().join("rbdelta-volume.json").exists())
-                .filter_map(|e| e.file_name().to_str().map(String::from))
-                .filter(|n| rbdelta::archive::valid_volume_name(n))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
 }

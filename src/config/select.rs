@@ -4,7 +4,7 @@
 //! [`Unresolved`] that the run reports as a failed volume next to the
 //! successful ones.
 
-use super::{Config, Entry, Volume};
+use super::{Config, Entry, Settings, Volume};
 use crate::archive::valid_volume_name;
 use crate::error::Result;
 
@@ -93,6 +93,39 @@ impl Config {
             }
         }
         out
+    }
+
+    /// The settings the config applies to volume `name` (listed, or matched by
+    /// a selection through its recorded source), or `None` if it no longer
+    /// backs it up.
+    pub fn settings_for(&self, name: &str, source: Option<&str>) -> Option<&Settings> {
+        if let Some(v) = self.listed().find(|v| v.name == name) {
+            return Some(&v.settings);
+        }
+        let selections = self.entries.iter().filter_map(|e| match e {
+            Entry::Pool(s) => Some(s),
+            Entry::Image(_) => None,
+        });
+        let mut first = None;
+        for sel in selections {
+            first.get_or_insert(sel);
+            if let Some((pool, image)) = source.and_then(|s| s.split_once('/')) {
+                let named = sel.name.replace("{image}", image).replace("{pool}", pool) == name;
+                if pool == sel.pool
+                    && named
+                    && sel.include.iter().any(|g| g.matches(image))
+                    && !sel.exclude.iter().any(|g| g.matches(image))
+                {
+                    return Some(&sel.settings);
+                }
+            }
+        }
+        // A volume with no revision yet (say, it failed at once): if the config
+        // has selections, it most likely came from one.
+        match source {
+            None => first.map(|s| &s.settings),
+            Some(_) => None,
+        }
     }
 
     /// Resolves only the listed images (no cluster needed); errors if the

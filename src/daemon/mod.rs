@@ -157,10 +157,12 @@ impl Daemon {
         for u in &resolved.unresolved {
             tracing::error!("{}: {}", u.name, u.error);
         }
-        let last = last_attempts(&self.cfg.archive);
+        // The fleet log is read only if a volume is new or rescheduled.
+        let last = std::cell::OnceCell::new();
+        let archive = self.cfg.archive.clone();
         self.planner
             .update(resolved.volumes, self.cfg.fleet.catch_up, t, &|n| {
-                last.get(n).copied()
+                last.get_or_init(|| last_attempts(&archive)).get(n).copied()
             });
         self.resolved_at = t;
         tracing::info!("{} volume(s) scheduled", self.planner.plans.len());

@@ -49,7 +49,7 @@ pub fn stage(vol: &VolumeDir, s: &Revision) -> Result<(PathBuf, PathBuf)> {
             // Zero at S: the copy must not hold data there.
             Source::Stored { .. } | Source::Zero => {
                 if offset < base.size {
-                    crate::archive::atomic::punch_hole(&full.file, offset, r.len).at(&full.path)?;
+                    crate::archive::sparse::punch_hole(&full.file, offset, r.len).at(&full.path)?;
                 }
             }
         }
@@ -61,28 +61,16 @@ pub fn stage(vol: &VolumeDir, s: &Revision) -> Result<(PathBuf, PathBuf)> {
 /// Copies the data regions of `from` below `len` to the same offsets of `to`.
 fn copy_data_regions(from: &File, to: &File, len: u64) -> std::io::Result<()> {
     let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
-    let mut pos = 0i64;
-    while (pos as u64) < len {
-        // SAFETY: lseek on a valid descriptor.
-        let start = unsafe { libc::lseek(src, pos, libc::SEEK_DATA) };
-        if start < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // only holes remain
-            }
-            return Err(e);
-        }
-        if start as u64 >= len {
+    let mut pos = 0u64;
+    while pos < len {
+        let Some((start, end)) = crate::archive::sparse::next_data(from, pos, len)? else {
+            break;
+        };
+        if start >= len {
             break;
         }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(src, start, libc::SEEK_HOLE) };
-        if end < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let end = (end as u64).min(len) as i64;
-        let (mut off_in, mut off_out) = (start, start);
-        while off_in < end {
+        let (mut off_in, mut off_out) = (start as i64, start as i64);
+        while (off_in as u64) < end {
             // SAFETY: valid descriptors and offset pointers; the kernel
             // copies at most the requested length.
             let n = unsafe {
@@ -91,7 +79,7 @@ fn copy_data_regions(from: &File, to: &File, len: u64) -> std::io::Result<()> {
                     &mut off_in,
                     dst,
                     &mut off_out,
-                    (end - off_in) as usize,
+                    (end - off_in as u64) as usize,
                     0,
                 )
             };
@@ -101,7 +89,7 @@ fn copy_data_regions(from: &File, to: &File, len: u64) -> std::io::Result<()> {
                     e.raw_os_error(),
                     Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
                 ) {
-                    copy_plain(from, to, off_in as u64, end as u64)?;
+                    copy_plain(from, to, off_in as u64, end)?;
                     break;
                 }
                 return Err(e);

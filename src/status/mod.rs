@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use crate::archive::oplog::{read_all, LogRecord};
 use crate::archive::state::{Trust, VolumeState};
-use crate::archive::{global, valid_volume_name, VolumeDir};
-use crate::config::{Config, Entry, Settings};
+use crate::archive::{global, VolumeDir};
+use crate::config::Config;
 use crate::error::Result;
 
 /// The status of one volume.
@@ -105,14 +105,7 @@ pub fn collect(cfg: &Config) -> Result<Vec<VolumeStatus>> {
     }
     let mut names: Vec<String> = cfg.listed().map(|v| v.name.clone()).collect();
     let mut extra: Vec<String> = by_volume.keys().cloned().collect();
-    if let Ok(dir) = std::fs::read_dir(&cfg.archive) {
-        for e in dir.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if valid_volume_name(&n) && e.path().join("rbdelta-volume.json").exists() {
-                extra.push(n);
-            }
-        }
-    }
+    extra.extend(crate::archive::list_volumes(&cfg.archive));
     extra.sort();
     extra.dedup();
     names.extend(
@@ -145,7 +138,7 @@ pub fn one(cfg: &Config, name: &str, fleet: &[LogRecord]) -> Result<VolumeStatus
         None => Vec::new(),
     };
     let source = revisions.last().map(|r| r.manifest.source.clone());
-    let settings = settings_for(cfg, name, source.as_deref());
+    let settings = cfg.settings_for(name, source.as_deref());
     let fleet_backups: Vec<&LogRecord> = fleet
         .iter()
         .filter(|r| r.op == "backup" && r.event == "end")
@@ -273,39 +266,6 @@ impl VolumeStatus {
                 .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
                 .count()
         });
-    }
-}
-
-/// The settings the config applies to volume `name` (listed, or matched by
-/// a selection through its recorded source), or `None` if it no longer
-/// backs it up.
-pub fn settings_for<'a>(cfg: &'a Config, name: &str, source: Option<&str>) -> Option<&'a Settings> {
-    if let Some(v) = cfg.listed().find(|v| v.name == name) {
-        return Some(&v.settings);
-    }
-    let selections = cfg.entries.iter().filter_map(|e| match e {
-        Entry::Pool(s) => Some(s),
-        Entry::Image(_) => None,
-    });
-    let mut first = None;
-    for sel in selections {
-        first.get_or_insert(sel);
-        if let Some((pool, image)) = source.and_then(|s| s.split_once('/')) {
-            let named = sel.name.replace("{image}", image).replace("{pool}", pool) == name;
-            if pool == sel.pool
-                && named
-                && sel.include.iter().any(|g| g.matches(image))
-                && !sel.exclude.iter().any(|g| g.matches(image))
-            {
-                return Some(&sel.settings);
-            }
-        }
-    }
-    // A volume with no revision yet (say, it failed at once): if the config
-    // has selections, it most likely came from one.
-    match source {
-        None => first.map(|s| &s.settings),
-        Some(_) => None,
     }
 }
 

@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use super::subset::Subset;
@@ -134,7 +133,8 @@ fn check_holes(
     let mut pos = 0u64;
     let mut next_block = 0u64; // blocks below this were checked
     while pos < size {
-        let Some((start, end)) = next_data(file, pos, size).at(path)? else {
+        let Some((start, end)) = crate::archive::sparse::next_data(file, pos, size).at(path)?
+        else {
             break;
         };
         let mut block = (start / bs).max(next_block);
@@ -171,24 +171,4 @@ fn check_holes(
         pos = end;
     }
     Ok((problems, bad))
-}
-
-/// The next data region at or after `pos` (SEEK_DATA / SEEK_HOLE).
-fn next_data(file: &File, pos: u64, size: u64) -> std::io::Result<Option<(u64, u64)>> {
-    let fd = file.as_raw_fd();
-    // SAFETY: lseek on a valid descriptor; offsets are in range.
-    let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-    if start < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENXIO) {
-            Ok(None)
-        } else {
-            Err(e)
-        };
-    }
-    let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-    if end < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(Some((start as u64, (end as u64).min(size))))
 }

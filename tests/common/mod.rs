@@ -121,3 +121,40 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Flips one byte of a file in place (damage for verify and repair tests).
+pub fn flip_byte(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0xff;
+    f.write_all_at(&b, at).unwrap();
+}
+
+/// Restores revision `id` of `vol` into a file in `scratch` and returns
+/// its bytes (the restore checks every block and the image checksum).
+pub fn restore_to_vec(
+    vol: &rbdelta::archive::VolumeDir,
+    id: &str,
+    scratch: &std::path::Path,
+) -> Vec<u8> {
+    use rbdelta::restore::{file_target::FileTarget, restore, RestoreOptions};
+    let rev = vol.find_revision(id).unwrap();
+    let out = scratch.join(format!("restored-{id}"));
+    let _ = std::fs::remove_file(&out);
+    let target = FileTarget::create(&out, rev.manifest.size, true).unwrap();
+    restore(
+        vol,
+        &rev,
+        Box::new(target),
+        &RestoreOptions::default(),
+        &rbdelta::progress::NoProgress,
+    )
+    .unwrap();
+    std::fs::read(&out).unwrap()
+}
