@@ -39,3 +39,39 @@ pub fn point(_what: &str) {
         std::process::abort();
     }
 }
+
+/// A failing backup worker, for tests of the parent's handling. With
+/// `RBDELTA_TEST_JOB_FAULT=VOLUME:abort` or `VOLUME:hang`, a worker backing
+/// up VOLUME aborts (or stops answering) when the backup's first phase
+/// begins, with the volume locked and its snapshot taken. With a third
+/// field, `VOLUME:abort:FILE`, only while FILE does not exist yet (it is
+/// created first), so a retry succeeds.
+pub fn job_fault(volume: &str) {
+    let Ok(spec) = std::env::var("RBDELTA_TEST_JOB_FAULT") else {
+        return;
+    };
+    let mut parts = spec.splitn(3, ':');
+    let (Some(v), Some(what)) = (parts.next(), parts.next()) else {
+        return;
+    };
+    if v != volume {
+        return;
+    }
+    if let Some(once) = parts.next() {
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(once)
+            .is_err()
+        {
+            return;
+        }
+    }
+    match what {
+        "abort" => std::process::abort(),
+        "hang" => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
+        _ => {}
+    }
+}

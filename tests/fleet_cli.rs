@@ -253,3 +253,94 @@ fn config_check_reports_errors_with_line_and_key() {
     let out = env.ok(&["config", "check"]);
     assert!(out.contains("ok: 1 image(s), 0 pool selection(s)"), "{out}");
 }
+
+#[test]
+fn a_dead_worker_is_retried_and_a_hung_one_is_killed_while_the_others_finish() {
+    let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
+        return;
+    };
+    let p = unique_name("worker");
+    let imgs = images(&io, &p, &["a", "b", "c"]);
+    let yaml = format!(
+        "defaults:\n  parallel: 2\nvolumes:\n  - pool: {}\n    include: [\"{p}-*\"]\n    name: \"{{image}}\"\n",
+        test_pool()
+    );
+    let env = Env::with_yaml(&conf, &yaml);
+    env.ok(&["backup", "--all"]);
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    let vol = |s: &str| format!("{p}-{s}");
+    let fleet_log = || std::fs::read_to_string(env.archive().join(".rbdelta/log.jsonl")).unwrap();
+
+    // b's worker aborts mid-backup (volume locked, snapshot taken) once:
+    // the job is retried in a new worker and the run succeeds.
+    io.open_image(&imgs[1].name)
+        .unwrap()
+        .write(0, &pattern(70_000, 9))
+        .unwrap();
+    let once = env.dir.path().join("aborted-once");
+    let out = env
+        .cmd()
+        .env(
+            "RBDELTA_TEST_JOB_FAULT",
+            format!("{}:abort:{}", vol("b"), once.display()),
+        )
+        .args(["backup", "--all"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(once.exists(), "the fault was never reached");
+    assert!(
+        err.contains(&format!("{}: backup worker died", vol("b")))
+            && err.contains("retrying in a new worker"),
+        "{err}"
+    );
+    for s in ["a", "b", "c"] {
+        assert_eq!(env.revisions(&vol(s)).len(), 2, "{s}");
+    }
+    let log = fleet_log();
+    assert!(
+        log.lines().any(|l| l.contains(&vol("b"))
+            && l.contains("backup worker died")
+            && l.contains("SIGABRT")
+            && l.contains("\"transient\":true")),
+        "{log}"
+    );
+    env.ok(&["verify", &vol("b")]);
+
+    // c's worker hangs: killed after the stall timeout (and once more on
+    // the retry); a and b are backed up regardless and the exit code says
+    // one volume failed.
+    std::fs::write(
+        &env.config,
+        config.replace("parallel: 2", "parallel: 2\n  stall-timeout: 3s"),
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    let out = env
+        .cmd()
+        .env("RBDELTA_TEST_JOB_FAULT", format!("{}:hang", vol("c")))
+        .args(["backup", "--all"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
+    assert!(
+        err.contains("reported no progress for 3s and was killed"),
+        "{err}"
+    );
+    assert_eq!(env.revisions(&vol("a")).len(), 3);
+    assert_eq!(env.revisions(&vol("b")).len(), 3);
+    assert_eq!(env.revisions(&vol("c")).len(), 2);
+    // Nothing half-done is visible, and the next run cleans up and succeeds
+    // (once Ceph lets go of the killed worker's exclusive lock, after its
+    // watch times out: longer than the 3 s stall timeout).
+    std::fs::write(&env.config, &config).unwrap();
+    env.ok(&["verify", &vol("c")]);
+    env.ok(&["backup", &vol("c")]);
+    env.ok(&["verify", &vol("c")]);
+    assert_eq!(env.revisions(&vol("c")).len(), 3);
+    let snaps = io.open_image(&imgs[2].name).unwrap().snap_list().unwrap();
+    assert_eq!(snaps.len(), 1, "stale snapshots are removed: {snaps:?}");
+}

@@ -1,7 +1,7 @@
 //! `rbdelta backup [VOLUME...] [--all] [--full] [--jobs N]`.
 
 use rbdelta::config::Unresolved;
-use rbdelta::fleet::{backup_volume, run_parallel, Fleet, Outcome};
+use rbdelta::fleet::{backup_isolated, run_parallel_with, Fleet, Outcome};
 use serde_json::json;
 
 use super::view::json_line;
@@ -38,9 +38,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     }
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Before any connection: librados' threads must inherit the signal mask.
-    super::signals::stop_on_terminate(cancel.clone());
+    super::signals::stop_on_terminate(cancel.clone(), true);
     let mut fleet = Fleet::new(&cfg);
     fleet.cancel = cancel;
+    fleet.workers = Some(super::worker_spawner(ctx.verbose));
     let all_listed = a.volumes.iter().all(|n| cfg.listed().any(|v| v.name == *n));
     let resolved = if a.all || !all_listed {
         fleet.resolve(&cfg)
@@ -71,14 +72,19 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         (vols, broken)
     };
     let jobs = a.jobs.map_or(cfg.fleet.parallel, usize::from);
+    fleet.parallel = jobs.min(volumes.len()).max(1);
     let observer = ctx.observer(volumes.len() + broken.len());
     let mut outcomes: Vec<Outcome> = broken
         .iter()
         .map(|u| fleet.unresolved(u, observer.as_ref()))
         .collect();
-    outcomes.extend(run_parallel(&volumes, jobs, |v| {
-        backup_volume(&fleet, v, a.full, &a.tags, observer.as_ref())
-    }));
+    // A worker process per parallel slot, kept for the slot's next job.
+    outcomes.extend(run_parallel_with(
+        &volumes,
+        jobs,
+        || None,
+        |worker, v| backup_isolated(&fleet, worker, v, a.full, &a.tags, observer.as_ref()),
+    ));
     drop(observer);
     let failed = outcomes.iter().filter(|o| !o.ok).count();
     if ctx.mode == ProgressMode::Json {

@@ -18,6 +18,10 @@ pub fn run(ctx: &Ctx, _a: Args) -> Result<(), Failure> {
         // Bars make no sense for a service: plain lines even on a terminal.
         _ => Arc::new(view::Plain::new(ctx.interval)),
     };
-    rbdelta::daemon::run(&ctx.config_path, observer)?;
+    rbdelta::daemon::run(
+        &ctx.config_path,
+        observer,
+        Some(super::worker_spawner(ctx.verbose)),
+    )?;
     Ok(())
 }

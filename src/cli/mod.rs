@@ -91,6 +91,9 @@ enum Command {
     SyntheticFull(SyntheticArgs),
     /// Replace bad blocks with good copies (archive or Ceph snapshots).
     Repair(repair::Args),
+    /// Internal: run the backups a parent rbdelta sends on stdin.
+    #[command(hide = true)]
+    BackupWorker,
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,6 +163,7 @@ pub fn main() -> ExitCode {
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
+        verbose: cli.verbose,
         // An explicit --progress wins over --no-progress.
         mode: match (cli.progress, cli.no_progress) {
             (ProgressMode::Auto, true) => ProgressMode::None,
@@ -187,6 +191,7 @@ pub fn main() -> ExitCode {
         Command::Untag(a) => tag::run(&ctx, a, false),
         Command::SyntheticFull(a) => synthetic_full(&ctx, a),
         Command::Repair(a) => repair::run(&ctx, a),
+        Command::BackupWorker => backup_worker(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -219,6 +224,7 @@ fn init_logging(verbose: u8, daemon: bool) {
 /// What every subcommand gets.
 pub struct Ctx {
     pub config_path: PathBuf,
+    pub verbose: u8,
     pub mode: ProgressMode,
     pub interval: std::time::Duration,
 }
@@ -252,6 +258,20 @@ impl Ctx {
             ProgressMode::None | ProgressMode::Auto => Box::new(view::Lines),
         }
     }
+}
+
+/// How a parent starts its backup workers: this binary, at this log level.
+pub fn worker_spawner(verbose: u8) -> rbdelta::fleet::worker::Spawner {
+    let mut args: Vec<String> = (0..verbose.min(2)).map(|_| "-v".to_string()).collect();
+    args.push("backup-worker".into());
+    rbdelta::fleet::worker::Spawner::this_binary(args)
+}
+
+fn backup_worker() -> Result<(), Failure> {
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signals::stop_on_terminate(cancel.clone(), false);
+    rbdelta::fleet::worker::serve(std::io::stdin().lock(), Box::new(std::io::stdout()), cancel)?;
+    Ok(())
 }
 
 fn synthetic_full(ctx: &Ctx, a: SyntheticArgs) -> Result<(), Failure> {

@@ -41,6 +41,7 @@ pub struct RawDefaults {
     pub parallel: Option<S<usize>>,
     pub total_bandwidth: Option<S<String>>,
     pub catch_up: Option<bool>,
+    pub stall_timeout: Option<S<String>>,
 }
 
 /// One `volumes:` entry: a single image, or a pool selection.

@@ -100,6 +100,8 @@ pub struct Fleet {
     pub total_bandwidth: Option<u64>,
     /// Whether the daemon runs a backup missed while it was down.
     pub catch_up: bool,
+    /// A backup worker silent (no progress) this long is killed.
+    pub stall_timeout: std::time::Duration,
 }
 
 /// One `volumes:` entry.
@@ -164,8 +166,32 @@ pub struct Settings {
     pub retention: crate::retention::Retention,
 }
 
+impl Default for Settings {
+    /// The built-in defaults: what a volume gets when neither `defaults:`
+    /// nor its entry sets a key.
+    fn default() -> Self {
+        Settings {
+            schedule: None,
+            verify_schedule: None,
+            verify_slices: None,
+            spread: Duration::ZERO,
+            whole_object: false,
+            bandwidth: None,
+            full_every: None,
+            synthetic_fulls: false,
+            hooks: Hooks {
+                timeout: DEFAULT_HOOK_TIMEOUT,
+                ..Default::default()
+            },
+            retries: 3,
+            retry_delay: Duration::from_secs(300),
+            retention: Default::default(),
+        }
+    }
+}
+
 /// When a backup writes a new full instead of a delta.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum FullEvery {
     /// The newest full is at least this old.
     Age(Duration),
@@ -177,7 +203,7 @@ pub enum FullEvery {
 }
 
 /// Commands run around the snapshot (`sh -c`), e.g. to freeze a guest.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Hooks {
     pub pre: Option<String>,
     pub post: Option<String>,
@@ -185,6 +211,9 @@ pub struct Hooks {
 }
 
 const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `defaults.stall-timeout` when not set.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 impl Config {
     /// Reads and validates the config file.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::file::{self, RawConfig, RawDefaults, RawHooks, RawVolume, S};
 use super::{
     units, Config, Entry, Fleet, FullEvery, Glob, Hooks, Selection, Settings, Volume,
-    DEFAULT_HOOK_TIMEOUT,
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_STALL_TIMEOUT,
 };
 use crate::archive::valid_volume_name;
 use crate::error::{Error, Result};
@@ -41,6 +41,21 @@ impl Validator<'_> {
                 units::parse_rate(s)
             })?,
             catch_up: d.catch_up.unwrap_or(true),
+            stall_timeout: match self.opt(
+                &d.stall_timeout,
+                "defaults.stall-timeout",
+                units::parse_duration,
+            )? {
+                Some(t) if t.is_zero() => {
+                    return self.err(
+                        d.stall_timeout.as_ref().map_or(0, |s| s.referenced.line()),
+                        "defaults.stall-timeout",
+                        "must be longer than 0s",
+                    )
+                }
+                Some(t) => t,
+                None => DEFAULT_STALL_TIMEOUT,
+            },
         };
         let mut entries = Vec::new();
         let mut names: Vec<(String, u64)> = Vec::new();

@@ -28,7 +28,8 @@ use crate::archive::oplog::read_all;
 use crate::ceph::Cluster;
 use crate::config::{Config, Volume};
 use crate::error::{Error, Result};
-use crate::fleet::{backup_volume, verify_volume, Fleet, Observer, Outcome};
+use crate::fleet::worker::Spawner;
+use crate::fleet::{backup_isolated, verify_volume, Fleet, Observer, Outcome};
 use planner::{JobKind, Planner};
 
 /// How often pool selections are listed again, to pick up new images.
@@ -42,13 +43,21 @@ fn now() -> i64 {
 
 /// Runs until SIGTERM or SIGINT. Fails only when the config cannot be
 /// loaded at start or signals cannot be set up.
-pub fn run(config_path: &Path, observer: Arc<dyn Observer>) -> Result<()> {
+/// Backups run in worker processes started by `workers` (in the daemon's
+/// own process if `None`).
+pub fn run(
+    config_path: &Path,
+    observer: Arc<dyn Observer>,
+    workers: Option<Spawner>,
+) -> Result<()> {
     let cfg = Config::load(config_path)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
-    rt.block_on(Daemon::new(config_path.to_path_buf(), cfg, observer).run())
+    let mut daemon = Daemon::new(config_path.to_path_buf(), cfg, observer);
+    daemon.workers = workers;
+    rt.block_on(daemon.run())
 }
 
 struct Daemon {
@@ -60,6 +69,7 @@ struct Daemon {
     planner: Planner,
     resolved_at: i64,
     status: status_file::StatusFile,
+    workers: Option<Spawner>,
 }
 
 type Done = (String, JobKind, Outcome);
@@ -76,6 +86,7 @@ impl Daemon {
             cancel: Arc::new(AtomicBool::new(false)),
             resolved_at: 0,
             status,
+            workers: None,
         }
     }
 
@@ -133,6 +144,7 @@ impl Daemon {
                 Ok(c) => {
                     let mut f = Fleet::with_client(c, &self.cfg);
                     f.cancel = self.cancel.clone();
+                    f.workers = self.workers.clone();
                     self.fleet = Some(Arc::new(f));
                     self.resolved_at = 0;
                 }
@@ -221,7 +233,8 @@ impl Daemon {
 fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Outcome {
     match kind {
         JobKind::Backup => {
-            let o = backup_volume(fleet, vol, false, &[], obs);
+            // A worker per job: between nights no librbd state lingers.
+            let o = backup_isolated(fleet, &mut None, vol, false, &[], obs);
             if o.ok && !vol.settings.retention.is_empty() {
                 // Retention right after a successful backup, so a fleet
                 // with rules never grows past them.

@@ -21,17 +21,9 @@ use crate::verify::{verify_with, Subset, VerifyOptions};
 
 /// What the jobs of one run share: one cluster connection, opened on first
 /// use. When connecting times out, the remaining jobs of the run fail at
-/// once instead of each waiting out the timeout.
-///
-/// Known issue: librbd 16.2 (Debian 12) was seen to abort the process in a
-/// librados finisher thread (a mutex of an already closed image) in about 1
-/// of 8 runs backing up 50 volumes over one connection, even at `--jobs 1`
-/// and with open, close and snapshot calls serialized. A connection per
-/// job avoided it in that loop (0 of 60 runs) but made the test suite,
-/// where many rbdelta processes and test clients churn snapshots at once,
-/// abort about once per run, so it is not used. The archive survives such
-/// an abort (every write path is crash-safe); the fix planned is to run
-/// each backup job in a child process.
+/// once instead of each waiting out the timeout. With [`Fleet::workers`]
+/// set, backups run in worker processes instead (see [`super::worker`]),
+/// and this connection only lists pools.
 pub struct Fleet {
     pub ceph: crate::ceph::CephOptions,
     shared: Mutex<Option<Arc<Cluster>>>,
@@ -42,20 +34,39 @@ pub struct Fleet {
     /// Set to stop: jobs not started yet fail as cancelled, running ones
     /// abort at their next read.
     pub cancel: Arc<AtomicBool>,
+    /// Backups run in worker processes started so; `None`: in this one.
+    pub workers: Option<super::worker::Spawner>,
+    /// Backups running at once (each worker gets this share of `total`).
+    pub parallel: usize,
+    /// A worker that reports nothing this long is killed.
+    pub stall_timeout: std::time::Duration,
 }
 
 impl Fleet {
     pub fn new(cfg: &Config) -> Fleet {
         Fleet {
-            ceph: cfg.ceph.options(),
+            parallel: cfg.fleet.parallel,
+            stall_timeout: cfg.fleet.stall_timeout,
+            ..Fleet::bare(
+                cfg.ceph.options(),
+                cfg.archive.clone(),
+                cfg.fleet.total_bandwidth,
+            )
+        }
+    }
+
+    /// A fleet of one job at a time, in this process.
+    pub fn bare(ceph: crate::ceph::CephOptions, archive: PathBuf, total: Option<u64>) -> Fleet {
+        Fleet {
+            ceph,
             shared: Mutex::new(None),
             unreachable: Mutex::new(None),
-            archive: cfg.archive.clone(),
-            total: cfg
-                .fleet
-                .total_bandwidth
-                .map(|r| Arc::new(Throttle::new(r))),
+            archive,
+            total: total.map(|r| Arc::new(Throttle::new(r))),
             cancel: Arc::new(AtomicBool::new(false)),
+            workers: None,
+            parallel: 1,
+            stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
         }
     }
 
@@ -293,7 +304,7 @@ pub fn verify_volume(
 
 /// Appends `o` to the fleet log; a log failure is a warning, not a failed
 /// job. `in_volume_log`: the volume's own log has the operation too.
-fn record(archive: &Path, o: &Outcome, in_volume_log: bool) {
+pub(super) fn record(archive: &Path, o: &Outcome, in_volume_log: bool) {
     let rec = LogRecord {
         time: now_rfc3339(),
         op: o.op.into(),

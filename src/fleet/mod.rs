@@ -1,6 +1,7 @@
 //! Running many volumes: resolve the config against the cluster, back up (or
-//! verify) each volume as an isolated job, several at once over one shared
-//! cluster connection, and record every outcome in the fleet log.
+//! verify) each volume as an isolated job, several at once (backups in
+//! worker processes, see [`worker`]), and record every outcome in the fleet
+//! log.
 //!
 //! A job never takes the others down: every failure, from a missing pool to
 //! a failing hook, becomes an [`Outcome`] with its message and whether a
@@ -11,9 +12,11 @@ pub mod guarded;
 pub mod hooks;
 mod job;
 mod parallel;
+pub mod worker;
 
 pub use job::{backup_volume, verify_volume, Fleet};
-pub use parallel::run_parallel;
+pub use parallel::{run_parallel, run_parallel_with};
+pub use worker::backup_isolated;
 
 use std::time::Duration;
 

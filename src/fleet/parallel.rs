@@ -12,15 +12,29 @@ pub fn run_parallel<T: Sync, R: Send>(
     parallel: usize,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
+    run_parallel_with(items, parallel, || (), |(), item| f(item))
+}
+
+/// Like [`run_parallel`], with per-thread state made by `init` (dropped
+/// when the thread has no more items), e.g. a worker process.
+pub fn run_parallel_with<T: Sync, R: Send, S>(
+    items: &[T],
+    parallel: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..parallel.clamp(1, items.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                let r = f(item);
-                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            s.spawn(|| {
+                let mut state = init();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(&mut state, item);
+                    results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+                }
             });
         }
     });

@@ -1,0 +1,178 @@
+//! What a parent and its backup worker say to each other: one JSON object
+//! per line, jobs on the worker's stdin, progress and outcomes on its stdout.
+//! Both ends are the same binary, so the format is private and unversioned.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::super::{Fleet, Outcome};
+use crate::ceph::CephOptions;
+use crate::config::{FullEvery, Hooks, Settings, Volume};
+
+/// One backup to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub ceph: CephOptions,
+    pub archive: PathBuf,
+    /// This worker's share of `total-bandwidth`, bytes per second.
+    pub total_bandwidth: Option<u64>,
+    pub volume: JobVolume,
+    pub full: bool,
+    pub tags: Vec<String>,
+}
+
+/// The parts of a [`Volume`] a backup uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobVolume {
+    pub name: String,
+    pub pool: String,
+    pub image: String,
+    pub line: u64,
+    pub whole_object: bool,
+    pub bandwidth: Option<u64>,
+    pub full_every: Option<FullEvery>,
+    pub synthetic_fulls: bool,
+    pub hooks: Hooks,
+}
+
+impl Job {
+    pub fn new(fleet: &Fleet, vol: &Volume, full: bool, tags: &[String]) -> Job {
+        let s = &vol.settings;
+        Job {
+            ceph: fleet.ceph.clone(),
+            archive: fleet.archive.clone(),
+            total_bandwidth: fleet
+                .total
+                .as_ref()
+                .map(|t| (t.rate() / fleet.parallel.max(1) as u64).max(1)),
+            volume: JobVolume {
+                name: vol.name.clone(),
+                pool: vol.pool.clone(),
+                image: vol.image.clone(),
+                line: vol.line,
+                whole_object: s.whole_object,
+                bandwidth: s.bandwidth,
+                full_every: s.full_every,
+                synthetic_fulls: s.synthetic_fulls,
+                hooks: s.hooks.clone(),
+            },
+            full,
+            tags: tags.to_vec(),
+        }
+    }
+}
+
+impl JobVolume {
+    /// The volume the worker backs up; settings a backup does not read
+    /// (schedules, retention) keep their defaults.
+    pub fn into_volume(self) -> Volume {
+        Volume {
+            name: self.name,
+            pool: self.pool,
+            image: self.image,
+            line: self.line,
+            settings: Settings {
+                whole_object: self.whole_object,
+                bandwidth: self.bandwidth,
+                full_every: self.full_every,
+                synthetic_fulls: self.synthetic_fulls,
+                hooks: self.hooks,
+                ..Settings::default()
+            },
+        }
+    }
+}
+
+/// A line from the worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum Message {
+    Begin { phase: String, total: u64 },
+    Advance { bytes: u64 },
+    End,
+    Outcome { outcome: WireOutcome },
+}
+
+/// An [`Outcome`] as sent over the pipe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireOutcome {
+    pub volume: String,
+    pub op: String,
+    pub ok: bool,
+    pub kind: Option<String>,
+    pub revision: Option<String>,
+    pub size: Option<u64>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub duration: Duration,
+    pub error: Option<String>,
+    pub transient: bool,
+}
+
+impl From<&Outcome> for WireOutcome {
+    fn from(o: &Outcome) -> Self {
+        WireOutcome {
+            volume: o.volume.clone(),
+            op: o.op.into(),
+            ok: o.ok,
+            kind: o.kind.clone(),
+            revision: o.revision.clone(),
+            size: o.size,
+            bytes_read: o.bytes_read,
+            bytes_written: o.bytes_written,
+            duration: o.duration,
+            error: o.error.clone(),
+            transient: o.transient,
+        }
+    }
+}
+
+impl From<WireOutcome> for Outcome {
+    fn from(o: WireOutcome) -> Self {
+        Outcome {
+            volume: o.volume,
+            op: if o.op == "verify" { "verify" } else { "backup" },
+            ok: o.ok,
+            kind: o.kind,
+            revision: o.revision,
+            size: o.size,
+            bytes_read: o.bytes_read,
+            bytes_written: o.bytes_written,
+            duration: o.duration,
+            error: o.error,
+            transient: o.transient,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_round_trips() {
+        let o = Outcome {
+            volume: "v".into(),
+            op: "backup",
+            ok: false,
+            kind: Some("delta".into()),
+            revision: None,
+            size: Some(7),
+            bytes_read: 1,
+            bytes_written: 2,
+            duration: Duration::from_millis(1500),
+            error: Some("boom".into()),
+            transient: true,
+        };
+        let line = serde_json::to_string(&Message::Outcome {
+            outcome: (&o).into(),
+        })
+        .unwrap();
+        match serde_json::from_str::<Message>(&line).unwrap() {
+            Message::Outcome { outcome } => assert_eq!(Outcome::from(outcome), o),
+            m => panic!("{m:?}"),
+        }
+    }
+}
