@@ -46,10 +46,22 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let mut rows = vec![["VOLUME", "SOURCE", "SCHEDULE", "FROM"]
         .map(String::from)
         .to_vec()];
+    // One listing per pool, rather than opening every image: opening and
+    // closing many images over one connection is what upsets librbd 16.2
+    // (see rbdelta::fleet::worker).
+    let mut listed: std::collections::HashMap<&str, Result<Vec<String>, String>> =
+        Default::default();
     for v in &resolved.volumes {
-        let exists = client
-            .ioctx(&v.pool)
-            .and_then(|io| io.image_exists(&v.image));
+        let images = listed.entry(&v.pool).or_insert_with(|| {
+            client
+                .ioctx(&v.pool)
+                .and_then(|io| io.list_images())
+                .map_err(|e| e.to_string())
+        });
+        let exists = match images {
+            Ok(names) => Ok(names.binary_search(&v.image).is_ok()),
+            Err(e) => Err(e.clone()),
+        };
         match exists {
             Ok(true) => {}
             Ok(false) => problems.push(format!(
