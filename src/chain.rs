@@ -212,6 +212,10 @@ impl Chain {
     pub fn hash_of(&self, r: &Resolved) -> Result<Hash> {
         match r.source {
             Source::Zero => Ok(self.zero.for_len(r.len)),
+            // A zero entry reads as zeros whatever its length: the bytes
+            // past a shorter one lie past a smaller size in between, which
+            // read as zeros too (docs/FORMAT.md, "Reading block n").
+            Source::Stored { entry, .. } if entry.zero => Ok(self.zero.for_len(r.len)),
             Source::Stored { link, entry } => {
                 if entry.len as u64 != r.len {
                     return Err(Error::Corrupt(format!(

@@ -12,11 +12,13 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use rbdelta::archive::{state, StorageKind, VolumeDir};
 use rbdelta::backup::{backup, BackupOptions};
+use rbdelta::format::delta::{DeltaFile, DeltaWriter};
 use rbdelta::history::{self, intent};
 use rbdelta::progress::NoProgress;
 use rbdelta::retention::{decide, Candidate, Retention};
 use rbdelta::source::file::{resize, write_at, FileImage};
 use rbdelta::verify::{verify_with, VerifyOptions};
+use std::os::unix::fs::FileExt;
 
 const BS: u64 = 4096;
 
@@ -252,5 +254,46 @@ fn full_every_with_synthetic_fulls_builds_the_full_from_the_archive() {
     }
     use StorageKind::*;
     assert_eq!(kinds, [Full, Delta, Delta, Full, Delta]);
+    check_all(&f);
+}
+
+/// A case proptest found: shrink, grow, grow, with the shrunk revision
+/// removed; the merged delta's straddling block must match its new size.
+#[test]
+fn removing_a_shrunk_revision_between_grows() {
+    let mut f = fx();
+    resize(&f.image, 48 * BS + 100).unwrap();
+    let mut ids = Vec::new();
+    for o in [11, 0, 11, 0, 738, 133, 7] {
+        op(&f, o);
+        ids.push(snap(&mut f, false));
+    }
+    // The newest delta stores the zero block straddling its parent's size.
+    let newest = DeltaFile::open(&f.vol.delta_path(&ids[6])).unwrap();
+    let straddle = 254_344 / BS;
+    assert!(newest
+        .entries
+        .iter()
+        .any(|e| e.block == straddle && e.zero && e.len as u64 == BS));
+    // Archives from before that rule omit it: rewrite the newest delta
+    // without it, as an old build wrote it. Reads stay the same.
+    let old = f.vol.tmp_dir().join("old-style");
+    let mut w = DeltaWriter::new(std::fs::File::create(&old).unwrap(), old.clone(), BS);
+    for e in newest.entries.iter().filter(|e| e.block != straddle) {
+        if e.zero {
+            w.add_zero(e.block, e.len as u64, e.hash).unwrap();
+        } else {
+            let mut buf = vec![0u8; e.len as usize];
+            newest.file.read_exact_at(&mut buf, e.offset).unwrap();
+            w.add(e.block, &buf, e.hash).unwrap();
+        }
+    }
+    w.finish(&newest.header).unwrap();
+    std::fs::rename(&old, f.vol.delta_path(&ids[6])).unwrap();
+    check_all(&f);
+    // Removing the shrunk revision lists a zero entry of the old length
+    // for that block below the newest; it still reads as zeros.
+    history::remove_revisions(&f.vol, &[ids[4].clone()]).unwrap();
+    f.want.remove(&ids[4]);
     check_all(&f);
 }

@@ -160,20 +160,31 @@ struct ParentBlocks<'c> {
     chain: &'c Chain,
     blocks: Blocks<'c>,
     current: Option<Resolved>,
+    /// The block straddling `min(parent size, size)` after a resize.
+    boundary: Option<u64>,
 }
 
 impl<'c> ParentBlocks<'c> {
     fn new(chain: &'c Chain, size: u64) -> Result<Self> {
+        let bs = chain.block_size;
+        let edge = chain.size().min(size);
         Ok(ParentBlocks {
             chain,
             blocks: chain.blocks_as(size)?,
             current: None,
+            boundary: (chain.size() != size && edge % bs != 0).then_some(edge / bs),
         })
     }
 
-    /// Whether `block` now hashing to `hash` differs from the parent. A block
-    /// whose length changed (a resize boundary) always differs.
+    /// Whether `block` now hashing to `hash` differs from the parent. The
+    /// block straddling a resize boundary always "differs": the format
+    /// requires every delta to store it (docs/FORMAT.md, "Reading block n"),
+    /// even when it is zero on both sides, because its length changed; a
+    /// later merge relies on it.
     fn differs(&mut self, block: u64, hash: &Hash) -> Result<bool> {
+        if self.boundary == Some(block) {
+            return Ok(true);
+        }
         while self.current.is_none_or(|r| r.block < block) {
             match self.blocks.next() {
                 Some(r) => self.current = Some(r?),
