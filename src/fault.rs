@@ -47,7 +47,8 @@ pub fn point(_what: &str) {
 /// field, `VOLUME:abort:FILE`, only while FILE does not exist yet (it is
 /// created first), so a retry succeeds.
 pub fn job_fault(volume: &str) {
-    let Ok(spec) = std::env::var("RBDELTA_TEST_JOB_FAULT") else {
+    static SPEC: OnceLock<Option<String>> = OnceLock::new();
+    let Some(spec) = SPEC.get_or_init(|| std::env::var("RBDELTA_TEST_JOB_FAULT").ok()) else {
         return;
     };
     let mut parts = spec.splitn(3, ':');

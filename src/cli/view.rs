@@ -18,7 +18,7 @@ use super::human;
 
 /// The one-line result of a job, as printed when it ends.
 pub fn result_line(o: &Outcome) -> String {
-    match (&o.error, o.op) {
+    match (&o.error, o.op.as_str()) {
         (Some(e), op) => format!("{}: {op} failed: {e}", o.volume),
         (None, "backup") => format!(
             "{}: {} {}, image {}, read {}, stored {}, {:.1}s",

@@ -183,7 +183,7 @@ pub fn backup_volume(
     let outcome = match result {
         Ok(r) => Outcome {
             volume: vol.name.clone(),
-            op: "backup",
+            op: "backup".into(),
             ok: true,
             kind: Some(
                 match (&r.mode, r.synthetic_full) {
@@ -271,7 +271,7 @@ pub fn verify_volume(
     let outcome = match result {
         Ok(report) if report.problems.is_empty() => Outcome {
             volume: name.to_string(),
-            op: "verify",
+            op: "verify".into(),
             ok: true,
             kind: None,
             revision: None,
@@ -307,7 +307,7 @@ pub fn verify_volume(
 pub(super) fn record(archive: &Path, o: &Outcome, in_volume_log: bool) {
     let rec = LogRecord {
         time: now_rfc3339(),
-        op: o.op.into(),
+        op: o.op.clone(),
         event: "end".into(),
         volume: Some(o.volume.clone()),
         revision: o.revision.clone(),

@@ -20,16 +20,17 @@ pub use worker::backup_isolated;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::progress::Progress;
 
-/// What a job did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// What a job did. Its JSON form is the progress stream's `end` event and
+/// what a backup worker reports to its parent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub volume: String,
     /// `backup` or `verify`.
-    pub op: &'static str,
+    pub op: String,
     pub ok: bool,
     /// `full`, `delta` or `delta (checksum compare)` for backups.
     pub kind: Option<String>,
@@ -38,7 +39,7 @@ pub struct Outcome {
     pub size: Option<u64>,
     pub bytes_read: u64,
     pub bytes_written: u64,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub duration: Duration,
     pub error: Option<String>,
     /// On failures: whether a retry later may succeed.
@@ -47,6 +48,10 @@ pub struct Outcome {
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+fn from_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Duration::try_from_secs_f64(f64::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 impl Outcome {
@@ -58,7 +63,7 @@ impl Outcome {
     ) -> Outcome {
         Outcome {
             volume: volume.to_string(),
-            op,
+            op: op.to_string(),
             ok: false,
             kind: None,
             revision: None,

@@ -227,7 +227,7 @@ impl VolumeStatus {
     pub fn apply(&mut self, o: &crate::fleet::Outcome, archive: &Path) {
         let time = crate::archive::now_rfc3339();
         let unix = unix_of(&time);
-        match (o.op, o.ok) {
+        match (o.op.as_str(), o.ok) {
             ("backup", true) => {
                 self.last_success = Some(Success {
                     time,

@@ -22,7 +22,7 @@ fn noon() -> (i64, i64) {
 fn outcome(ok: bool, transient: bool) -> Outcome {
     Outcome {
         volume: "a".into(),
-        op: "backup",
+        op: "backup".into(),
         ok,
         kind: None,
         revision: None,

@@ -141,7 +141,7 @@ impl Worker {
                         Ok(Message::Begin { phase, total }) => progress.begin(&phase, total),
                         Ok(Message::Advance { bytes }) => progress.advance(bytes),
                         Ok(Message::End) => progress.end(),
-                        Ok(Message::Outcome { outcome }) => return Ok(outcome.into()),
+                        Ok(Message::Outcome { outcome }) => return Ok(outcome),
                         Err(_) => tracing::warn!("backup worker: {l}"),
                     }
                 }

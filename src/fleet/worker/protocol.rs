@@ -3,7 +3,6 @@
 //! Both ends are the same binary, so the format is private and unversioned.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -92,70 +91,19 @@ pub enum Message {
     Begin { phase: String, total: u64 },
     Advance { bytes: u64 },
     End,
-    Outcome { outcome: WireOutcome },
-}
-
-/// An [`Outcome`] as sent over the pipe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WireOutcome {
-    pub volume: String,
-    pub op: String,
-    pub ok: bool,
-    pub kind: Option<String>,
-    pub revision: Option<String>,
-    pub size: Option<u64>,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    pub duration: Duration,
-    pub error: Option<String>,
-    pub transient: bool,
-}
-
-impl From<&Outcome> for WireOutcome {
-    fn from(o: &Outcome) -> Self {
-        WireOutcome {
-            volume: o.volume.clone(),
-            op: o.op.into(),
-            ok: o.ok,
-            kind: o.kind.clone(),
-            revision: o.revision.clone(),
-            size: o.size,
-            bytes_read: o.bytes_read,
-            bytes_written: o.bytes_written,
-            duration: o.duration,
-            error: o.error.clone(),
-            transient: o.transient,
-        }
-    }
-}
-
-impl From<WireOutcome> for Outcome {
-    fn from(o: WireOutcome) -> Self {
-        Outcome {
-            volume: o.volume,
-            op: if o.op == "verify" { "verify" } else { "backup" },
-            ok: o.ok,
-            kind: o.kind,
-            revision: o.revision,
-            size: o.size,
-            bytes_read: o.bytes_read,
-            bytes_written: o.bytes_written,
-            duration: o.duration,
-            error: o.error,
-            transient: o.transient,
-        }
-    }
+    Outcome { outcome: Outcome },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn outcome_round_trips() {
         let o = Outcome {
             volume: "v".into(),
-            op: "backup",
+            op: "backup".into(),
             ok: false,
             kind: Some("delta".into()),
             revision: None,
@@ -166,12 +114,9 @@ mod tests {
             error: Some("boom".into()),
             transient: true,
         };
-        let line = serde_json::to_string(&Message::Outcome {
-            outcome: (&o).into(),
-        })
-        .unwrap();
+        let line = serde_json::to_string(&Message::Outcome { outcome: o.clone() }).unwrap();
         match serde_json::from_str::<Message>(&line).unwrap() {
-            Message::Outcome { outcome } => assert_eq!(Outcome::from(outcome), o),
+            Message::Outcome { outcome } => assert_eq!(outcome, o),
             m => panic!("{m:?}"),
         }
     }

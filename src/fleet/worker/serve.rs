@@ -67,7 +67,7 @@ impl Observer for Wire {
     }
 
     fn finished(&self, o: &Outcome) {
-        send(&self.out, &Message::Outcome { outcome: o.into() });
+        send(&self.out, &Message::Outcome { outcome: o.clone() });
     }
 }
 
