@@ -42,11 +42,12 @@ pub fn point(_what: &str) {
 
 /// A failing backup worker, for tests of the parent's handling. With
 /// `RBDELTA_TEST_JOB_FAULT=VOLUME:abort` or `VOLUME:hang`, a worker backing
-/// up VOLUME aborts (or stops answering) when the backup's first phase
-/// begins, with the volume locked and its snapshot taken. With a third
-/// field, `VOLUME:abort:FILE`, only while FILE does not exist yet (it is
-/// created first), so a retry succeeds.
-pub fn job_fault(volume: &str) {
+/// up VOLUME aborts (or stops answering) when the backup's data phase
+/// begins, with the volume locked and its snapshot taken; with
+/// `VOLUME:hang-snapshot` it hangs in the snapshot phase instead. With a
+/// third field, `VOLUME:abort:FILE`, only while FILE does not exist yet
+/// (it is created first), so a retry succeeds.
+pub fn job_fault(volume: &str, phase: &str) {
     static SPEC: OnceLock<Option<String>> = OnceLock::new();
     let Some(spec) = SPEC.get_or_init(|| std::env::var("RBDELTA_TEST_JOB_FAULT").ok()) else {
         return;
@@ -55,7 +56,8 @@ pub fn job_fault(volume: &str) {
     let (Some(v), Some(what)) = (parts.next(), parts.next()) else {
         return;
     };
-    if v != volume {
+    let at_snapshot = what == "hang-snapshot";
+    if v != volume || at_snapshot != (phase == "snapshot") {
         return;
     }
     if let Some(once) = parts.next() {
@@ -70,7 +72,7 @@ pub fn job_fault(volume: &str) {
     }
     match what {
         "abort" => std::process::abort(),
-        "hang" => loop {
+        "hang" | "hang-snapshot" => loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         },
         _ => {}

@@ -344,3 +344,38 @@ fn a_dead_worker_is_retried_and_a_hung_one_is_killed_while_the_others_finish() {
     let snaps = io.open_image(&imgs[2].name).unwrap().snap_list().unwrap();
     assert_eq!(snaps.len(), 1, "stale snapshots are removed: {snaps:?}");
 }
+
+#[test]
+fn a_worker_stuck_taking_the_snapshot_is_killed_long_before_the_stall_timeout() {
+    let (Some(conf), Some(io)) = (test_conf(), test_ioctx()) else {
+        return;
+    };
+    let src = ScratchImage::create(&io, "snaphang", 4 * MIB);
+    let env = Env::new(&conf, &[("snaphang", &src.name)]);
+    // client timeout 5 s: a snapshot may take 3 × 5 + 30 = 45 s, while
+    // stall-timeout stays at its default of 30 min
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, config.replace("timeout: 20", "timeout: 5")).unwrap();
+    let once = env.dir.path().join("hung-once");
+    let t = std::time::Instant::now();
+    let out = env
+        .cmd()
+        .env(
+            "RBDELTA_TEST_JOB_FAULT",
+            format!("snaphang:hang-snapshot:{}", once.display()),
+        )
+        .args(["backup", "snaphang"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(once.exists(), "the fault was never reached");
+    assert!(
+        err.contains("was still taking the snapshot after 45s and was killed")
+            && err.contains("retrying in a new worker"),
+        "{err}"
+    );
+    assert!(t.elapsed().as_secs() < 150, "{:?}", t.elapsed());
+    assert_eq!(env.revisions("snaphang").len(), 1);
+    env.ok(&["verify", "snaphang"]);
+}

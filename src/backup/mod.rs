@@ -173,7 +173,12 @@ fn backup_locked(
         started: now_rfc3339(),
     })?;
     let t = Instant::now();
-    let snap = match image.create_snapshot(&snapshot) {
+    // A phase of its own, so a watcher can tell a snapshot that takes too
+    // long (a fleet kills a worker stuck here, see fleet::worker).
+    progress.begin("snapshot", 0);
+    let created = image.create_snapshot(&snapshot);
+    progress.end();
+    let snap = match created {
         Ok(s) => s,
         Err(e) => {
             let _ = image.remove_snapshot(&snapshot);

@@ -10,7 +10,9 @@
 //! each with one cluster connection that its jobs share. The parent relays
 //! the worker's progress and outcome; if the worker dies, the job's
 //! failure is recorded and the job is retried once in a new worker; if it
-//! reports nothing for `stall-timeout`, it is killed. Workers die with
+//! reports nothing for `stall-timeout`, or is still taking the snapshot
+//! long after the cluster should have answered (where the hangs were
+//! seen, even with a fresh connection), it is killed. Workers die with
 //! their parent (`PR_SET_PDEATHSIG`), like threads would.
 
 mod protocol;
@@ -40,6 +42,9 @@ const TICK: Duration = Duration::from_millis(200);
 const CANCEL_GRACE: Duration = Duration::from_secs(60);
 /// How long a worker whose input was closed gets to exit.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// How long a dead client's watch keeps its exclusive lock on an image
+/// (Ceph's `osd_client_watch_timeout`), which a snapshot may wait out.
+const WATCH_EXPIRY: Duration = Duration::from_secs(30);
 
 /// How to start a worker.
 #[derive(Debug, Clone)]
@@ -55,6 +60,28 @@ impl Spawner {
         Spawner {
             program: "/proc/self/exe".into(),
             args,
+        }
+    }
+}
+
+/// How long a worker may stay silent, and take for a snapshot.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    stall: Duration,
+    snapshot: Duration,
+}
+
+impl Limits {
+    /// A snapshot is a few cluster operations (each bounded by the client
+    /// timeout), perhaps after waiting out a dead client's lock, between
+    /// the hooks; never more than `stall-timeout`.
+    fn of(fleet: &Fleet, vol: &Volume) -> Limits {
+        let hooks = hook_time(&vol.settings.hooks);
+        let stall = fleet.stall_timeout.max(hooks);
+        let snapshot = 3 * fleet.ceph.timeout + WATCH_EXPIRY + hooks;
+        Limits {
+            stall,
+            snapshot: snapshot.min(stall),
         }
     }
 }
@@ -119,7 +146,7 @@ impl Worker {
         job: &Job,
         progress: &dyn Progress,
         cancel: &AtomicBool,
-        stall: Duration,
+        limits: Limits,
     ) -> std::result::Result<Outcome, String> {
         let mut line = serde_json::to_string(job).expect("jobs serialize");
         line.push('\n');
@@ -133,14 +160,22 @@ impl Worker {
         let grace = hook_time(&job.volume.hooks).max(CANCEL_GRACE);
         let mut heard = Instant::now();
         let mut cancelled: Option<Instant> = None;
+        // Since when the worker is taking the snapshot.
+        let mut snapshot: Option<Instant> = None;
         loop {
             match self.lines.recv_timeout(TICK) {
                 Ok(l) => {
                     heard = Instant::now();
                     match serde_json::from_str::<Message>(&l) {
-                        Ok(Message::Begin { phase, total }) => progress.begin(&phase, total),
+                        Ok(Message::Begin { phase, total }) => {
+                            snapshot = (phase == "snapshot").then(Instant::now);
+                            progress.begin(&phase, total)
+                        }
                         Ok(Message::Advance { bytes }) => progress.advance(bytes),
-                        Ok(Message::End) => progress.end(),
+                        Ok(Message::End) => {
+                            snapshot = None;
+                            progress.end()
+                        }
                         Ok(Message::Outcome { outcome }) => return Ok(outcome),
                         Err(_) => tracing::warn!("backup worker: {l}"),
                     }
@@ -158,11 +193,20 @@ impl Worker {
                             grace.as_secs()
                         ));
                     }
-                    if cancelled.is_none() && heard.elapsed() >= stall {
+                    if cancelled.is_none() && heard.elapsed() >= limits.stall {
                         self.kill();
                         return Err(format!(
                             "reported no progress for {}s and was killed (hung in a Ceph call?)",
-                            stall.as_secs()
+                            limits.stall.as_secs()
+                        ));
+                    }
+                    if cancelled.is_none()
+                        && snapshot.is_some_and(|t| t.elapsed() >= limits.snapshot)
+                    {
+                        self.kill();
+                        return Err(format!(
+                            "was still taking the snapshot after {}s and was killed (hung in librbd?)",
+                            limits.snapshot.as_secs()
                         ));
                     }
                 }
@@ -240,8 +284,7 @@ pub fn backup_isolated(
     let started = Instant::now();
     let progress = obs.started(&vol.name, "backup");
     let job = Job::new(fleet, vol, full, tags);
-    // A hook may take its whole timeout without reporting anything.
-    let stall = fleet.stall_timeout.max(hook_time(&vol.settings.hooks));
+    let limits = Limits::of(fleet, vol);
     let mut attempt = 0;
     let outcome = loop {
         attempt += 1;
@@ -257,7 +300,7 @@ pub fn backup_isolated(
                 }
             },
         };
-        match worker.run(&job, progress.as_ref(), &fleet.cancel, stall) {
+        match worker.run(&job, progress.as_ref(), &fleet.cancel, limits) {
             Ok(o) => break o,
             Err(how) => {
                 *slot = None;

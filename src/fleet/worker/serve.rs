@@ -96,7 +96,6 @@ impl WireProgress {
 impl Progress for WireProgress {
     fn begin(&self, phase: &str, total: u64) {
         self.forward(true);
-        crate::fault::job_fault(&self.volume);
         send(
             &self.out,
             &Message::Begin {
@@ -104,6 +103,7 @@ impl Progress for WireProgress {
                 total,
             },
         );
+        crate::fault::job_fault(&self.volume, phase);
     }
 
     fn advance(&self, bytes: u64) {
