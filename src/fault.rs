@@ -4,77 +4,98 @@
 //! `RBDELTA_TEST_CRASH_COUNT=PATH`, the number of points reached is written
 //! to PATH at each point, so a test learns how many there are. Without
 //! either variable a point is one relaxed atomic load.
+//!
+//! All of it exists only with the `fault-injection` cargo feature, which
+//! the test suite enables: a release build (what operators install) gets
+//! empty functions, and no environment variable can make it crash, hang or
+//! write a file.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+#[cfg(feature = "fault-injection")]
+pub use imp::{job_fault, point};
 
-static REACHED: AtomicU64 = AtomicU64::new(0);
+/// A place where a crash must leave the archive consistent (no-op here).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn point(_what: &str) {}
 
-struct Config {
-    crash_at: Option<u64>,
-    count_to: Option<std::path::PathBuf>,
-}
+/// A failing backup worker, for tests (no-op here).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn job_fault(_volume: &str, _phase: &str) {}
 
-fn config() -> &'static Config {
-    static C: OnceLock<Config> = OnceLock::new();
-    C.get_or_init(|| Config {
-        crash_at: std::env::var("RBDELTA_TEST_CRASH_AT")
-            .ok()
-            .and_then(|v| v.parse().ok()),
-        count_to: std::env::var_os("RBDELTA_TEST_CRASH_COUNT").map(Into::into),
-    })
-}
+#[cfg(feature = "fault-injection")]
+mod imp {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
 
-/// A place where a crash must leave the archive consistent.
-pub fn point(_what: &str) {
-    let c = config();
-    if c.crash_at.is_none() && c.count_to.is_none() {
-        return;
+    static REACHED: AtomicU64 = AtomicU64::new(0);
+
+    struct Config {
+        crash_at: Option<u64>,
+        count_to: Option<std::path::PathBuf>,
     }
-    let n = REACHED.fetch_add(1, Ordering::SeqCst) + 1;
-    if let Some(p) = &c.count_to {
-        let _ = std::fs::write(p, n.to_string());
-    }
-    if c.crash_at == Some(n) {
-        std::process::abort();
-    }
-}
 
-/// A failing backup worker, for tests of the parent's handling. With
-/// `RBDELTA_TEST_JOB_FAULT=VOLUME:abort` or `VOLUME:hang`, a worker backing
-/// up VOLUME aborts (or stops answering) when the backup's data phase
-/// begins, with the volume locked and its snapshot taken; with
-/// `VOLUME:hang-snapshot` it hangs in the snapshot phase instead. With a
-/// third field, `VOLUME:abort:FILE`, only while FILE does not exist yet
-/// (it is created first), so a retry succeeds.
-pub fn job_fault(volume: &str, phase: &str) {
-    static SPEC: OnceLock<Option<String>> = OnceLock::new();
-    let Some(spec) = SPEC.get_or_init(|| std::env::var("RBDELTA_TEST_JOB_FAULT").ok()) else {
-        return;
-    };
-    let mut parts = spec.splitn(3, ':');
-    let (Some(v), Some(what)) = (parts.next(), parts.next()) else {
-        return;
-    };
-    let at_snapshot = what == "hang-snapshot";
-    if v != volume || at_snapshot != (phase == "snapshot") {
-        return;
+    fn config() -> &'static Config {
+        static C: OnceLock<Config> = OnceLock::new();
+        C.get_or_init(|| Config {
+            crash_at: std::env::var("RBDELTA_TEST_CRASH_AT")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            count_to: std::env::var_os("RBDELTA_TEST_CRASH_COUNT").map(Into::into),
+        })
     }
-    if let Some(once) = parts.next() {
-        if std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(once)
-            .is_err()
-        {
+
+    /// A place where a crash must leave the archive consistent.
+    pub fn point(_what: &str) {
+        let c = config();
+        if c.crash_at.is_none() && c.count_to.is_none() {
             return;
         }
+        let n = REACHED.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(p) = &c.count_to {
+            let _ = std::fs::write(p, n.to_string());
+        }
+        if c.crash_at == Some(n) {
+            std::process::abort();
+        }
     }
-    match what {
-        "abort" => std::process::abort(),
-        "hang" | "hang-snapshot" => loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        },
-        _ => {}
+
+    /// A failing backup worker, for tests of the parent's handling. With
+    /// `RBDELTA_TEST_JOB_FAULT=VOLUME:abort` or `VOLUME:hang`, a worker backing
+    /// up VOLUME aborts (or stops answering) when the backup's data phase
+    /// begins, with the volume locked and its snapshot taken; with
+    /// `VOLUME:hang-snapshot` it hangs in the snapshot phase instead. With a
+    /// third field, `VOLUME:abort:FILE`, only while FILE does not exist yet
+    /// (it is created first), so a retry succeeds.
+    pub fn job_fault(volume: &str, phase: &str) {
+        static SPEC: OnceLock<Option<String>> = OnceLock::new();
+        let Some(spec) = SPEC.get_or_init(|| std::env::var("RBDELTA_TEST_JOB_FAULT").ok()) else {
+            return;
+        };
+        let mut parts = spec.splitn(3, ':');
+        let (Some(v), Some(what)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let at_snapshot = what == "hang-snapshot";
+        if v != volume || at_snapshot != (phase == "snapshot") {
+            return;
+        }
+        if let Some(once) = parts.next() {
+            if std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(once)
+                .is_err()
+            {
+                return;
+            }
+        }
+        match what {
+            "abort" => std::process::abort(),
+            "hang" | "hang-snapshot" => loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
+            _ => {}
+        }
     }
 }

@@ -113,6 +113,7 @@ fn repair_locked(
             BadBlock::Hole { block, len } => {
                 crate::archive::sparse::punch_hole(&file, block * vol.block_size, len).at(&path)?;
                 file.sync_all().at(&path)?;
+                crate::fault::point("repair: hole punched");
                 fixed.push(Fixed {
                     revision: rev.id.clone(),
                     block,
@@ -126,8 +127,10 @@ fn repair_locked(
                 };
                 match good {
                     Some((data, from)) => {
+                        crate::fault::point("repair: copy verified");
                         file.write_all_at(&data, e.offset).at(&path)?;
                         file.sync_all().at(&path)?;
+                        crate::fault::point("repair: block written");
                         tracing::info!(volume = %vol.name, "block {} of revision {} repaired from {from}", e.block, rev.short());
                         fixed.push(Fixed {
                             revision: rev.id.clone(),

@@ -109,9 +109,17 @@ mod tests {
     #[test]
     fn spread_is_deterministic_and_inside_the_window() {
         let w = Duration::from_secs(7200);
-        let a = spread_offset("vm-1", w);
-        assert_eq!(a, spread_offset("vm-1", w));
-        assert!(a < w);
+        // Pinned values: every machine (and every release) must spread a
+        // volume to the same second, or a fleet's nightly order shifts.
+        let pinned: Vec<u64> = ["vm-1", "vm-2", "db", ""]
+            .iter()
+            .map(|n| spread_offset(n, w).as_secs())
+            .collect();
+        assert_eq!(pinned, [2910, 1595, 6447, 463]);
+        assert_eq!(
+            spread_offset("vm-1", Duration::from_secs(86_400)).as_secs(),
+            74_910
+        );
         let distinct: std::collections::HashSet<_> = (0..300)
             .map(|i| spread_offset(&format!("vm-{i}"), w))
             .collect();

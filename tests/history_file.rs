@@ -144,7 +144,10 @@ fn thirty_revisions_with_resizes_pruned_and_merged_restore_exactly() {
         .map(|d| d.id)
         .collect();
     assert_eq!(remove.len(), 32 - 7);
-    assert_eq!(history::remove_revisions(&f.vol, &remove).unwrap(), 25);
+    assert_eq!(
+        history::remove_revisions(&f.vol, &remove, "remove").unwrap(),
+        25
+    );
     let left: Vec<String> = f
         .vol
         .revisions()
@@ -159,12 +162,12 @@ fn thirty_revisions_with_resizes_pruned_and_merged_restore_exactly() {
     assert_eq!(f.vol.storage_kind(&ids[4]).unwrap(), StorageKind::Full);
     check_all(&f);
     // Merge the middle away; a synthetic full for the newest.
-    history::remove_revisions(&f.vol, &[ids[17].clone(), ids[28].clone()]).unwrap();
+    history::remove_revisions(&f.vol, &[ids[17].clone(), ids[28].clone()], "remove").unwrap();
     history::make_full(&f.vol, &ids[31]).unwrap();
     assert_eq!(f.vol.storage_kind(&ids[31]).unwrap(), StorageKind::Full);
     check_all(&f);
     assert!(
-        history::remove_revisions(&f.vol, &[ids[31].clone()]).is_err(),
+        history::remove_revisions(&f.vol, &[ids[31].clone()], "remove").is_err(),
         "the newest stays"
     );
 }
@@ -188,14 +191,23 @@ fn an_interrupted_removal_is_finished_by_the_next_writer() {
         staged: intent::Staged::Delta {
             tmp: tmp.file_name().unwrap().to_string_lossy().into_owned(),
         },
+        // the same edit removes revision 3 next
+        then: vec![ids[2].clone()],
+        edit: Some("test".into()),
     };
     intent::write(&f.vol, &i).unwrap();
     check_all(&f); // nothing visible changed yet
     op(&f, 99);
-    snap(&mut f, false); // the next backup finishes it first
+    snap(&mut f, false); // the next backup finishes the whole edit first
     assert!(intent::read(&f.vol).unwrap().is_none());
-    assert!(f.vol.revisions().unwrap().iter().all(|r| r.id != ids[1]));
+    assert!(f
+        .vol
+        .revisions()
+        .unwrap()
+        .iter()
+        .all(|r| r.id != ids[1] && r.id != ids[2]));
     f.want.remove(&ids[1]);
+    f.want.remove(&ids[2]);
     check_all(&f);
 }
 
@@ -216,7 +228,7 @@ proptest! {
             ids.push(snap(&mut f, fulls[k] && k % 3 == 2));
         }
         let remove: Vec<String> = ids[..ids.len() - 1].iter().enumerate().filter(|(k, _)| gone[*k]).map(|(_, id)| id.clone()).collect();
-        history::remove_revisions(&f.vol, &remove).unwrap();
+        history::remove_revisions(&f.vol, &remove, "remove").unwrap();
         for id in &remove {
             f.want.remove(id);
         }
@@ -293,7 +305,7 @@ fn removing_a_shrunk_revision_between_grows() {
     check_all(&f);
     // Removing the shrunk revision lists a zero entry of the old length
     // for that block below the newest; it still reads as zeros.
-    history::remove_revisions(&f.vol, &[ids[4].clone()]).unwrap();
+    history::remove_revisions(&f.vol, &[ids[4].clone()], "remove").unwrap();
     f.want.remove(&ids[4]);
     check_all(&f);
 }

@@ -47,7 +47,7 @@ pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<(), Failure> {
         if remove.is_empty() || a.dry_run {
             continue;
         }
-        let n = remove_revisions(&vol, &remove)?;
+        let n = remove_revisions(&vol, &remove, "prune")?;
         println!("{name}: {n} revision(s) removed");
     }
     Ok(())
@@ -105,7 +105,29 @@ pub struct MergeArgs {
 pub fn merge(ctx: &Ctx, a: MergeArgs) -> Result<(), Failure> {
     let cfg = ctx.config()?;
     let vol = open_volume(&cfg, &a.volume)?;
-    let (from, to) = (vol.find_revision(&a.from)?, vol.find_revision(&a.to)?);
+    // A merge killed half-way is finished by the next writer; when that is
+    // this rerun of the same merge, say so instead of "no revision FROM".
+    let finished = rbdelta::history::finish_interrupted(&vol)?;
+    let to = vol.find_revision(&a.to)?;
+    let from = match vol.find_revision(&a.from) {
+        Ok(r) => r,
+        Err(e) => {
+            let same = finished
+                .as_deref()
+                .and_then(|ed| ed.strip_prefix("merge "))
+                .and_then(|ed| ed.split_once(' '))
+                .is_some_and(|(f, t)| f.starts_with(&a.from) && *t == to.id);
+            if same {
+                println!(
+                    "{}: finished the interrupted merge into {}",
+                    a.volume,
+                    to.short()
+                );
+                return Ok(());
+            }
+            return Err(e.into());
+        }
+    };
     if from.manifest.seq >= to.manifest.seq {
         return Err(Failure::usage(format!(
             "{} is not older than {}",
@@ -131,7 +153,7 @@ pub fn merge(ctx: &Ctx, a: MergeArgs) -> Result<(), Failure> {
         )));
     }
     let ids: Vec<String> = range.iter().map(|r| r.id.clone()).collect();
-    let n = remove_revisions(&vol, &ids)?;
+    let n = remove_revisions(&vol, &ids, &format!("merge {} {}", from.id, to.id))?;
     println!("{}: {n} revision(s) merged into {}", a.volume, to.short());
     Ok(())
 }

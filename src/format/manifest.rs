@@ -63,6 +63,13 @@ impl Manifest {
         if checksum::from_hex(&m.checksum).is_none() {
             return Err("manifest checksum is not 64 hex digits".into());
         }
+        // Readers cut this string into columns: it must be the RFC 3339
+        // time it claims to be (and so plain ASCII).
+        if time::OffsetDateTime::parse(&m.created, &time::format_description::well_known::Rfc3339)
+            .is_err()
+        {
+            return Err(format!("manifest time {:?} is not RFC 3339", m.created));
+        }
         if !super::valid_block_size(m.block_size) {
             return Err(format!("invalid block size {}", m.block_size));
         }
@@ -78,9 +85,8 @@ impl Manifest {
 mod tests {
     use super::*;
 
-    #[test]
-    fn encode_decode_and_id_are_stable() {
-        let m = Manifest {
+    fn sample() -> Manifest {
+        Manifest {
             format: 1,
             volume: "vm1".into(),
             source: "rbd/vm1".into(),
@@ -93,12 +99,48 @@ mod tests {
             previous: None,
             order: 22,
             features: 61,
-        };
+        }
+    }
+
+    /// The exact bytes of a known manifest, and its id. Any change to the
+    /// serialisation changes every revision id of every existing archive,
+    /// so it must fail here first.
+    const SAMPLE_BYTES: &str = r#"{
+  "format": 1,
+  "volume": "vm1",
+  "source": "rbd/vm1",
+  "seq": 1,
+  "created": "2026-11-25T12:00:00.000000001Z",
+  "size": 1048576,
+  "block_size": 65536,
+  "checksum": "abababababababababababababababababababababababababababababababab",
+  "snapshot": "rbdelta-x",
+  "previous": null,
+  "order": 22,
+  "features": 61
+}
+"#;
+    // (cross-checked with the reference BLAKE3 of these bytes)
+    const SAMPLE_ID: &str = "cb1c69d515909716ed4b84a3eb91af8066b902ba1f65481fbc9f6dfa2551678e";
+
+    #[test]
+    fn a_known_manifest_has_pinned_bytes_and_id() {
+        let m = sample();
         let bytes = m.encode();
+        assert_eq!(String::from_utf8(bytes.clone()).unwrap(), SAMPLE_BYTES);
+        assert_eq!(checksum::to_hex(&Manifest::id_of(&bytes)), SAMPLE_ID);
         assert_eq!(Manifest::decode(&bytes).unwrap(), m);
-        assert_eq!(Manifest::id_of(&bytes), Manifest::id_of(&m.encode()));
         let mut other = m.clone();
         other.size += 1;
         assert_ne!(Manifest::id_of(&bytes), Manifest::id_of(&other.encode()));
+    }
+
+    #[test]
+    fn a_manifest_whose_time_is_not_rfc3339_is_rejected() {
+        for bad in ["2026-11-25 12:00:00", "2026-11-25T12:00:00\u{e9}Z", ""] {
+            let text = SAMPLE_BYTES.replace("2026-11-25T12:00:00.000000001Z", bad);
+            let err = Manifest::decode(text.as_bytes()).unwrap_err();
+            assert!(err.contains("not RFC 3339"), "{bad:?}: {err}");
+        }
     }
 }

@@ -30,6 +30,25 @@ pub struct Intent {
     /// What replaces the child's data file.
     #[serde(default)]
     pub staged: Staged,
+    /// The revisions the same edit removes after this one, in order. A
+    /// writer that finishes this record removes them too, so an edit of
+    /// several revisions is all or nothing once its first record exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<String>,
+    /// What the whole edit is, for the operator who reruns it: `prune`,
+    /// `remove`, or `merge FROM TO` (full revision ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit: Option<String>,
+}
+
+/// How [`apply`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The removal happened (or had already).
+    Done,
+    /// Nothing had changed and the staged files were gone: the record was
+    /// dropped, and the rest of its edit with it.
+    RolledBack,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,8 +87,10 @@ pub fn write(vol: &VolumeDir, i: &Intent) -> Result<()> {
 /// Runs (or finishes) the steps of `i`; idempotent. If the child still
 /// depends on the removed revision and its staged replacement is gone (a
 /// `tmp/` cleared by an older version), nothing was changed yet: the
-/// record is dropped and the removal rolled back.
-pub fn apply(vol: &VolumeDir, i: &Intent) -> Result<()> {
+/// record is dropped and the removal rolled back. A record with more
+/// removals to come (`then`) stays in place for the caller, who replaces
+/// it with the next one or [`clear`]s it.
+pub fn apply(vol: &VolumeDir, i: &Intent) -> Result<Applied> {
     crate::fault::point("apply: start");
     if let Some(child) = &i.child {
         let staged_there = match &i.staged {
@@ -80,8 +101,8 @@ pub fn apply(vol: &VolumeDir, i: &Intent) -> Result<()> {
         };
         if !staged_there && still_needs(vol, child, &i.remove)? {
             tracing::warn!(volume = %vol.name, "the staged files of an interrupted removal are gone; rolling it back");
-            remove_if_present(&path(vol))?;
-            return fsync_dir(&vol.path);
+            clear(vol)?;
+            return Ok(Applied::RolledBack);
         }
     }
     if let Some(child) = &i.child {
@@ -118,6 +139,14 @@ pub fn apply(vol: &VolumeDir, i: &Intent) -> Result<()> {
         s.revisions.remove(&i.remove);
     })?;
     crate::fault::point("apply: state updated");
+    if i.then.is_empty() {
+        clear(vol)?;
+    }
+    Ok(Applied::Done)
+}
+
+/// Removes the record (the edit is complete).
+pub fn clear(vol: &VolumeDir) -> Result<()> {
     remove_if_present(&path(vol))?;
     fsync_dir(&vol.path)
 }

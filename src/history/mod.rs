@@ -20,14 +20,28 @@ use crate::checksum::to_hex;
 use crate::error::{Error, Result};
 use intent::{Intent, Staged};
 
-/// Finishes an interrupted history edit, if any. Callers hold the
-/// exclusive volume lock.
-pub fn recover(vol: &VolumeDir) -> Result<()> {
-    if let Some(i) = intent::read(vol)? {
-        tracing::warn!(volume = %vol.name, "finishing the interrupted removal of revision {}", &i.remove[..12.min(i.remove.len())]);
-        intent::apply(vol, &i)?;
+/// Finishes an interrupted history edit, if any, with every removal it
+/// still had to do; returns what the edit was (`Intent::edit`). Callers
+/// hold the exclusive volume lock.
+pub fn recover(vol: &VolumeDir) -> Result<Option<String>> {
+    let Some(i) = intent::read(vol)? else {
+        return Ok(None);
+    };
+    let edit = i.edit.clone().unwrap_or_else(|| "remove".into());
+    tracing::warn!(volume = %vol.name, "finishing the interrupted {edit} (removing revision {})", &i.remove[..12.min(i.remove.len())]);
+    if intent::apply(vol, &i)? == intent::Applied::Done && !i.then.is_empty() {
+        remove_locked(vol, &i.then, &edit)?;
     }
-    Ok(())
+    Ok(Some(edit))
+}
+
+/// Takes the exclusive lock and finishes an interrupted history edit, if
+/// any (see [`recover`]); what a killed writer left in `tmp/` goes too.
+pub fn finish_interrupted(vol: &VolumeDir) -> Result<Option<String>> {
+    let _lock = vol.lock(LockMode::Exclusive)?;
+    let edit = recover(vol)?;
+    vol.clear_tmp()?;
+    Ok(edit)
 }
 
 /// The revisions whose delta is based on `id`.
@@ -47,7 +61,11 @@ fn children(vol: &VolumeDir, revisions: &[Revision], id: &str) -> Result<Vec<Rev
 /// Removes the revisions `ids` (oldest first), keeping every other
 /// revision's content. Ids no longer present count as removed (a rerun of
 /// an interrupted removal). Takes the exclusive volume lock.
-pub fn remove_revisions(vol: &VolumeDir, ids: &[String]) -> Result<usize> {
+///
+/// `edit` names the whole edit in its intent records (`prune`, `merge FROM
+/// TO`, ...): once the first record is written, a crash anywhere is
+/// finished by the next writer, every removal of the edit included.
+pub fn remove_revisions(vol: &VolumeDir, ids: &[String], edit: &str) -> Result<usize> {
     let _lock = vol.lock(LockMode::Exclusive)?;
     recover(vol)?;
     vol.clear_tmp()?;
@@ -55,46 +73,62 @@ pub fn remove_revisions(vol: &VolumeDir, ids: &[String]) -> Result<usize> {
         vol.log_path(),
         "remove",
         None,
-        Some(format!("{} revision(s)", ids.len())),
+        Some(format!("{edit}: {} revision(s)", ids.len())),
     )?;
-    op.end(remove_locked(vol, ids), |n, rec| {
-        rec.detail = Some(format!("{n} revision(s) removed"))
+    op.end(remove_locked(vol, ids, edit), |n, rec| {
+        rec.detail = Some(format!("{edit}: {n} revision(s) removed"))
     })
 }
 
-fn remove_locked(vol: &VolumeDir, ids: &[String]) -> Result<usize> {
+fn remove_locked(vol: &VolumeDir, ids: &[String], edit: &str) -> Result<usize> {
     let mut done = 0;
     let mut revisions = vol.revisions()?;
     let newest = revisions.last().map(|r| r.id.clone());
-    let mut order: Vec<&String> = ids.iter().collect();
-    order.sort_by_key(|id| revisions.iter().position(|r| r.id == **id));
-    for id in order {
-        if Some(id) == newest.as_ref() {
-            return Err(Error::Invalid(format!(
-                "revision {} is the newest and is never removed",
-                &id[..12]
-            )));
-        }
-        // Already gone: an interrupted run of the same removal, finished
-        // by the recovery above.
-        let Some(r) = revisions.iter().find(|r| r.id == *id).cloned() else {
-            if vol.manifest_path(id).exists() {
-                return Err(Error::Invalid(format!(
-                    "no revision {id} in volume {}",
-                    vol.name
-                )));
-            }
-            done += 1;
-            continue;
-        };
-        remove_one(vol, &revisions, &r)?;
-        revisions.retain(|x| x.id != r.id);
-        done += 1;
+    let mut order: Vec<String> = ids.to_vec();
+    order.sort_by_key(|id| revisions.iter().position(|r| r.id == *id));
+    // Checked for the whole edit before its first record: once a record
+    // exists, every later writer finishes the edit.
+    if let Some(id) = order.iter().find(|id| Some(*id) == newest.as_ref()) {
+        return Err(Error::Invalid(format!(
+            "revision {} is the newest and is never removed",
+            &id[..12]
+        )));
     }
-    Ok(done)
+    let result = (|| {
+        for (k, id) in order.iter().enumerate() {
+            // Already gone: an interrupted run of the same removal, finished
+            // by the recovery above.
+            let Some(r) = revisions.iter().find(|r| r.id == *id).cloned() else {
+                if vol.manifest_path(id).exists() {
+                    return Err(Error::Invalid(format!(
+                        "no revision {id} in volume {}",
+                        vol.name
+                    )));
+                }
+                done += 1;
+                continue;
+            };
+            let rest = &order[k + 1..];
+            remove_one(vol, &revisions, &r, rest, edit)?;
+            revisions.retain(|x| x.id != r.id);
+            done += 1;
+        }
+        Ok(done)
+    })();
+    // The last record of an edit of several removals stays until here.
+    if result.is_ok() {
+        intent::clear(vol)?;
+    }
+    result
 }
 
-fn remove_one(vol: &VolumeDir, revisions: &[Revision], r: &Revision) -> Result<()> {
+fn remove_one(
+    vol: &VolumeDir,
+    revisions: &[Revision],
+    r: &Revision,
+    rest: &[String],
+    edit: &str,
+) -> Result<()> {
     let kids = children(vol, revisions, &r.id)?;
     if kids.len() > 1 {
         return Err(Error::Corrupt(format!(
@@ -130,10 +164,12 @@ fn remove_one(vol: &VolumeDir, revisions: &[Revision], r: &Revision) -> Result<(
         remove: r.id.clone(),
         child: child.map(|c| c.id),
         staged,
+        then: rest.to_vec(),
+        edit: Some(edit.to_string()),
     };
     intent::write(vol, &i)?;
     crate::fault::point("remove: intent written");
-    intent::apply(vol, &i)
+    intent::apply(vol, &i).map(|_| ())
 }
 
 /// What `rules` decide for every revision of `vol` at time `now`, newest
@@ -171,7 +207,7 @@ pub fn prune(vol: &VolumeDir, rules: &crate::retention::Retention, now: i64) -> 
     if remove.is_empty() {
         return Ok(0);
     }
-    remove_revisions(vol, &remove)
+    remove_revisions(vol, &remove, "prune")
 }
 
 /// Gives revision `id` (a delta) its own synthetic full, so later deltas no
@@ -179,6 +215,7 @@ pub fn prune(vol: &VolumeDir, rules: &crate::retention::Retention, now: i64) -> 
 pub fn make_full(vol: &VolumeDir, id: &str) -> Result<()> {
     let _lock = vol.lock(LockMode::Exclusive)?;
     recover(vol)?;
+    vol.clear_tmp()?;
     make_full_locked(vol, id)
 }
 
@@ -186,20 +223,34 @@ pub fn make_full(vol: &VolumeDir, id: &str) -> Result<()> {
 pub fn make_full_locked(vol: &VolumeDir, id: &str) -> Result<()> {
     let rev = vol.read_revision(id)?;
     if vol.storage_kind(id)? == StorageKind::Full {
-        return Ok(());
+        // A run killed between the full's rename and the delta's removal
+        // left the delta behind the full, which wins; finish the job.
+        return remove_shadowed_delta(vol, id);
     }
     let op = Operation::start(vol.log_path(), "synthetic-full", Some(id.to_string()), None)?;
     op.end(
         (|| {
             let (full, fidx) = synthetic::stage(vol, &rev)?;
+            crate::fault::point("synthetic: staged");
+            // The index first: a full without its index does not count.
             std::fs::rename(&fidx, vol.full_index_path(id)).map_err(|e| Error::io(&fidx, e))?;
+            crate::fault::point("synthetic: index in place");
             std::fs::rename(&full, vol.full_path(id)).map_err(|e| Error::io(&full, e))?;
             crate::archive::atomic::fsync_dir(&vol.data_dir())?;
+            crate::fault::point("synthetic: full in place");
             // The full wins over the delta from here on; the delta goes.
-            std::fs::remove_file(vol.delta_path(id))
-                .map_err(|e| Error::io(vol.delta_path(id), e))?;
-            crate::archive::atomic::fsync_dir(&vol.data_dir())
+            remove_shadowed_delta(vol, id)
         })(),
         |_, _| {},
     )
+}
+
+/// Removes revision `id`'s delta once a full of it is in place.
+fn remove_shadowed_delta(vol: &VolumeDir, id: &str) -> Result<()> {
+    let delta = vol.delta_path(id);
+    match std::fs::remove_file(&delta) {
+        Ok(()) => crate::archive::atomic::fsync_dir(&vol.data_dir()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(&delta, e)),
+    }
 }

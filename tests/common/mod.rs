@@ -1,10 +1,15 @@
 //! Helpers shared by the integration tests that need a real Ceph cluster.
 //!
-//! A test cluster is opt-in: `rbd-fixtures/cluster.sh start DIR` and then
-//! `RBDELTA_TEST_CEPH_CONF=DIR/ceph.conf`. Without it, cluster tests print
-//! "skipping: no test cluster" and pass, unless `RBDELTA_REQUIRE_CLUSTER=1`
-//! (CI), which turns a missing cluster into a failure. Pool: `rbd`, or
+//! Cluster tests are marked `#[ignore]`, so a plain `cargo test` runs only
+//! the tests that need nothing and shows the others as ignored, never as
+//! passed. `ci/test.sh` starts a throwaway cluster, sets
+//! `RBDELTA_TEST_CEPH_CONF` and runs them all with `--include-ignored`. A
+//! cluster test that runs without that variable fails. Pool: `rbd`, or
 //! `RBDELTA_TEST_POOL`.
+//!
+//! A test that cannot do its job in this environment (no tmpfs mount, say)
+//! calls [`skip`]: a message and a pass, unless `RBDELTA_REQUIRE_CLUSTER`
+//! is true (CI), where every skip is a failure.
 #![allow(dead_code)]
 
 pub mod cli;
@@ -15,19 +20,41 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The test cluster's ceph.conf, or `None` (after printing why) when tests
-/// should skip. Panics when a cluster is required but not configured.
-pub fn test_conf() -> Option<PathBuf> {
+/// The test cluster's ceph.conf. Panics when it is not configured: only
+/// cluster tests call this, and they are ignored unless asked for.
+pub fn test_conf() -> PathBuf {
     match std::env::var_os("RBDELTA_TEST_CEPH_CONF") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ if std::env::var_os("RBDELTA_REQUIRE_CLUSTER").is_some_and(|v| v == "1") => {
-            panic!("RBDELTA_REQUIRE_CLUSTER=1 but RBDELTA_TEST_CEPH_CONF is not set")
-        }
-        _ => {
-            eprintln!("skipping: no test cluster");
-            None
-        }
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "RBDELTA_TEST_CEPH_CONF is not set: cluster tests need a running test \
+             cluster (ci/test.sh starts one)"
+        ),
     }
+}
+
+/// Whether every test must really run (`RBDELTA_REQUIRE_CLUSTER`): the usual
+/// true and false words are accepted, anything else is a loud error.
+pub fn required() -> bool {
+    let v = std::env::var("RBDELTA_REQUIRE_CLUSTER").unwrap_or_default();
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => true,
+        "" | "0" | "false" | "no" | "off" => false,
+        _ => panic!("RBDELTA_REQUIRE_CLUSTER={v:?}: use 1/true/yes/on or 0/false/no/off"),
+    }
+}
+
+/// A test that cannot run here: a failure where every test must run,
+/// otherwise a visible message (the test then returns and passes).
+pub fn skip(why: &str) {
+    assert!(!required(), "RBDELTA_REQUIRE_CLUSTER is set, but: {why}");
+    eprintln!("SKIPPED: {why}");
+}
+
+/// Fault-injection tests drive crash points and job faults compiled in only
+/// with the `fault-injection` feature (never into the released binary).
+pub fn require_fault_injection() {
+    #[cfg(not(feature = "fault-injection"))]
+    panic!("this test needs `cargo test --features fault-injection` (ci/test.sh passes it)");
 }
 
 /// Options for the test cluster (client.admin, 30 s timeout).
@@ -41,12 +68,12 @@ pub fn test_options(conf: PathBuf) -> CephOptions {
 }
 
 /// One connection per test binary, shared by its tests.
-pub fn test_cluster() -> Option<Arc<Cluster>> {
+pub fn test_cluster() -> Arc<Cluster> {
     static CLUSTER: OnceLock<Arc<Cluster>> = OnceLock::new();
-    let conf = test_conf()?;
-    Some(Arc::clone(CLUSTER.get_or_init(|| {
+    let conf = test_conf();
+    Arc::clone(CLUSTER.get_or_init(|| {
         Cluster::connect(&test_options(conf)).expect("connect to the test cluster")
-    })))
+    }))
 }
 
 /// The pool tests use.
@@ -54,10 +81,11 @@ pub fn test_pool() -> String {
     std::env::var("RBDELTA_TEST_POOL").unwrap_or_else(|_| "rbd".into())
 }
 
-/// An I/O context on the test pool, or `None` when tests should skip.
-pub fn test_ioctx() -> Option<IoCtx> {
-    let cluster = test_cluster()?;
-    Some(cluster.ioctx(&test_pool()).expect("open the test pool"))
+/// An I/O context on the test pool.
+pub fn test_ioctx() -> IoCtx {
+    test_cluster()
+        .ioctx(&test_pool())
+        .expect("open the test pool")
 }
 
 /// A name no other test (in this or any concurrent run) uses.
