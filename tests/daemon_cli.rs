@@ -66,6 +66,38 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits until this daemon has planned `volumes` (its status file names its
+/// pid and a next backup for each), then asserts that none of them has a
+/// job running: the positive sign that it is up and decided to wait.
+fn planned_and_idle(env: &Env, d: &Daemon, volumes: &[&str]) {
+    let path = env.archive().join(".rbdelta/status.json");
+    let mut last = serde_json::Value::Null;
+    wait_until(
+        "the daemon's plan in its status file",
+        Duration::from_secs(30),
+        || {
+            let Ok(v) = std::fs::read(&path)
+                .map_err(|_| ())
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|_| ()))
+            else {
+                return false;
+            };
+            last = v.clone();
+            v["daemon"]["pid"] == d.0.id()
+                && volumes.iter().all(|name| {
+                    v["volumes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|e| e["volume"] == *name && e["next_backup"].is_string())
+                })
+        },
+    );
+    for e in last["volumes"].as_array().unwrap() {
+        assert!(e["running"].is_null(), "a job started: {e}");
+    }
+}
+
 fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
@@ -186,7 +218,7 @@ fn daemon_catches_up_once_reloads_on_sighup_and_not_again_after_restart() {
     assert!(d.stop(Duration::from_secs(30)).success());
     // A restart finds both backed up since the last scheduled run.
     let d = Daemon::start(&env);
-    std::thread::sleep(Duration::from_secs(4));
+    planned_and_idle(&env, &d, &["a", "b"]);
     assert!(d.stop(Duration::from_secs(30)).success());
     assert_eq!(
         (count(&env, "a"), count(&env, "b")),
@@ -206,7 +238,7 @@ fn daemon_catches_up_once_reloads_on_sighup_and_not_again_after_restart() {
     )
     .unwrap();
     let d = Daemon::start(&env);
-    std::thread::sleep(Duration::from_secs(4));
+    planned_and_idle(&env, &d, &["a", "b", "c"]);
     assert!(d.stop(Duration::from_secs(30)).success());
     assert_eq!(count(&env, "c"), 0);
 }

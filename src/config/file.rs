@@ -14,11 +14,22 @@ pub type S<T> = Spanned<T>;
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawConfig {
     #[serde(default)]
-    pub ceph: super::CephConfig,
+    pub ceph: RawCeph,
     pub archive: PathBuf,
     #[serde(default)]
     pub defaults: RawDefaults,
     pub volumes: Vec<S<RawVolume>>,
+}
+
+/// The `ceph:` mapping.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawCeph {
+    pub conf: Option<PathBuf>,
+    pub id: Option<String>,
+    pub keyring: Option<PathBuf>,
+    /// Whole seconds (not a duration string: librados takes seconds).
+    pub timeout: Option<S<u64>>,
 }
 
 /// Keys every volume inherits (first block) and fleet-wide keys (second).

@@ -28,20 +28,24 @@ pub use select::{Resolved, Unresolved};
 /// Where the config is looked for when `-c` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/rbdelta/config.yaml";
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[derive(Debug, Clone)]
 pub struct CephConfig {
-    #[serde(default = "default_conf")]
     pub conf: PathBuf,
     /// cephx client id (without `client.`).
-    #[serde(default = "default_id")]
     pub id: String,
-    #[serde(default)]
     pub keyring: Option<PathBuf>,
-    /// Seconds before a cluster operation or the connection gives up.
-    #[serde(default = "default_timeout")]
+    /// Seconds before a cluster operation or the connection gives up
+    /// (1 to [`MAX_CEPH_TIMEOUT`]).
     pub timeout: u64,
 }
+
+/// The longest `ceph.timeout`, in seconds: an hour per cluster operation
+/// is already far past any useful wait.
+pub const MAX_CEPH_TIMEOUT: u64 = 3600;
+/// The longest `hooks.timeout`.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(86_400);
+/// The longest `defaults.stall-timeout`.
+pub const MAX_STALL_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 
 impl Default for CephConfig {
     fn default() -> Self {
@@ -54,13 +58,13 @@ impl Default for CephConfig {
     }
 }
 
-fn default_conf() -> PathBuf {
+pub(crate) fn default_conf() -> PathBuf {
     PathBuf::from("/etc/ceph/ceph.conf")
 }
-fn default_id() -> String {
+pub(crate) fn default_id() -> String {
     "admin".into()
 }
-fn default_timeout() -> u64 {
+pub(crate) fn default_timeout() -> u64 {
     30
 }
 

@@ -185,6 +185,28 @@ fn bad_values_are_reported_at_their_line() {
             5,
             "defaults.hooks.timeout",
         ),
+        // Ranges: limits added up in the worker must never overflow.
+        (
+            "defaults:\n  hooks:\n    pre: x\n    timeout: 0s\n",
+            5,
+            "defaults.hooks.timeout",
+        ),
+        (
+            "defaults:\n  hooks:\n    pre: x\n    timeout: 99999999999w\n",
+            5,
+            "defaults.hooks.timeout",
+        ),
+        (
+            "defaults:\n  stall-timeout: 8d\n",
+            3,
+            "defaults.stall-timeout",
+        ),
+        ("ceph:\n  timeout: 0\n", 3, "ceph.timeout"),
+        (
+            "ceph:\n  timeout: 18446744073709551615\n",
+            3,
+            "ceph.timeout",
+        ),
     ];
     for (defaults, line, key) in cases {
         let e = err(&format!(
@@ -195,6 +217,8 @@ fn bad_values_are_reported_at_their_line() {
             "{key}: {e}"
         );
     }
+    let c = parse("ceph:\n  timeout: 3600\narchive: /a\ndefaults:\n  stall-timeout: 7d\n  hooks:\n    pre: x\n    timeout: 24h\nvolumes:\n  - pool: rbd\n    image: a\n");
+    assert_eq!(c.ceph.timeout, 3600);
     let e = err("archive: /a\nvolumes:\n  - pool: rbd\n    image: a\n    schedule: often\n");
     assert!(e.starts_with("c.yaml:5: volumes[0].schedule:"), "{e}");
     let e = err("archive: /a\nvolumes:\n  - pool: rbd\n    include: [\"vm-[\"]\n");

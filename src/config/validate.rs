@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use super::file::{self, RawConfig, RawDefaults, RawHooks, RawVolume, S};
 use super::{
-    units, Config, Entry, Fleet, FullEvery, Glob, Hooks, Selection, Settings, Volume,
-    DEFAULT_HOOK_TIMEOUT, DEFAULT_STALL_TIMEOUT,
+    units, CephConfig, Config, Entry, Fleet, FullEvery, Glob, Hooks, Selection, Settings, Volume,
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_STALL_TIMEOUT, MAX_CEPH_TIMEOUT, MAX_HOOK_TIMEOUT,
+    MAX_STALL_TIMEOUT,
 };
 use crate::archive::valid_volume_name;
 use crate::error::{Error, Result};
@@ -46,11 +47,11 @@ impl Validator<'_> {
                 "defaults.stall-timeout",
                 units::parse_duration,
             )? {
-                Some(t) if t.is_zero() => {
+                Some(t) if t.is_zero() || t > MAX_STALL_TIMEOUT => {
                     return self.err(
                         d.stall_timeout.as_ref().map_or(0, |s| s.referenced.line()),
                         "defaults.stall-timeout",
-                        "must be longer than 0s",
+                        "must be 1s to 7d",
                     )
                 }
                 Some(t) => t,
@@ -93,11 +94,31 @@ impl Validator<'_> {
             entries.push(entry);
         }
         Ok(Config {
-            ceph: raw.ceph,
+            ceph: self.ceph(raw.ceph)?,
             archive: raw.archive,
             fleet,
             entries,
             origin: self.origin.to_string(),
+        })
+    }
+
+    fn ceph(&self, c: file::RawCeph) -> Result<CephConfig> {
+        let timeout = match c.timeout {
+            Some(t) if t.value == 0 || t.value > MAX_CEPH_TIMEOUT => {
+                return self.err(
+                    t.referenced.line(),
+                    "ceph.timeout",
+                    format!("must be 1 to {MAX_CEPH_TIMEOUT} (seconds)"),
+                )
+            }
+            Some(t) => t.value,
+            None => super::default_timeout(),
+        };
+        Ok(CephConfig {
+            conf: c.conf.unwrap_or_else(super::default_conf),
+            id: c.id.unwrap_or_else(super::default_id),
+            keyring: c.keyring,
+            timeout,
         })
     }
 
@@ -204,7 +225,15 @@ impl Validator<'_> {
                 pre: h.value.pre.clone(),
                 post: h.value.post.clone(),
                 timeout: self
-                    .opt(&h.value.timeout, &k("hooks.timeout"), units::parse_duration)?
+                    .opt(&h.value.timeout, &k("hooks.timeout"), |t| {
+                        units::parse_duration(t).and_then(|d| {
+                            if d.is_zero() || d > MAX_HOOK_TIMEOUT {
+                                Err(format!("{t:?}: must be 1s to 24h"))
+                            } else {
+                                Ok(d)
+                            }
+                        })
+                    })?
                     .or(base.map(|b| b.hooks.timeout))
                     .unwrap_or(DEFAULT_HOOK_TIMEOUT),
             },

@@ -7,7 +7,9 @@
 //! can be caught inside the process. So the parent (`backup --all`, the
 //! daemon) hands each backup to a child process running this same binary
 //! (its hidden `backup-worker` subcommand): a worker per parallel slot,
-//! each with one cluster connection that its jobs share. The parent relays
+//! which opens a cluster connection of its own for every job and shuts it
+//! down before the next (a connection shared by many jobs is what upset
+//! librbd). The parent relays
 //! the worker's progress and outcome; if the worker dies, the job's
 //! failure is recorded and the job is retried once in a new worker; if it
 //! reports nothing for `stall-timeout`, or is still taking the snapshot
@@ -77,8 +79,15 @@ impl Limits {
     /// the hooks; never more than `stall-timeout`.
     fn of(fleet: &Fleet, vol: &Volume) -> Limits {
         let hooks = hook_time(&vol.settings.hooks);
+        // Saturating: the config bounds every term, but a limit must never
+        // overflow into a panic whatever the caller passes.
         let stall = fleet.stall_timeout.max(hooks);
-        let snapshot = 3 * fleet.ceph.timeout + WATCH_EXPIRY + hooks;
+        let snapshot = fleet
+            .ceph
+            .timeout
+            .saturating_mul(3)
+            .saturating_add(WATCH_EXPIRY)
+            .saturating_add(hooks);
         Limits {
             stall,
             snapshot: snapshot.min(stall),
@@ -258,7 +267,7 @@ impl Drop for Worker {
 /// any).
 fn hook_time(h: &crate::config::Hooks) -> Duration {
     if h.pre.is_some() || h.post.is_some() {
-        h.timeout + CANCEL_GRACE
+        h.timeout.saturating_add(CANCEL_GRACE)
     } else {
         Duration::ZERO
     }
