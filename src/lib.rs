@@ -26,5 +26,6 @@ pub mod retention;
 pub mod schedule;
 pub mod source;
 pub mod status;
+pub mod text;
 pub mod throttle;
 pub mod verify;

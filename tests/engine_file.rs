@@ -252,6 +252,8 @@ fn archive_files_are_owner_only_and_log_every_operation() {
         }
     }
     let log = rbdelta::archive::oplog::read_all(&f.vol.log_path()).unwrap();
+    assert!(log.damaged.is_empty(), "{:?}", log.damaged);
+    let log = log.records;
     let ops: Vec<(String, String, Option<String>)> = log
         .iter()
         .map(|r| (r.op.clone(), r.event.clone(), r.outcome.clone()))

@@ -1,6 +1,13 @@
 //! The append-only operation log (`<volume>/log.jsonl`): one JSON object per
 //! line for the start and the end of every backup, restore and verify.
 //! Lines are appended with O_APPEND and fsynced; nothing ever rewrites them.
+//!
+//! A crash mid-append can leave a torn last line. The next append starts
+//! on a new line, so the torn one never spoils the record after it; once
+//! followed, it is a damaged line like any other. Readers skip only a torn
+//! *last* line (no newline yet) silently: every other line that does not
+//! parse is returned as damage, so `status` and `check` can say their
+//! counts may be short instead of quietly under-counting.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -48,31 +55,76 @@ pub struct LogRecord {
     pub in_volume_log: Option<bool>,
 }
 
-/// Appends one record and fsyncs.
+/// Appends one record (on a line of its own) and fsyncs.
 pub fn append(path: &Path, record: &LogRecord) -> Result<()> {
-    let mut line = serde_json::to_vec(record).expect("log record serializes");
-    line.push(b'\n');
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .mode(0o600)
         .open(path)
         .at(path)?;
+    let mut line = Vec::new();
+    if !ends_with_newline(&f).at(path)? {
+        line.push(b'\n'); // after a torn line
+    }
+    serde_json::to_writer(&mut line, record).expect("log record serializes");
+    line.push(b'\n');
     f.write_all(&line).at(path)?;
     f.sync_data().at(path)
 }
 
-/// Reads all records; a torn last line (crash mid-append) is skipped.
-pub fn read_all(path: &Path) -> Result<Vec<LogRecord>> {
-    let text = match std::fs::read_to_string(path) {
+/// Whether `f` is empty or ends with a newline.
+fn ends_with_newline(f: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(true);
+    }
+    let mut last = [0u8];
+    f.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] == b'\n')
+}
+
+/// A log as read: its records, and the lines that did not parse.
+#[derive(Debug, Default)]
+pub struct Log {
+    pub records: Vec<LogRecord>,
+    /// `PATH:LINE: error` for every unreadable line but a torn last one.
+    pub damaged: Vec<String>,
+}
+
+/// Reads a log; a missing file is an empty log.
+pub fn read_all(path: &Path) -> Result<Log> {
+    let bytes = match std::fs::read(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Log::default()),
         Err(e) => return Err(crate::error::Error::io(path, e)),
     };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    let mut log = Log::default();
+    let complete = bytes.last() == Some(&b'\n');
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    // split leaves an empty piece after a final newline, or the torn line
+    let (body, torn) = lines.split_at(lines.len() - 1);
+    for (i, line) in body.iter().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(r) => log.records.push(r),
+            Err(e) => log.damaged.push(format!(
+                "{}:{}: unreadable record ({e})",
+                path.display(),
+                i + 1
+            )),
+        }
+    }
+    if !complete {
+        if let Ok(r) = serde_json::from_slice(torn[0]) {
+            log.records.push(r); // whole, only its newline missing
+        }
+    }
+    Ok(log)
 }
 
 /// One logged operation: a start record now, an end record with the
@@ -136,5 +188,51 @@ impl Operation {
             tracing::warn!("could not append to the operation log: {e}");
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(op: &str) -> LogRecord {
+        LogRecord {
+            time: "2026-11-29T00:00:00Z".into(),
+            op: op.into(),
+            event: "end".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_damaged_middle_line_is_reported_and_a_torn_tail_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log.jsonl");
+        append(&p, &rec("backup")).unwrap();
+        append(&p, &rec("verify")).unwrap();
+        // a crash mid-append: a torn last line is skipped silently
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(br#"{"time":"2026-11-29T00:00:01Z","op":"bac"#)
+            .unwrap();
+        let log = read_all(&p).unwrap();
+        assert_eq!(log.records.len(), 2);
+        assert!(log.damaged.is_empty(), "{:?}", log.damaged);
+        // the next append starts a new line: its record survives, and the
+        // torn one is now a damaged line, reported
+        append(&p, &rec("restore")).unwrap();
+        let log = read_all(&p).unwrap();
+        let ops: Vec<&str> = log.records.iter().map(|r| r.op.as_str()).collect();
+        assert_eq!(ops, ["backup", "verify", "restore"]);
+        assert_eq!(log.damaged.len(), 1, "{:?}", log.damaged);
+        assert!(log.damaged[0].contains("log.jsonl:3:"), "{:?}", log.damaged);
+        // a flipped byte in the middle is damage too
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replacen("verify", "ver\"fy", 1);
+        std::fs::write(&p, text).unwrap();
+        let log = read_all(&p).unwrap();
+        assert_eq!(log.records.len(), 2);
+        assert_eq!(log.damaged.len(), 2, "{:?}", log.damaged);
+        assert!(log.damaged[0].contains(":2:"), "{:?}", log.damaged);
     }
 }

@@ -1,6 +1,7 @@
 //! `rbdelta list VOLUME [--json]`.
 
 use rbdelta::archive::state::{Trust, VolumeState};
+use rbdelta::text::prefix;
 use serde::Serialize;
 
 use super::{open_volume, Ctx, Failure};
@@ -70,13 +71,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     .to_vec()];
     for r in rows {
         table.push(vec![
-            r.id[..12].to_string(),
-            r.created[..r.created.len().min(19)].to_string(),
+            prefix(&r.id, 12).to_string(),
+            prefix(&r.created, 19).to_string(),
             r.kind,
             r.size.to_string(),
             r.parent
                 .as_deref()
-                .map_or("-".into(), |p| p[..12].to_string()),
+                .map_or("-".into(), |p| prefix(p, 12).to_string()),
             match r.trust.split_once(' ') {
                 Some(("distrusted:", _)) => "DISTRUSTED".into(),
                 Some((state, _)) => state.to_string(),

@@ -5,6 +5,7 @@
 
 use rbdelta::archive::global;
 use rbdelta::archive::oplog::{read_all, LogRecord};
+use rbdelta::text::prefix;
 
 use super::{human, Ctx, Failure};
 
@@ -22,7 +23,9 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
-    let fleet = read_all(&global::log_path(&cfg.archive))?;
+    let fleet_log = read_all(&global::log_path(&cfg.archive))?;
+    let mut damaged = fleet_log.damaged;
+    let fleet = fleet_log.records;
     let mut records: Vec<LogRecord> = match &a.volume {
         None => fleet,
         Some(name) => {
@@ -30,7 +33,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 return Err(Failure::usage(format!("{name:?} is not a volume name")));
             }
             let own_path = cfg.archive.join(name).join("log.jsonl");
-            let mut own: Vec<LogRecord> = read_all(&own_path)?
+            let own_log = read_all(&own_path)?;
+            damaged.extend(own_log.damaged);
+            let mut own: Vec<LogRecord> = own_log
+                .records
                 .into_iter()
                 .map(|mut r| {
                     r.volume = Some(name.clone());
@@ -52,6 +58,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             own
         }
     };
+    for d in &damaged {
+        eprintln!("rbdelta: warning: {d}");
+    }
     if let Some(n) = a.last {
         records.drain(..records.len().saturating_sub(n));
     }
@@ -80,7 +89,7 @@ fn line(r: &LogRecord) -> String {
         s += &format!("  {k}");
     }
     if let Some(rev) = &r.revision {
-        s += &format!(" {}", &rev[..rev.len().min(12)]);
+        s += &format!(" {}", prefix(rev, 12));
     }
     if let (Some(rd), Some(wr)) = (r.bytes_read, r.bytes_written) {
         if r.outcome.as_deref() == Some("ok") {

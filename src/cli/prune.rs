@@ -6,6 +6,7 @@ use rbdelta::archive::state::VolumeState;
 use rbdelta::archive::VolumeDir;
 use rbdelta::history::{prune_plan, remove_revisions};
 use rbdelta::retention::Retention;
+use rbdelta::text::prefix;
 
 use super::{open_volume, table, Ctx, Failure};
 
@@ -72,7 +73,7 @@ fn plan(
             .expect("decided on these");
         rows.push(vec![
             r.short().to_string(),
-            r.manifest.created[..19.min(r.manifest.created.len())].to_string(),
+            prefix(&r.manifest.created, 19).to_string(),
             match (d.keep, dry_run) {
                 (true, _) => "keep".into(),
                 (false, true) => "would remove".into(),

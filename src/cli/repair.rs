@@ -4,6 +4,7 @@
 use rbdelta::repair::repair;
 use rbdelta::source::rbd::RbdImage;
 use rbdelta::source::SourceImage;
+use rbdelta::text::prefix;
 
 use super::{open_volume, Ctx, Failure};
 
@@ -46,7 +47,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         println!(
             "{}: revision {}: block {} repaired from {}",
             a.volume,
-            &f.revision[..12],
+            prefix(&f.revision, 12),
             f.block,
             f.from
         );
@@ -55,12 +56,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         println!(
             "{}: revision {}: block {} could not be repaired (no good copy)",
             a.volume,
-            &u.revision[..12],
+            prefix(&u.revision, 12),
             u.block
         );
     }
     for id in &r.verify.distrusted {
-        println!("{}: revision {} stays distrusted", a.volume, &id[..12]);
+        println!("{}: revision {} stays distrusted", a.volume, prefix(id, 12));
     }
     if r.verify.problems.is_empty() {
         println!(

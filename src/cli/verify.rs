@@ -5,6 +5,7 @@ use rbdelta::archive::state::VolumeState;
 use rbdelta::archive::VolumeDir;
 use rbdelta::source::rbd::RbdImage;
 use rbdelta::source::SourceImage;
+use rbdelta::text::prefix;
 use rbdelta::verify::source::verify_source;
 use rbdelta::verify::{verify_with, Subset, VerifyOptions, VerifyReport};
 
@@ -100,7 +101,7 @@ fn print(name: &str, r: &VerifyReport, subset: Option<Subset>) -> bool {
         println!("{name}: DAMAGED: {p}");
     }
     for id in &r.distrusted {
-        println!("{name}: revision {} is now distrusted", &id[..12]);
+        println!("{name}: revision {} is now distrusted", prefix(id, 12));
     }
     false
 }

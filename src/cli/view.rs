@@ -3,6 +3,7 @@
 //! lines. Each is a [`rbdelta::fleet::Observer`]; the library never knows
 //! which one it talks to.
 
+use rbdelta::text::prefix;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +25,7 @@ pub fn result_line(o: &Outcome) -> String {
             "{}: {} {}, image {}, read {}, stored {}, {:.1}s",
             o.volume,
             o.kind.as_deref().unwrap_or("?"),
-            o.revision.as_deref().map_or("?", |r| &r[..12.min(r.len())]),
+            o.revision.as_deref().map_or("?", |r| prefix(r, 12)),
             human(o.size.unwrap_or(0)),
             human(o.bytes_read),
             human(o.bytes_written),

@@ -17,8 +17,6 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::error::{Error, Result};
 use crate::schedule::Schedule;
 use file::RawConfig;

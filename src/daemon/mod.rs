@@ -262,7 +262,10 @@ fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Ou
 /// When each volume's last backup ended, from the fleet log.
 fn last_attempts(archive: &Path) -> std::collections::HashMap<String, i64> {
     let mut out = std::collections::HashMap::new();
-    for r in read_all(&global::log_path(archive)).unwrap_or_default() {
+    for r in read_all(&global::log_path(archive))
+        .unwrap_or_default()
+        .records
+    {
         if let (Some(v), "backup", "end") = (r.volume, r.op.as_str(), r.event.as_str()) {
             if r.error
                 .as_deref()

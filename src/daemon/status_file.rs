@@ -75,7 +75,7 @@ impl StatusFile {
         }
         // A volume new since the start: read its history once.
         let one = status::fleet_records(&cfg.archive, &o.volume)
-            .and_then(|recs| status::one(cfg, &o.volume, &recs));
+            .and_then(|(recs, damage)| status::one(cfg, &o.volume, &recs, &damage));
         match one {
             Ok(s) => {
                 self.volumes.insert(o.volume.clone(), s);

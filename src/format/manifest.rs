@@ -60,6 +60,12 @@ impl Manifest {
         if m.format != super::FORMAT_VERSION {
             return Err(format!("unsupported manifest format {}", m.format));
         }
+        if m.previous
+            .as_deref()
+            .is_some_and(|p| checksum::from_hex(p).is_none())
+        {
+            return Err("manifest previous is not a 64-hex-digit revision id".into());
+        }
         if checksum::from_hex(&m.checksum).is_none() {
             return Err("manifest checksum is not 64 hex digits".into());
         }

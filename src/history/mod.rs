@@ -28,7 +28,7 @@ pub fn recover(vol: &VolumeDir) -> Result<Option<String>> {
         return Ok(None);
     };
     let edit = i.edit.clone().unwrap_or_else(|| "remove".into());
-    tracing::warn!(volume = %vol.name, "finishing the interrupted {edit} (removing revision {})", &i.remove[..12.min(i.remove.len())]);
+    tracing::warn!(volume = %vol.name, "finishing the interrupted {edit} (removing revision {})", crate::text::prefix(&i.remove, 12));
     if intent::apply(vol, &i)? == intent::Applied::Done && !i.then.is_empty() {
         remove_locked(vol, &i.then, &edit)?;
     }
@@ -91,7 +91,7 @@ fn remove_locked(vol: &VolumeDir, ids: &[String], edit: &str) -> Result<usize> {
     if let Some(id) = order.iter().find(|id| Some(*id) == newest.as_ref()) {
         return Err(Error::Invalid(format!(
             "revision {} is the newest and is never removed",
-            &id[..12]
+            crate::text::prefix(id, 12)
         )));
     }
     let result = (|| {

@@ -6,7 +6,8 @@
 //! succeeded, when its last verify failed, or when a revision is
 //! distrusted; WARNING when its last success is older than the warning
 //! threshold (default 1.5× the interval) or it has never been backed up
-//! (nor tried).
+//! (nor tried), or when a line of its logs cannot be read (its counts may
+//! then be short).
 
 use std::time::Duration;
 
@@ -76,6 +77,15 @@ pub fn judge(s: &VolumeStatus, now: i64, t: Thresholds) -> Verdict {
         };
     };
     let age = (now - ok.unix).max(0) as f64;
+    if let Some(d) = s.log_damage.first() {
+        if age <= crit {
+            let more = match s.log_damage.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            return v(Level::Warning, format!("log damaged: {d}{more}"));
+        }
+    }
     let ago = format_duration(Duration::from_secs(age as u64));
     let failing = match &s.last_failure {
         Some(f) if f.unix >= ok.unix => format!("; failing: {}", f.error),
@@ -156,6 +166,7 @@ mod tests {
                 error: None,
             }),
             distrusted: 0,
+            log_damage: Vec::new(),
         }
     }
 
@@ -195,6 +206,12 @@ mod tests {
             judge(&status(Some(now - 120), None, None), now, over).level,
             Level::Warning
         );
+        // an unreadable log line: the counts may be short, a WARNING
+        let mut damaged = status(Some(now - 60), None, Some(true));
+        damaged.log_damage = vec!["/a/v/log.jsonl:7: unreadable record".into()];
+        let d = judge(&damaged, now, t);
+        assert_eq!(d.level, Level::Warning);
+        assert!(d.reason.contains("log.jsonl:7"), "{}", d.reason);
         let failing = judge(&status(Some(now - 60), Some(now - 10), None), now, t);
         assert!(
             failing.reason.contains("failing: boom"),

@@ -45,6 +45,10 @@ pub struct VolumeStatus {
     pub archive_bytes: u64,
     pub last_verify: Option<VerifyResult>,
     pub distrusted: usize,
+    /// Unreadable lines of the fleet log and of the volume's own log: the
+    /// counts above may be short by what they held.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log_damage: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,19 +90,23 @@ pub fn unix_nanos_of(t: &str) -> i128 {
         .map_or(0, |t| t.unix_timestamp_nanos())
 }
 
-/// The fleet log records of volume `name`.
-pub fn fleet_records(archive: &Path, name: &str) -> Result<Vec<LogRecord>> {
-    Ok(read_all(&global::log_path(archive))?
+/// The fleet log records of volume `name`, and the fleet log's damaged
+/// lines (which may have been anyone's).
+pub fn fleet_records(archive: &Path, name: &str) -> Result<(Vec<LogRecord>, Vec<String>)> {
+    let log = read_all(&global::log_path(archive))?;
+    let mine = log
+        .records
         .into_iter()
         .filter(|r| r.volume.as_deref() == Some(name))
-        .collect())
+        .collect();
+    Ok((mine, log.damaged))
 }
 
 /// Every volume the config or the archive knows, with its status.
 pub fn collect(cfg: &Config) -> Result<Vec<VolumeStatus>> {
     let fleet_log = read_all(&global::log_path(&cfg.archive))?;
     let mut by_volume: BTreeMap<String, Vec<LogRecord>> = BTreeMap::new();
-    for r in fleet_log {
+    for r in fleet_log.records {
         if let Some(v) = r.volume.clone() {
             by_volume.entry(v).or_default().push(r);
         }
@@ -116,13 +124,19 @@ pub fn collect(cfg: &Config) -> Result<Vec<VolumeStatus>> {
     let mut out = Vec::new();
     for name in names {
         let fleet = by_volume.remove(&name).unwrap_or_default();
-        out.push(one(cfg, &name, &fleet)?);
+        out.push(one(cfg, &name, &fleet, &fleet_log.damaged)?);
     }
     Ok(out)
 }
 
-/// The status of one volume, given its fleet log records.
-pub fn one(cfg: &Config, name: &str, fleet: &[LogRecord]) -> Result<VolumeStatus> {
+/// The status of one volume, given its fleet log records and the fleet
+/// log's damaged lines.
+pub fn one(
+    cfg: &Config,
+    name: &str,
+    fleet: &[LogRecord],
+    fleet_damage: &[String],
+) -> Result<VolumeStatus> {
     let dir = cfg.archive.join(name);
     let vol = if dir.join("rbdelta-volume.json").exists() {
         Some(VolumeDir::open(&cfg.archive, name)?)
@@ -131,8 +145,11 @@ pub fn one(cfg: &Config, name: &str, fleet: &[LogRecord]) -> Result<VolumeStatus
     };
     let own = match &vol {
         Some(v) => read_all(&v.log_path())?,
-        None => Vec::new(),
+        None => Default::default(),
     };
+    let mut log_damage = fleet_damage.to_vec();
+    log_damage.extend(own.damaged);
+    let own = own.records;
     let revisions = match &vol {
         Some(v) => v.revisions()?,
         None => Vec::new(),
@@ -175,6 +192,7 @@ pub fn one(cfg: &Config, name: &str, fleet: &[LogRecord]) -> Result<VolumeStatus
         archive_bytes: allocated(&dir),
         last_verify: None,
         distrusted: 0,
+        log_damage,
     };
     for r in backups {
         if r.outcome.as_deref() == Some("ok") {
