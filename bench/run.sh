@@ -10,10 +10,14 @@
 #   merge            MiB/s of delta folded by rbdelta merge
 #
 # Workload (deterministic): an image of IMAGE_GIB with about half of it
-# written in 4 MiB pieces; then SCATTER scattered 4-64 KiB writes and a grow
-# by 256 MiB with data written at the new end.
+# written in 4 MiB pieces; then SCATTER scattered 4-64 KiB writes, a grow by
+# 256 MiB, and 20 scattered writes inside the grown 256 MiB.
 # Env: IMAGE_GIB (default 4), SCATTER (default 2000), REPS (default 1: the
-# best of REPS runs of full/export and restore/import is reported), MEMSTORE_GIB (default 14), BENCH_DIR.
+# full/export and restore/import pairs run REPS times and every pair's
+# ratio counts; the incremental runs once per invocation, since a second
+# one would diff against another base), MEMSTORE_GIB (default 14), BENCH_DIR.
+# Reported: the range of each ratio over the pairs, the range of times, and
+# the peak RSS over all runs (not the RSS of the fastest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE_GIB=${IMAGE_GIB:-4}
@@ -38,7 +42,8 @@ rbd() { command rbd -c "$CEPH_CONF" "$@"; }
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 
-# measure NAME CMD...: runs CMD under GNU time; records seconds and peak RSS (KiB)
+# measure NAME CMD...: runs CMD under GNU time; appends its seconds to
+# secs[NAME] and keeps the peak RSS (KiB) over all runs in rss[NAME]
 declare -A secs rss
 measure() {
   local name=$1; shift
@@ -46,9 +51,8 @@ measure() {
   local out="$work/time.$name"
   /usr/bin/time -f '%e %M' -o "$out" "$@" >/dev/null
   read -r s m < "$out"
-  if [[ -z ${secs[$name]:-} ]] || awk "BEGIN{exit !($s < ${secs[$name]})}"; then
-    secs[$name]=$s; rss[$name]=$m
-  fi
+  secs[$name]="${secs[$name]:-} $s"
+  if [[ -z ${rss[$name]:-} ]] || ((m > rss[$name])); then rss[$name]=$m; fi
 }
 
 echo "bench: creating a ${IMAGE_GIB} GiB image with about half of it written" >&2
@@ -78,7 +82,7 @@ done
 echo "bench: scattered writes and a grow" >&2
 "$py" "$samples" scatter rbd bench "$SCATTER" 7
 "$py" "$samples" resize rbd bench $((size_mib + 256))
-"$py" "$samples" scatter rbd bench 20 8
+"$py" "$samples" scatter rbd bench 20 8 "$size_mib"  # inside the grown part
 rbd snap create rbd/bench@s2
 full_rev=$("$bin" list bench --json | "$py" -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 
@@ -110,16 +114,21 @@ measure ceph_full "$bin" --no-progress backup bench --full
 "$bin" --no-progress verify bench >/dev/null
 diff_bytes=$(stat -c %s "$work/diff.bin")
 
-ratio() { awk "BEGIN{printf \"%.2f\", $1 / $2}"; }
 mib() { awk "BEGIN{printf \"%.0f\", $1 / 1024}"; }
-printf '\n%-14s %10s %10s %8s %14s %14s\n' "operation" "rbdelta s" "rbd s" "ratio" "rbdelta RSS" "rbd RSS"
-row() { printf '%-14s %10s %10s %8s %11s MiB %10s MiB\n' "$1" "${secs[$2]}" "${secs[$3]}" "$(ratio "${secs[$2]}" "${secs[$3]}")" "$(mib "${rss[$2]}")" "$(mib "${rss[$3]}")"; }
+# span "t1 t2 ...": "min-max" (or the one value)
+span() { awk '{mn=$1; mx=$1; for (i=2;i<=NF;i++) {if ($i<mn) mn=$i; if ($i>mx) mx=$i}; if (mn==mx) printf "%.2f", mn; else printf "%.2f-%.2f", mn, mx}' <<<"$1"; }
+# ratios "a1 a2 ..." "b1 b2 ...": a_i / b_i, pair by pair
+ratios() { awk -v a="$1" -v b="$2" 'BEGIN{n=split(a,x," "); split(b,y," "); for (i=1;i<=n;i++) printf "%s%.4f", (i>1?" ":""), x[i]/y[i]}'; }
+printf '\n%-14s %13s %13s %11s %14s %14s\n' "operation" "rbdelta s" "rbd s" "ratio" "rbdelta RSS" "rbd RSS"
+row() { printf '%-14s %13s %13s %11s %11s MiB %10s MiB\n' "$1" "$(span "${secs[$2]}")" "$(span "${secs[$3]}")" "$(span "$(ratios "${secs[$2]}" "${secs[$3]}")")" "$(mib "${rss[$2]}")" "$(mib "${rss[$3]}")"; }
 row "full backup" full export
 row "incremental" incremental export_diff
 row "restore" restore import
-printf '%-14s %10s %10s %8s %11s MiB %10s MiB\n' "synthetic full" "${secs[synthetic]}" "${secs[ceph_full]}" "$(ratio "${secs[synthetic]}" "${secs[ceph_full]}")" "$(mib "${rss[synthetic]}")" "$(mib "${rss[ceph_full]}")"
+row "synthetic full" synthetic ceph_full
+echo "(ranges over $REPS pair(s) for full and restore, one for the rest; RSS: peak over all runs)"
 echo "(synthetic full: rbdelta synthetic-full vs rbdelta backup --full reading the image from Ceph)"
-echo "merge: folded a $((merged_bytes / 1048576)) MiB delta in ${secs[merge]} s: $(awk "BEGIN{printf \"%.0f\", $merged_bytes / 1048576 / ${secs[merge]}}") MiB/s"
+merge_s=$(span "${secs[merge]}")
+echo "merge: folded a $((merged_bytes / 1048576)) MiB delta in $merge_s s: $(awk "BEGIN{printf \"%.0f\", $merged_bytes / 1048576 / $merge_s}") MiB/s"
 echo
 echo "image ${IMAGE_GIB} GiB, ${SCATTER} scattered writes; delta file $((delta_bytes / 1048576)) MiB vs export-diff $((diff_bytes / 1048576)) MiB"
 echo "(rbd export/export-diff are followed by sync; rbdelta fsyncs its own files; ratio < 1 means rbdelta is faster)"

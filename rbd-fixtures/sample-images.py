@@ -4,7 +4,7 @@
 Fixtures may use Ceph's Python bindings; the product itself never does.
 Usage (CEPH_CONF names the cluster's ceph.conf):
   sample-images.py random POOL NAME SIZE_MIB DATA_MIB SEED   new image, DATA_MIB of data in 4 MiB pieces
-  sample-images.py scatter POOL NAME COUNT SEED              COUNT scattered 4 KiB..64 KiB writes
+  sample-images.py scatter POOL NAME COUNT SEED [FROM_MIB]   COUNT scattered 4 KiB..64 KiB writes (at or past FROM_MIB)
   sample-images.py resize POOL NAME SIZE_MIB
   sample-images.py from-file POOL NAME PATH                  new image holding PATH's bytes (sparse)
   sample-images.py overwrite POOL NAME PATH                  write PATH's non-zero 64 KiB blocks over NAME
@@ -55,12 +55,13 @@ def main(argv):
                         img.write(rng.randbytes(4 * MIB), s * 4 * MIB)
             elif cmd == "scatter":
                 count, seed = int(argv[4]), int(argv[5])
+                start = int(argv[6]) * MIB if len(argv) > 6 else 0
                 rng = random.Random(seed)
                 with rbd.Image(io, name) as img:
                     size = img.size()
                     for _ in range(count):
                         length = rng.choice([4096, 16384, 65536])
-                        off = rng.randrange(0, size - length) // 4096 * 4096
+                        off = rng.randrange(start, size - length) // 4096 * 4096
                         img.write(rng.randbytes(length), off)
             elif cmd == "resize":
                 with rbd.Image(io, name) as img:
