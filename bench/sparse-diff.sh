@@ -66,7 +66,7 @@ for run in $(seq "$RUNS"); do
   rbd snap create rbd/sparse@probe >/dev/null
   t[exact]+=" $(timed rbd diff --from-snap "$base" rbd/sparse@probe)"
   t[whole]+=" $(timed rbd diff --whole-object --from-snap "$base" rbd/sparse@probe)"
-  rbd snap rm rbd/sparse@probe >/dev/null
+  rbd snap rm --no-progress rbd/sparse@probe >/dev/null
   t[backup]+=" $(timed "$bin" --no-progress -v backup sparse 2>"$work/backup.log")"
   # rbdelta's own diff phase, from its log: "N changed extents found in 25.3ms"
   t[diff]+=" $(sed -n 's/.*changed extents found in \([0-9.]*\)\([µm]*s\).*/\1 \2/p' "$work/backup.log" \

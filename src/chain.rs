@@ -85,15 +85,53 @@ pub struct Resolved {
     pub source: Source,
 }
 
+/// How often [`Chain::open`] starts over when a history edit renames or
+/// removes a file between two of its opens.
+const OPEN_ATTEMPTS: usize = 20;
+
 impl Chain {
-    /// Opens `rev` and every base it needs.
+    /// Opens `rev` and every base it needs, as one consistent snapshot.
+    ///
+    /// Readers take no lock. Writers never change the bytes of a visible
+    /// file (they rename a new file over it, or unlink it), and an open file
+    /// keeps its content until closed; so once every link is open, the chain
+    /// reads as it was, whatever prunes and merges do next. Only between two
+    /// opens can a writer interfere (a base removed after its child was
+    /// merged forward): a file that vanished there makes the whole open
+    /// start over, and finds the rewritten chain. A target whose manifest
+    /// is gone was removed: [`Error::Removed`].
     pub fn open(vol: &VolumeDir, rev: &Revision) -> Result<Chain> {
+        let mut attempt = 1;
+        loop {
+            match Chain::open_once(vol, rev) {
+                Ok(chain) => return Ok(chain),
+                Err(e) if e.is_not_found() || matches!(e, Error::Removed(_)) => {
+                    if !vol.manifest_path(&rev.id).exists() {
+                        return Err(Error::Removed(format!(
+                            "revision {} of volume {} was removed (by a prune or merge) before it could be read",
+                            rev.id, vol.name
+                        )));
+                    }
+                    if attempt == OPEN_ATTEMPTS {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    tracing::debug!(volume = %vol.name, "chain of {} changed while opening it; again ({e})", rev.short());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn open_once(vol: &VolumeDir, rev: &Revision) -> Result<Chain> {
         let mut links = Vec::new();
         let mut current = rev.clone();
         loop {
             let link = open_link(vol, &current)?;
             let next = link.base.clone();
             links.push(link);
+            #[cfg(test)]
+            tests::between_opens();
             match next {
                 None => break,
                 Some(base) => {
@@ -101,6 +139,9 @@ impl Chain {
                         return Err(Error::Corrupt(format!("delta chain of {} loops", rev.id)));
                     }
                     current = vol.read_revision(&base).map_err(|e| {
+                        if e.is_not_found() {
+                            return e; // perhaps merged away meanwhile: `open` decides
+                        }
                         Error::Corrupt(format!(
                             "revision {} needs base {base}, which cannot be read: {e}",
                             current.id
@@ -345,7 +386,7 @@ pub fn open_full(vol: &VolumeDir, id: &str) -> Result<(FullIndexReader, File, Pa
     Ok((idx, file, path))
 }
 
-fn open_link(vol: &VolumeDir, rev: &Revision) -> Result<Link> {
+pub(crate) fn open_link(vol: &VolumeDir, rev: &Revision) -> Result<Link> {
     let kind = vol.storage_kind(&rev.id)?;
     let (index, size, path, revision_in_file, base, file) = match kind {
         StorageKind::Full => {
@@ -388,4 +429,64 @@ fn open_link(vol: &VolumeDir, rev: &Revision) -> Result<Link> {
         path,
         base,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::backup::{backup, BackupOptions};
+    use crate::progress::NoProgress;
+    use crate::source::file::{resize, write_at, FileImage};
+
+    thread_local! {
+        /// Runs once between two link opens of this thread's next open.
+        static HOOK: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn between_opens() {
+        if let Some(f) = HOOK.with(|h| h.borrow_mut().take()) {
+            f();
+        }
+    }
+
+    /// A history edit landing between two opens of `Chain::open` (the
+    /// target's old delta open, its base then merged away) makes the open
+    /// start over and return the rewritten chain, never a mix.
+    #[test]
+    fn an_edit_between_two_opens_makes_the_open_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = FileImage::new(dir.path().join("img")).unwrap();
+        let vol = VolumeDir::open_or_create(&dir.path().join("archive"), "vm", 4096).unwrap();
+        resize(&image, 64 * 4096).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..3u8 {
+            write_at(&image, u64::from(i) * 3 * 4096, &[i + 1; 3 * 4096]).unwrap();
+            let o = BackupOptions {
+                source_name: "test/vm".into(),
+                ..Default::default()
+            };
+            ids.push(backup(&vol, &image, &o, &NoProgress).unwrap().revision.id);
+        }
+        let newest = vol.read_revision(&ids[2]).unwrap();
+        let (vol2, middle) = (vol.clone(), ids[1].clone());
+        HOOK.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                crate::history::remove_revisions(&vol2, &[middle], "remove").unwrap();
+            }))
+        });
+        let chain = Chain::open(&vol, &newest).unwrap();
+        assert!(HOOK.with(|h| h.borrow().is_none()), "the edit ran");
+        let links: Vec<&str> = chain.links.iter().map(|l| l.revision.id.as_str()).collect();
+        assert_eq!(
+            links,
+            [ids[0].as_str(), ids[2].as_str()],
+            "the merged chain"
+        );
+        assert_eq!(
+            chain.image_checksum().unwrap(),
+            newest.manifest.checksum_bytes()
+        );
+    }
 }

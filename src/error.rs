@@ -41,6 +41,10 @@ pub enum Error {
     /// The operation was asked to stop (daemon shutdown) and did, cleanly.
     #[error("cancelled: {0}")]
     Cancelled(String),
+    /// A revision a reader asked for was removed (by a concurrent prune or
+    /// merge) before the reader had opened its files.
+    #[error("{0}")]
+    Removed(String),
 }
 
 impl Error {
@@ -74,8 +78,19 @@ impl Error {
             // A hook is the operator's script; whether it heals itself is
             // unknown, so it gets the retries a cluster hiccup gets.
             Error::Hook(_) => true,
-            Error::Config(_) | Error::Corrupt(_) | Error::Invalid(_) | Error::Cancelled(_) => false,
+            Error::Config(_)
+            | Error::Corrupt(_)
+            | Error::Invalid(_)
+            | Error::Cancelled(_)
+            | Error::Removed(_) => false,
         }
+    }
+}
+
+impl Error {
+    /// Whether this is a file that does not exist (or no longer does).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 }
 

@@ -11,12 +11,17 @@
 //! write a file.
 
 #[cfg(feature = "fault-injection")]
-pub use imp::{job_fault, point};
+pub use imp::{job_fault, pause, point};
 
 /// A place where a crash must leave the archive consistent (no-op here).
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn point(_what: &str) {}
+
+/// A place where a test may hold the process (no-op here).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn pause(_what: &str) {}
 
 /// A failing backup worker, for tests (no-op here).
 #[cfg(not(feature = "fault-injection"))]
@@ -57,6 +62,31 @@ mod imp {
         }
         if c.crash_at == Some(n) {
             std::process::abort();
+        }
+    }
+
+    /// A place where a test holds the process, to run something else at a
+    /// known moment. With `RBDELTA_TEST_PAUSE=NAME:DIR`, reaching the pause
+    /// named NAME creates `DIR/NAME.paused` and waits (at most 5 minutes)
+    /// until `DIR/NAME.go` exists (spaces in NAME become dashes in the file
+    /// names; DIR must not hold a colon).
+    pub fn pause(what: &str) {
+        static SPEC: OnceLock<Option<(String, std::path::PathBuf)>> = OnceLock::new();
+        let spec = SPEC.get_or_init(|| {
+            let v = std::env::var("RBDELTA_TEST_PAUSE").ok()?;
+            let (name, dir) = v.rsplit_once(':')?;
+            Some((name.to_string(), dir.into()))
+        });
+        let Some((name, dir)) = spec else { return };
+        if name != what {
+            return;
+        }
+        let file = what.replace(' ', "-");
+        let _ = std::fs::write(dir.join(format!("{file}.paused")), b"");
+        let go = dir.join(format!("{file}.go"));
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while !go.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 

@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 
-use crate::archive::lock::LockMode;
 use crate::archive::oplog::Operation;
 use crate::archive::{Revision, StorageKind, VolumeDir};
 use crate::buffers::BufferPool;
@@ -63,7 +62,7 @@ pub fn repair(
     source: Option<&dyn SourceImage>,
     progress: &dyn Progress,
 ) -> Result<RepairReport> {
-    let lock = vol.lock(LockMode::Exclusive)?;
+    let lock = vol.lock()?;
     crate::history::recover(vol)?;
     let op = Operation::start(vol.log_path(), "repair", None, None)?;
     let fixed = op.end(repair_locked(vol, source), |r, rec| {
@@ -92,7 +91,7 @@ fn repair_locked(
     let revisions = vol.revisions()?;
     let mut bad: Vec<(Revision, BadBlock)> = Vec::new();
     for r in &revisions {
-        let fc = check_data(vol, &r.id, None, &crate::progress::NoProgress)?;
+        let fc = check_data(vol, r, None, &crate::progress::NoProgress)?;
         bad.extend(fc.bad.into_iter().map(|b| (r.clone(), b)));
     }
     let mut fixed = Vec::new();

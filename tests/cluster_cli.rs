@@ -243,9 +243,7 @@ fn a_held_lock_fails_a_second_backup_at_once() {
     let env = Env::new(&conf, &[("lock", &src.name)]);
     env.ok(&["backup", "lock"]);
     let vol = rbdelta::archive::VolumeDir::open(&env.archive(), "lock").unwrap();
-    let held = vol
-        .lock(rbdelta::archive::lock::LockMode::Exclusive)
-        .unwrap();
+    let held = vol.lock().unwrap();
     let started = std::time::Instant::now();
     let out = env.fails(&["backup", "lock"]);
     assert!(started.elapsed().as_secs() < 15);

@@ -20,7 +20,7 @@ use crate::checksum::{self, Hash};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, manifest::Manifest};
 use atomic::{create_dir_private, write_atomic};
-use lock::{LockMode, VolumeLock};
+use lock::VolumeLock;
 
 /// The volume header (`rbdelta-volume.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,8 +166,9 @@ impl VolumeDir {
         format!("rbdelta-{}-", &self.id[..12])
     }
 
-    pub fn lock(&self, mode: LockMode) -> Result<VolumeLock> {
-        VolumeLock::acquire(&self.path.join("lock"), &self.name, mode)
+    /// The writer lock (`lock.rs`); readers take none.
+    pub fn lock(&self) -> Result<VolumeLock> {
+        VolumeLock::acquire(&self.path.join("lock"), &self.name)
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -207,6 +208,11 @@ impl VolumeDir {
             Ok(StorageKind::Full)
         } else if self.delta_path(id).exists() {
             Ok(StorageKind::Delta)
+        } else if !self.manifest_path(id).exists() {
+            Err(Error::Removed(format!(
+                "revision {id} of volume {} was removed",
+                self.name
+            )))
         } else {
             Err(Error::Corrupt(format!(
                 "revision {id} of volume {} has no data file",
@@ -229,7 +235,12 @@ impl VolumeDir {
             if checksum::from_hex(id).is_none() {
                 continue;
             }
-            out.push(self.read_revision(id)?);
+            match self.read_revision(id) {
+                Ok(r) => out.push(r),
+                // removed by a history edit since the directory was read
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.manifest.seq.cmp(&b.manifest.seq).then(a.id.cmp(&b.id)));
         Ok(out)

@@ -68,6 +68,7 @@ pub(super) fn write_revision(
         );
         progress.end();
         let stats = copied?;
+        crate::fault::pause("backup: data copied");
         let sum = w.checksum();
         let (rev, bytes) = new_manifest(vol, snap, parent, sum, size, opts, layout);
         let written = w.bytes_written;
@@ -108,6 +109,7 @@ pub(super) fn write_revision(
     };
     progress.end();
     let stats = copied?;
+    crate::fault::pause("backup: data copied");
     let t = std::time::Instant::now();
     let sum = chain.checksum_with(dw.entries(), size)?;
     tracing::info!(volume = %vol.name, "image checksum computed in {:?}", t.elapsed());

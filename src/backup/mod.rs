@@ -17,7 +17,6 @@ mod writers;
 
 use std::time::Instant;
 
-use crate::archive::lock::LockMode;
 use crate::archive::oplog::Operation;
 use crate::archive::state::{Trust, VolumeState};
 use crate::archive::{now_rfc3339, Pending, Revision, VolumeDir};
@@ -100,7 +99,7 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupReport> {
-    let _lock = vol.lock(LockMode::Exclusive)?;
+    let _lock = vol.lock()?;
     let op = Operation::start(
         vol.log_path(),
         "backup",

@@ -1,6 +1,9 @@
 //! `rbdelta list VOLUME [--json]`.
 
 use rbdelta::archive::state::{Trust, VolumeState};
+use rbdelta::archive::{StorageKind, VolumeDir};
+use rbdelta::error::Error;
+use rbdelta::format::delta::read_header;
 use rbdelta::text::prefix;
 use serde::Serialize;
 
@@ -35,12 +38,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let state = VolumeState::load(&vol.state_path())?;
     let mut rows = Vec::new();
     for r in vol.revisions()? {
-        let kind = vol.storage_kind(&r.id)?;
-        let parent = match kind {
-            rbdelta::archive::StorageKind::Full => None,
-            rbdelta::archive::StorageKind::Delta => Some(rbdelta::checksum::to_hex(
-                &rbdelta::format::delta::read_header(&vol.delta_path(&r.id))?.base,
-            )),
+        // `list` takes no lock: a prune, merge or synthetic full may remove
+        // or replace this revision's files while it looks.
+        let Some((kind, parent)) = storage(&vol, &r.id)? else {
+            continue; // removed since the listing
         };
         let st = state.get(&r.id);
         rows.push(Row {
@@ -93,4 +94,24 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     }
     print!("{}", super::table::render(&table));
     Ok(())
+}
+
+/// How `id` is stored and, for a delta, its base; None once the revision
+/// is gone. A file replaced between two looks (a delta turned into a
+/// synthetic full) is looked at again.
+fn storage(vol: &VolumeDir, id: &str) -> anyhow::Result<Option<(StorageKind, Option<String>)>> {
+    let mut tries = 0;
+    loop {
+        let found = vol.storage_kind(id).and_then(|kind| match kind {
+            StorageKind::Full => Ok((kind, None)),
+            StorageKind::Delta => read_header(&vol.delta_path(id))
+                .map(|h| (kind, Some(rbdelta::checksum::to_hex(&h.base)))),
+        });
+        match found {
+            Ok(s) => return Ok(Some(s)),
+            Err(Error::Removed(_)) => return Ok(None),
+            Err(e) if e.is_not_found() && tries < 3 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

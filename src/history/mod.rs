@@ -13,7 +13,6 @@ pub mod intent;
 pub mod merge;
 pub mod synthetic;
 
-use crate::archive::lock::LockMode;
 use crate::archive::oplog::Operation;
 use crate::archive::{Revision, StorageKind, VolumeDir};
 use crate::checksum::to_hex;
@@ -38,7 +37,7 @@ pub fn recover(vol: &VolumeDir) -> Result<Option<String>> {
 /// Takes the exclusive lock and finishes an interrupted history edit, if
 /// any (see [`recover`]); what a killed writer left in `tmp/` goes too.
 pub fn finish_interrupted(vol: &VolumeDir) -> Result<Option<String>> {
-    let _lock = vol.lock(LockMode::Exclusive)?;
+    let _lock = vol.lock()?;
     let edit = recover(vol)?;
     vol.clear_tmp()?;
     Ok(edit)
@@ -66,7 +65,7 @@ fn children(vol: &VolumeDir, revisions: &[Revision], id: &str) -> Result<Vec<Rev
 /// TO`, ...): once the first record is written, a crash anywhere is
 /// finished by the next writer, every removal of the edit included.
 pub fn remove_revisions(vol: &VolumeDir, ids: &[String], edit: &str) -> Result<usize> {
-    let _lock = vol.lock(LockMode::Exclusive)?;
+    let _lock = vol.lock()?;
     recover(vol)?;
     vol.clear_tmp()?;
     let op = Operation::start(
@@ -213,7 +212,7 @@ pub fn prune(vol: &VolumeDir, rules: &crate::retention::Retention, now: i64) -> 
 /// Gives revision `id` (a delta) its own synthetic full, so later deltas no
 /// longer depend on the older chain. Takes the exclusive volume lock.
 pub fn make_full(vol: &VolumeDir, id: &str) -> Result<()> {
-    let _lock = vol.lock(LockMode::Exclusive)?;
+    let _lock = vol.lock()?;
     recover(vol)?;
     vol.clear_tmp()?;
     make_full_locked(vol, id)

@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
-use crate::archive::lock::LockMode;
 use crate::archive::oplog::Operation;
 use crate::archive::{Revision, VolumeDir};
 use crate::buffers::BufferPool;
@@ -61,7 +60,9 @@ pub struct RestoreReport {
 
 const QUEUE: usize = 8;
 
-/// Restores `rev` of `vol` into `target`. Takes a shared volume lock.
+/// Restores `rev` of `vol` into `target`. Takes no lock: the chain is
+/// opened as one snapshot ([`Chain::open`]) and reads as it was, whatever a
+/// backup, prune or merge of the volume does meanwhile.
 pub fn restore(
     vol: &VolumeDir,
     rev: &Revision,
@@ -69,7 +70,6 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
-    let _lock = vol.lock(LockMode::Shared)?;
     let started = Instant::now();
     let op = Operation::start(
         vol.log_path(),
@@ -101,6 +101,7 @@ fn run(
             return Err(e);
         }
     };
+    crate::fault::pause("restore: chain open");
     let send_zeros = !target.is_fresh();
     let (tx, rx) = bounded::<Piece>(QUEUE);
     progress.begin("restore", chain.size());

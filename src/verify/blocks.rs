@@ -8,10 +8,10 @@ use std::path::Path;
 
 use super::subset::Subset;
 use super::Problem;
-use crate::archive::{StorageKind, VolumeDir};
+use crate::archive::{Revision, VolumeDir};
+use crate::chain::{open_link, Index, Link};
 use crate::checksum::{block_hash, is_zero};
 use crate::error::{IoContext, Result};
-use crate::format::delta::DeltaFile;
 use crate::format::index::BlockEntry;
 use crate::progress::Progress;
 
@@ -35,46 +35,55 @@ pub enum BadBlock {
     Hole { block: u64, len: u64 },
 }
 
-pub fn data_len(vol: &VolumeDir, id: &str) -> Option<u64> {
-    let p = match vol.storage_kind(id).ok()? {
-        StorageKind::Full => vol.full_path(id),
-        StorageKind::Delta => vol.delta_path(id),
-    };
-    std::fs::metadata(p).ok().map(|m| m.len())
+/// The length of a link's data file.
+pub fn data_len(link: &Link) -> u64 {
+    link.file.metadata().map_or(0, |m| m.len())
 }
 
-/// Checks the stored blocks (of `subset`, or all) of one revision's data file.
+/// Checks the stored blocks (of `subset`, or all) of one revision's data
+/// file, opened on its own (for repair, which holds the writer lock).
 pub fn check_data(
     vol: &VolumeDir,
-    id: &str,
+    rev: &Revision,
     subset: Option<Subset>,
     progress: &dyn Progress,
 ) -> Result<FileCheck> {
-    let bs = vol.block_size;
+    check_link(&open_link(vol, rev)?, vol.block_size, subset, progress)
+}
+
+/// Checks the stored blocks (of `subset`, or all) of an open link: the
+/// file as it was when its chain was opened, whatever writers did since.
+pub fn check_link(
+    link: &Link,
+    bs: u64,
+    subset: Option<Subset>,
+    progress: &dyn Progress,
+) -> Result<FileCheck> {
+    let id = &link.revision.id;
     let mut fc = FileCheck::default();
-    match vol.storage_kind(id)? {
-        StorageKind::Full => {
-            let (idx, file, path) = crate::chain::open_full(vol, id)?;
+    match &link.index {
+        Index::Full(idx) => {
+            let (file, path) = (&link.file, &link.path);
             let len = idx.header.size;
             check_entries(
                 id,
-                &file,
-                &path,
+                file,
+                path,
                 idx.entries()?,
                 bs,
                 subset,
                 progress,
                 &mut fc,
             )?;
-            let (problems, bad) = check_holes(id, &file, &path, idx.entries()?, len, bs, subset)?;
+            let (problems, bad) = check_holes(id, file, path, idx.entries()?, len, bs, subset)?;
             fc.problems.extend(problems);
             fc.bad.extend(bad);
         }
-        StorageKind::Delta => {
-            let path = vol.delta_path(id);
-            let d = DeltaFile::open(&path)?;
-            let entries = d.entries.iter().map(|e| Ok(*e));
-            check_entries(id, &d.file, &path, entries, bs, subset, progress, &mut fc)?;
+        Index::Delta(entries) => {
+            let entries = entries.iter().map(|e| Ok(*e));
+            check_entries(
+                id, &link.file, &link.path, entries, bs, subset, progress, &mut fc,
+            )?;
         }
     }
     Ok(fc)

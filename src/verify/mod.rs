@@ -18,14 +18,13 @@ pub mod subset;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::archive::lock::LockMode;
 use crate::archive::oplog::Operation;
 use crate::archive::state::{self, Trust};
 use crate::archive::{now_rfc3339, Revision, VolumeDir};
 use crate::buffers::BufferPool;
 use crate::chain::{Chain, Source};
 use crate::checksum::to_hex;
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 pub use subset::Subset;
 
@@ -89,13 +88,15 @@ pub fn verify(
     verify_with(vol, &opts, progress)
 }
 
-/// Verifies as `opts` says and records trust. Takes a shared volume lock.
+/// Verifies as `opts` says and records trust. Takes no lock: every
+/// revision is checked through its chain, opened as one snapshot
+/// ([`Chain::open`]), so a backup, prune or merge may run meanwhile; a
+/// revision they remove before its chain is open is skipped, not reported.
 pub fn verify_with(
     vol: &VolumeDir,
     opts: &VerifyOptions,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
-    let _lock = vol.lock(LockMode::Shared)?;
     let detail = match (opts.subset, opts.deep) {
         (Some(s), true) => Some(format!("subset {s}, deep")),
         (Some(s), false) => Some(format!("subset {s}")),
@@ -131,20 +132,30 @@ fn verify_locked(
     };
     // Each target's image checksum from its chain's block hashes, and the
     // data files it needs (read once below, however many targets share them).
-    let mut needed = BTreeSet::new();
+    let mut needed: BTreeMap<String, (String, usize)> = BTreeMap::new();
     let mut chains: BTreeMap<String, Chain> = BTreeMap::new();
+    let mut gone = BTreeSet::new();
     for r in &targets {
-        report.revisions += 1;
         let chain = match Chain::open(vol, r) {
             Ok(chain) => chain,
+            Err(Error::Removed(_)) => {
+                gone.insert(r.id.clone()); // pruned or merged meanwhile
+                continue;
+            }
             Err(e) => {
+                report.revisions += 1;
                 report
                     .problems
                     .push(problem(&r.id, format!("cannot open its chain: {e}")));
                 continue;
             }
         };
-        needed.extend(chain.links.iter().map(|l| l.revision.id.clone()));
+        report.revisions += 1;
+        for (j, l) in chain.links.iter().enumerate() {
+            needed
+                .entry(l.revision.id.clone())
+                .or_insert_with(|| (r.id.clone(), j));
+        }
         match chain.image_checksum() {
             Ok(sum) if sum == r.manifest.checksum_bytes() => {}
             Ok(sum) => report.problems.push(problem(
@@ -159,18 +170,26 @@ fn verify_locked(
         }
         chains.insert(r.id.clone(), chain);
     }
+    crate::fault::pause("verify: chains open");
+    if let (Some(only), false) = (&opts.only, gone.is_empty()) {
+        return Err(Error::Removed(format!(
+            "revision {} of volume {} was removed (by a prune or merge) before it could be verified",
+            only.id, vol.name
+        )));
+    }
     let divisor = opts.subset.map_or(1, |s| u64::from(s.m));
+    let link = |(chain, j): &(String, usize)| &chains[chain].links[*j];
     let mut total: u64 = needed
-        .iter()
-        .filter_map(|id| blocks::data_len(vol, id))
+        .values()
+        .map(|at| blocks::data_len(link(at)))
         .sum::<u64>()
         / divisor;
     if opts.deep {
         total += chains.values().map(Chain::size).sum::<u64>();
     }
     progress.begin("verify", total);
-    for id in &needed {
-        match blocks::check_data(vol, id, opts.subset, progress) {
+    for (id, at) in &needed {
+        match blocks::check_link(link(at), vol.block_size, opts.subset, progress) {
             Ok(fc) => {
                 report.bytes_read += fc.bytes_read;
                 report.blocks_checked += fc.blocks_checked;
@@ -191,6 +210,10 @@ fn verify_locked(
         }
     }
     progress.end();
+    let targets: Vec<&Revision> = targets
+        .into_iter()
+        .filter(|t| !gone.contains(&t.id))
+        .collect();
     record_trust(vol, &targets, &chains, opts, &mut report)?;
     Ok(report)
 }
@@ -287,6 +310,10 @@ fn record_trust(
     let now = now_rfc3339();
     state::update(&vol.path, |s| {
         for t in targets {
+            // Removed by a prune or merge since: no entry comes back for it.
+            if !vol.manifest_path(&t.id).exists() {
+                continue;
+            }
             let entry = s.revisions.entry(t.id.clone()).or_default();
             match bad.get(&t.id) {
                 Some(reason) => {
@@ -322,6 +349,7 @@ fn read_manifests(vol: &VolumeDir) -> Result<(Vec<Revision>, Vec<Problem>)> {
         };
         match vol.read_revision(id) {
             Ok(r) => revs.push(r),
+            Err(e) if e.is_not_found() => {} // removed since the listing
             Err(e) => problems.push(Problem {
                 revision: id.to_string(),
                 range: None,
