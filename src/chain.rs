@@ -165,6 +165,12 @@ impl Chain {
         })
     }
 
+    /// Bytes of link `j` at or past this offset are invisible at the
+    /// target (a smaller size in between).
+    pub fn visible_limit(&self, j: usize) -> u64 {
+        self.suffix_min[j]
+    }
+
     pub fn target(&self) -> &Link {
         self.links.last().expect("chain is never empty")
     }

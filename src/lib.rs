@@ -19,6 +19,7 @@ pub mod fault;
 pub mod fleet;
 pub mod format;
 pub mod history;
+pub mod mount;
 pub mod progress;
 pub mod repair;
 pub mod restore;

@@ -10,6 +10,7 @@ mod config;
 mod daemon;
 mod list;
 mod log;
+mod mount;
 mod progress;
 mod prune;
 mod repair;
@@ -91,6 +92,8 @@ enum Command {
     SyntheticFull(SyntheticArgs),
     /// Replace bad blocks with good copies (archive or Ceph snapshots).
     Repair(repair::Args),
+    /// Every revision as a read-only image file under a FUSE mount.
+    Mount(mount::Args),
     /// Internal: run the backups a parent rbdelta sends on stdin.
     #[command(hide = true)]
     BackupWorker,
@@ -191,6 +194,7 @@ pub fn main() -> ExitCode {
         Command::Untag(a) => tag::run(&ctx, a, false),
         Command::SyntheticFull(a) => synthetic_full(&ctx, a),
         Command::Repair(a) => repair::run(&ctx, a),
+        Command::Mount(a) => mount::run(&ctx, a),
         Command::BackupWorker => backup_worker(),
     };
     match result {

@@ -192,6 +192,28 @@ impl FullIndexReader {
         })
     }
 
+    /// The first entry at or after `block`, by binary search over the file.
+    pub fn next_at_or_after(&self, block: u64) -> Result<Option<BlockEntry>> {
+        let (mut lo, mut hi) = (0u64, self.header.count);
+        let mut raw = [0u8; FULL_ENTRY_LEN];
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = FULL_INDEX_HEADER_LEN as u64 + mid * FULL_ENTRY_LEN as u64;
+            self.file.read_exact_at(&mut raw, at).at(&self.path)?;
+            if le_u64(&raw, 0) < block {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo == self.header.count {
+            return Ok(None);
+        }
+        let at = FULL_INDEX_HEADER_LEN as u64 + lo * FULL_ENTRY_LEN as u64;
+        self.file.read_exact_at(&mut raw, at).at(&self.path)?;
+        Ok(Some(self.entry(&raw)))
+    }
+
     /// The entry of `block`, by binary search over the file.
     pub fn find(&self, block: u64) -> Result<Option<BlockEntry>> {
         let (mut lo, mut hi) = (0u64, self.header.count);

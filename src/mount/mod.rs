@@ -1,0 +1,141 @@
+//! `rbdelta mount`: every revision of the chosen volumes as a read-only
+//! image file under a FUSE mount, for file-level restores (loop-mount a
+//! partition of `latest.img`) and tools like `qemu-img convert`.
+//!
+//! What it promises the archive: it reads manifests, `state.json` and the
+//! data files of the chains it opens, takes no lock and writes nothing, so
+//! backups, prunes and merges run as usual while it is mounted (an open
+//! revision keeps reading as it was; see docs/FORMAT.md, "Readers and
+//! writers"). Every block it returns was checked against its hash; a bad
+//! one is EIO and a log line, never wrong bytes. Killed half-way, it leaves
+//! at most a stale mount point, which the next mount detects and names the
+//! command that clears.
+
+mod fs;
+pub mod image;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How to mount.
+#[derive(Debug, Clone, Default)]
+pub struct MountOptions {
+    /// Let other users than the mounting one read the mount.
+    pub allow_other: bool,
+}
+
+/// Checks that `mountpoint` can take a mount: an empty directory, not a
+/// stale FUSE mount, with FUSE available.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
+    let shown = mountpoint.display();
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if !m.is_dir() => {
+            return Err(Error::Invalid(format!("mount point {shown} is not a directory")))
+        }
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(Error::Invalid(format!(
+                "{shown} is a stale FUSE mount (its rbdelta mount was killed); clear it with: fusermount3 -u {shown}"
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Invalid(format!("mount point {shown} does not exist")))
+        }
+        Err(e) => return Err(Error::io(mountpoint, e)),
+    }
+    let mut entries = std::fs::read_dir(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
+    if entries.next().is_some() {
+        return Err(Error::Invalid(format!("mount point {shown} is not empty")));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::Invalid(
+            "FUSE is unavailable: /dev/fuse does not exist (load the fuse module; the fuse3 package provides fusermount3)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Mounts `volumes` of the archive at `mountpoint` and serves until SIGINT
+/// or SIGTERM (then unmounts cleanly) or until someone else unmounts it.
+/// `ready` runs once the mount is up.
+pub fn run(
+    archive: &Path,
+    volumes: Vec<String>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    ready: impl FnOnce(),
+) -> Result<()> {
+    check_mountpoint(mountpoint)?;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName(format!("rbdelta:{}", archive.display())),
+        fuser::MountOption::Subtype("rbdelta".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        // the kernel checks the (read-only) modes; no access() round trips
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All; // the allow_other option
+    }
+    config.n_threads = Some(4);
+    // The serving threads must not take SIGINT/SIGTERM: block them here,
+    // before the threads start (they inherit the mask), and wait for them.
+    let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    let fs = fs::ArchiveFs::new(PathBuf::from(archive), volumes);
+    let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Invalid(
+                "FUSE is unavailable: fusermount3 not found (install the fuse3 package)".into(),
+            )
+        } else {
+            Error::io(mountpoint, e)
+        }
+    })?;
+    ready();
+    loop {
+        if let Some(sig) = signals.wait(Duration::from_millis(500)) {
+            tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
+            return session
+                .umount_and_join()
+                .map_err(|e| Error::io(mountpoint, e));
+        }
+        if session.guard.is_finished() {
+            tracing::info!("{} was unmounted", mountpoint.display());
+            return session.join().map_err(|e| Error::io(mountpoint, e));
+        }
+    }
+}
+
+/// A set of blocked signals, received synchronously.
+struct SignalSet(libc::sigset_t);
+
+impl SignalSet {
+    fn block(sigs: &[i32]) -> SignalSet {
+        // SAFETY: sigset manipulation on a local set; pthread_sigmask on the
+        // calling thread.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &s in sigs {
+                libc::sigaddset(&mut set, s);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            SignalSet(set)
+        }
+    }
+
+    /// A pending signal of the set, waiting at most `limit`.
+    fn wait(&self, limit: Duration) -> Option<i32> {
+        let ts = libc::timespec {
+            tv_sec: limit.as_secs() as libc::time_t,
+            tv_nsec: limit.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: waits on a valid set with a valid timeout.
+        let sig = unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &ts) };
+        (sig > 0).then_some(sig)
+    }
+}
