@@ -18,6 +18,7 @@ pub mod error;
 pub mod fault;
 pub mod fleet;
 pub mod format;
+pub mod fsck;
 pub mod history;
 pub mod mount;
 pub mod progress;

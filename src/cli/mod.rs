@@ -8,6 +8,7 @@ mod backup;
 mod check;
 mod config;
 mod daemon;
+mod fsck;
 mod list;
 mod log;
 mod mount;
@@ -94,6 +95,9 @@ enum Command {
     Repair(repair::Args),
     /// Every revision as a read-only image file under a FUSE mount.
     Mount(mount::Args),
+    /// Check the filesystems inside revisions (journals replayed in a
+    /// throwaway overlay; the archive is never written).
+    Fsck(fsck::Args),
     /// Internal: run the backups a parent rbdelta sends on stdin.
     #[command(hide = true)]
     BackupWorker,
@@ -195,6 +199,7 @@ pub fn main() -> ExitCode {
         Command::SyntheticFull(a) => synthetic_full(&ctx, a),
         Command::Repair(a) => repair::run(&ctx, a),
         Command::Mount(a) => mount::run(&ctx, a),
+        Command::Fsck(a) => fsck::run(&ctx, a),
         Command::BackupWorker => backup_worker(),
     };
     match result {

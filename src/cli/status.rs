@@ -50,6 +50,7 @@ fn render(statuses: &[VolumeStatus]) -> String {
         "REVS",
         "ARCHIVE",
         "LAST VERIFY",
+        "LAST FSCK",
         "LAST FAILURE",
     ]
     .map(String::from)
@@ -74,6 +75,11 @@ fn render(statuses: &[VolumeStatus]) -> String {
                 None => "-".into(),
                 Some(v) if v.ok => format!("ok {}", ago(v.unix)),
                 Some(v) => format!("FAILED {}", ago(v.unix)),
+            },
+            match &s.last_fsck {
+                None => "-".into(),
+                Some(v) if v.ok => format!("ok {}", ago(v.unix)),
+                Some(v) => format!("ERRORS {}", ago(v.unix)),
             },
             match &s.last_failure {
                 Some(f) if s.last_success.as_ref().is_none_or(|ok| f.unix >= ok.unix) => {

@@ -6,8 +6,8 @@
 //! succeeded, when its last verify failed, or when a revision is
 //! distrusted; WARNING when its last success is older than the warning
 //! threshold (default 1.5× the interval) or it has never been backed up
-//! (nor tried), or when a line of its logs cannot be read (its counts may
-//! then be short).
+//! (nor tried), when a line of its logs cannot be read (its counts may
+//! then be short), or when its last fsck found filesystem errors.
 
 use std::time::Duration;
 
@@ -77,6 +77,17 @@ pub fn judge(s: &VolumeStatus, now: i64, t: Thresholds) -> Verdict {
         };
     };
     let age = (now - ok.unix).max(0) as f64;
+    if let Some(f) = s.last_fsck.as_ref().filter(|f| !f.ok) {
+        if age <= crit {
+            return v(
+                Level::Warning,
+                format!(
+                    "last fsck found errors: {}",
+                    f.error.as_deref().unwrap_or("?")
+                ),
+            );
+        }
+    }
     if let Some(d) = s.log_damage.first() {
         if age <= crit {
             let more = match s.log_damage.len() {
@@ -165,6 +176,7 @@ mod tests {
                 ok,
                 error: None,
             }),
+            last_fsck: None,
             distrusted: 0,
             log_damage: Vec::new(),
         }
@@ -212,6 +224,21 @@ mod tests {
         let d = judge(&damaged, now, t);
         assert_eq!(d.level, Level::Warning);
         assert!(d.reason.contains("log.jsonl:7"), "{}", d.reason);
+        // a failed fsck: a WARNING naming what it found
+        let mut fsck = status(Some(now - 60), None, Some(true));
+        fsck.last_fsck = Some(VerifyResult {
+            time: String::new(),
+            unix: now,
+            ok: false,
+            error: Some("partition 1 (ext2/3/4): 2 inodes damaged".into()),
+        });
+        let d = judge(&fsck, now, t);
+        assert_eq!(d.level, Level::Warning);
+        assert!(
+            d.reason.contains("fsck found errors: partition 1"),
+            "{}",
+            d.reason
+        );
         let failing = judge(&status(Some(now - 60), Some(now - 10), None), now, t);
         assert!(
             failing.reason.contains("failing: boom"),

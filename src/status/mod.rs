@@ -44,6 +44,10 @@ pub struct VolumeStatus {
     /// Bytes allocated on disk by the volume's archive directory.
     pub archive_bytes: u64,
     pub last_verify: Option<VerifyResult>,
+    /// The newest `rbdelta fsck` of any revision (same shape as a verify:
+    /// `ok` false when a filesystem had errors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_fsck: Option<VerifyResult>,
     pub distrusted: usize,
     /// Unreadable lines of the fleet log and of the volume's own log: the
     /// counts above may be short by what they held.
@@ -191,6 +195,7 @@ pub fn one(
         revisions: revisions.len(),
         archive_bytes: allocated(&dir),
         last_verify: None,
+        last_fsck: None,
         distrusted: 0,
         log_damage,
     };
@@ -223,6 +228,18 @@ pub fn one(
         .find(|r| r.op == "verify" && r.event == "end" && r.revision.is_none())
     {
         s.last_verify = Some(VerifyResult {
+            time: r.time.clone(),
+            unix: unix_of(&r.time),
+            ok: r.outcome.as_deref() == Some("ok"),
+            error: r.error.clone().or_else(|| r.detail.clone()),
+        });
+    }
+    if let Some(r) = own
+        .iter()
+        .rev()
+        .find(|r| r.op == "fsck" && r.event == "end")
+    {
+        s.last_fsck = Some(VerifyResult {
             time: r.time.clone(),
             unix: unix_of(&r.time),
             ok: r.outcome.as_deref() == Some("ok"),

@@ -8,7 +8,7 @@ use super::VolumeStatus;
 /// Renders every metric for every volume.
 pub fn render(statuses: &[VolumeStatus]) -> String {
     type Get = fn(&VolumeStatus) -> Option<f64>;
-    let metrics: [(&str, &str, Get); 11] = [
+    let metrics: [(&str, &str, Get); 12] = [
         (
             "rbdelta_last_success_timestamp_seconds",
             "Unix time of the last successful backup.",
@@ -56,6 +56,11 @@ pub fn render(statuses: &[VolumeStatus]) -> String {
             "rbdelta_last_verify_ok",
             "1 if the last full verify found no problem, 0 if it did.",
             |s| s.last_verify.as_ref().map(|v| if v.ok { 1.0 } else { 0.0 }),
+        ),
+        (
+            "rbdelta_last_fsck_ok",
+            "1 if the last fsck found every filesystem sound, 0 if not.",
+            |s| s.last_fsck.as_ref().map(|v| if v.ok { 1.0 } else { 0.0 }),
         ),
         (
             "rbdelta_distrusted_revisions",

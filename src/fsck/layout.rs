@@ -1,0 +1,251 @@
+//! What a disk image holds: its partition table (GPT or MBR, or none) and
+//! the filesystem, if any, at the start of each partition or of the whole
+//! disk, recognised by its superblock magic. Reads through a closure, so it
+//! never needs more than the few sectors it looks at.
+
+use crate::error::Result;
+
+const SECTOR: u64 = 512;
+
+/// A byte range of the image and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// 1-based partition number; 0 for the whole disk.
+    pub number: u32,
+    pub start: u64,
+    pub len: u64,
+    pub content: Content,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Ext,
+    Xfs,
+    Btrfs,
+    Vfat,
+    Swap,
+    Lvm,
+    /// An extended (MBR) partition: a container, not a filesystem.
+    Extended,
+    Unknown,
+}
+
+impl Content {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Content::Ext => "ext2/3/4",
+            Content::Xfs => "xfs",
+            Content::Btrfs => "btrfs",
+            Content::Vfat => "vfat",
+            Content::Swap => "swap",
+            Content::Lvm => "LVM physical volume",
+            Content::Extended => "extended partition",
+            Content::Unknown => "unknown contents",
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` of the image (fewer past its end).
+pub type ReadAt<'a> = dyn Fn(u64, usize) -> Result<Vec<u8>> + 'a;
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The partitions of an image of `size` bytes, or the whole disk as one
+/// part when it has no partition table.
+pub fn partitions(read: &ReadAt<'_>, size: u64) -> Result<Vec<Part>> {
+    let mbr = read(0, SECTOR as usize)?;
+    let mut parts = Vec::new();
+    let has_mbr = mbr.len() == 512 && mbr[510] == 0x55 && mbr[511] == 0xAA;
+    let protective = has_mbr && (0..4).any(|i| mbr[446 + i * 16 + 4] == 0xEE);
+    if protective {
+        let gpt = read(SECTOR, SECTOR as usize)?;
+        if gpt.len() == 512 && &gpt[0..8] == b"EFI PART" {
+            let entries_lba = le64(&gpt, 72);
+            let count = le32(&gpt, 80).min(1024);
+            let esize = u64::from(le32(&gpt, 84));
+            if esize >= 128 {
+                let table = read(entries_lba * SECTOR, (u64::from(count) * esize) as usize)?;
+                for i in 0..count as usize {
+                    let off = i * esize as usize;
+                    if off + 128 > table.len() {
+                        break;
+                    }
+                    let e = &table[off..off + 128];
+                    if e[0..16].iter().all(|&b| b == 0) {
+                        continue;
+                    }
+                    let (first, last) = (le64(e, 32), le64(e, 40));
+                    if last < first {
+                        continue;
+                    }
+                    let start = first * SECTOR;
+                    let len = ((last - first + 1) * SECTOR).min(size.saturating_sub(start));
+                    parts.push(Part {
+                        number: i as u32 + 1,
+                        start,
+                        len,
+                        content: Content::Unknown,
+                    });
+                }
+            }
+        }
+    } else if has_mbr && looks_like_mbr(&mbr) {
+        for i in 0..4 {
+            let e = &mbr[446 + i * 16..][..16];
+            let kind = e[4];
+            let (first, count) = (u64::from(le32(e, 8)), u64::from(le32(e, 12)));
+            if kind == 0 || count == 0 {
+                continue;
+            }
+            let start = first * SECTOR;
+            parts.push(Part {
+                number: i as u32 + 1,
+                start,
+                len: (count * SECTOR).min(size.saturating_sub(start)),
+                content: if matches!(kind, 0x05 | 0x0f | 0x85) {
+                    Content::Extended
+                } else {
+                    Content::Unknown
+                },
+            });
+        }
+    }
+    if parts.is_empty() {
+        parts.push(Part {
+            number: 0,
+            start: 0,
+            len: size,
+            content: Content::Unknown,
+        });
+    }
+    for p in &mut parts {
+        if p.content != Content::Extended {
+            p.content = detect(read, p.start, p.len)?;
+        }
+    }
+    Ok(parts)
+}
+
+/// An MBR whose entries are sane (a FAT boot sector also ends in 55 AA).
+fn looks_like_mbr(mbr: &[u8]) -> bool {
+    (0..4).all(|i| matches!(mbr[446 + i * 16], 0x00 | 0x80))
+        && (0..4).any(|i| mbr[446 + i * 16 + 4] != 0)
+        && !is_vfat(mbr)
+}
+
+fn is_vfat(boot: &[u8]) -> bool {
+    boot.len() >= 512
+        && boot[510] == 0x55
+        && boot[511] == 0xAA
+        && (&boot[54..59] == b"FAT12" || &boot[54..59] == b"FAT16" || &boot[82..87] == b"FAT32")
+}
+
+/// The filesystem at `start`, by its magic.
+pub fn detect(read: &ReadAt<'_>, start: u64, len: u64) -> Result<Content> {
+    let head = read(start, 4096.min(len) as usize)?;
+    if head.len() >= 4 && &head[0..4] == b"XFSB" {
+        return Ok(Content::Xfs);
+    }
+    if is_vfat(&head) {
+        return Ok(Content::Vfat);
+    }
+    if head.len() >= 1024 && &head[512..520] == b"LABELONE" {
+        return Ok(Content::Lvm);
+    }
+    if head.len() >= 4096
+        && (&head[4086..4096] == b"SWAPSPACE2" || &head[4086..4096] == b"SWAP-SPACE")
+    {
+        return Ok(Content::Swap);
+    }
+    let ext = read(start + 1024, 1024)?;
+    if ext.len() >= 58 && le16(&ext, 56) == 0xEF53 {
+        return Ok(Content::Ext);
+    }
+    if len > 65536 + 72 {
+        let b = read(start + 65536 + 64, 8)?;
+        if b == b"_BHRfS_M" {
+            return Ok(Content::Btrfs);
+        }
+    }
+    Ok(Content::Unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(img: &[u8]) -> impl Fn(u64, usize) -> Result<Vec<u8>> + '_ {
+        move |at, len| {
+            let at = (at as usize).min(img.len());
+            Ok(img[at..(at + len).min(img.len())].to_vec())
+        }
+    }
+
+    #[test]
+    fn a_gpt_disk_with_ext_and_xfs_partitions() {
+        let mut img = vec![0u8; 8 << 20];
+        // protective MBR
+        img[446 + 4] = 0xEE;
+        img[510] = 0x55;
+        img[511] = 0xAA;
+        // GPT header at LBA 1, entries at LBA 2, 128 entries of 128 bytes
+        img[512..520].copy_from_slice(b"EFI PART");
+        img[512 + 72..512 + 80].copy_from_slice(&2u64.to_le_bytes());
+        img[512 + 80..512 + 84].copy_from_slice(&128u32.to_le_bytes());
+        img[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+        for (i, (first, last)) in [(2048u64, 6143u64), (6144, 16383)].iter().enumerate() {
+            let e = 1024 + i * 128;
+            img[e] = 1; // a type GUID that is not zero
+            img[e + 32..e + 40].copy_from_slice(&first.to_le_bytes());
+            img[e + 40..e + 48].copy_from_slice(&last.to_le_bytes());
+        }
+        // ext superblock magic in partition 1, XFS magic in partition 2
+        let p1 = 2048 * 512;
+        img[p1 + 1024 + 56..p1 + 1024 + 58].copy_from_slice(&0xEF53u16.to_le_bytes());
+        img[6144 * 512..6144 * 512 + 4].copy_from_slice(b"XFSB");
+        let parts = partitions(&reader(&img), img.len() as u64).unwrap();
+        let got: Vec<(u32, u64, u64, Content)> = parts
+            .iter()
+            .map(|p| (p.number, p.start, p.len, p.content))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 2048 * 512, 4096 * 512, Content::Ext),
+                (2, 6144 * 512, 10240 * 512, Content::Xfs)
+            ]
+        );
+    }
+
+    #[test]
+    fn mbr_partitions_and_a_bare_filesystem() {
+        let mut img = vec![0u8; 4 << 20];
+        img[510] = 0x55;
+        img[511] = 0xAA;
+        let e = 446;
+        img[e + 4] = 0x83;
+        img[e + 8..e + 12].copy_from_slice(&2048u32.to_le_bytes());
+        img[e + 12..e + 16].copy_from_slice(&4096u32.to_le_bytes());
+        img[e + 16 + 4] = 0x82;
+        img[e + 16 + 8..e + 16 + 12].copy_from_slice(&6144u32.to_le_bytes());
+        img[e + 16 + 12..e + 16 + 16].copy_from_slice(&2048u32.to_le_bytes());
+        img[6144 * 512 + 4086..6144 * 512 + 4096].copy_from_slice(b"SWAPSPACE2");
+        let parts = partitions(&reader(&img), img.len() as u64).unwrap();
+        let got: Vec<(u32, Content)> = parts.iter().map(|p| (p.number, p.content)).collect();
+        assert_eq!(got, [(1, Content::Unknown), (2, Content::Swap)]);
+        // no table: the whole disk, here an ext filesystem
+        let mut bare = vec![0u8; 1 << 20];
+        bare[1024 + 56..1024 + 58].copy_from_slice(&0xEF53u16.to_le_bytes());
+        let parts = partitions(&reader(&bare), bare.len() as u64).unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!((parts[0].number, parts[0].content), (0, Content::Ext));
+    }
+}
