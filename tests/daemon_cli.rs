@@ -154,7 +154,7 @@ fn daemon_runs_backups_and_verifies_by_schedule_and_writes_status() {
         &conf,
         &format!(
             "defaults:\n  schedule: \"*/2 * * * * *\"\n  verify-schedule: \"*/3 * * * * *\"\nvolumes:\n{}{}",
-            volume_yaml("a", &a.name, ""),
+            volume_yaml("a", &a.name, "    fsck-schedule: \"*/4 * * * * *\"\n"),
             volume_yaml("b", &b.name, "")
         ),
     );
@@ -169,6 +169,13 @@ fn daemon_runs_backups_and_verifies_by_schedule_and_writes_status() {
             .iter()
             .any(|r| r["op"] == "verify" && r["outcome"] == "ok")
     });
+    // a's fsck: no partition table, no filesystem it knows: skipped, ok
+    wait_until("an fsck of a", Duration::from_secs(30), || {
+        fleet_log(&env, "a")
+            .iter()
+            .any(|r| r["op"] == "fsck" && r["outcome"] == "ok")
+    });
+    assert!(fleet_log(&env, "b").iter().all(|r| r["op"] != "fsck"));
     let status = d.stop(Duration::from_secs(30));
     assert!(status.success(), "{status}");
     let file: serde_json::Value =
@@ -187,6 +194,8 @@ fn daemon_runs_backups_and_verifies_by_schedule_and_writes_status() {
         assert!(v["revisions"].as_u64().unwrap() >= 2);
     }
     assert!(file["daemon"]["pid"].as_u64().is_some());
+    assert_eq!(vols[0]["last_fsck"]["ok"], true, "{}", vols[0]);
+    assert!(vols[0]["next_fsck"].is_string() && vols[1]["next_fsck"].is_null());
     env.ok(&["verify", "a"]);
     env.ok(&["verify", "b"]);
 }

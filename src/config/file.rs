@@ -38,6 +38,7 @@ pub struct RawCeph {
 pub struct RawDefaults {
     pub schedule: Option<S<String>>,
     pub verify_schedule: Option<S<String>>,
+    pub fsck_schedule: Option<S<String>>,
     pub verify_slices: Option<S<u32>>,
     pub spread: Option<S<String>>,
     pub whole_object: Option<bool>,
@@ -67,6 +68,7 @@ pub struct RawVolume {
 
     pub schedule: Option<S<String>>,
     pub verify_schedule: Option<S<String>>,
+    pub fsck_schedule: Option<S<String>>,
     pub verify_slices: Option<S<u32>>,
     pub spread: Option<S<String>>,
     pub whole_object: Option<bool>,

@@ -148,6 +148,8 @@ pub struct Selection {
 pub struct Settings {
     pub schedule: Option<Schedule>,
     pub verify_schedule: Option<Schedule>,
+    /// When the daemon runs `fsck` of the newest revision.
+    pub fsck_schedule: Option<Schedule>,
     /// Scheduled verifies check one of this many rotating slices of the
     /// stored blocks (`verify --subset`), a different one each day.
     pub verify_slices: Option<u32>,
@@ -175,6 +177,7 @@ impl Default for Settings {
         Settings {
             schedule: None,
             verify_schedule: None,
+            fsck_schedule: None,
             verify_slices: None,
             spread: Duration::ZERO,
             whole_object: false,

@@ -249,6 +249,11 @@ impl Validator<'_> {
                 "verify-schedule",
                 base.map(|b| &b.verify_schedule),
             )?,
+            fsck_schedule: schedule(
+                o.fsck_schedule,
+                "fsck-schedule",
+                base.map(|b| &b.fsck_schedule),
+            )?,
             verify_slices: match o.verify_slices {
                 Some(n) if n.value == 0 || n.value > 366 => {
                     return self.err(n.referenced.line(), &k("verify-slices"), "must be 1 to 366");
@@ -321,6 +326,7 @@ impl Validator<'_> {
 struct Overrides<'a> {
     schedule: &'a Option<S<String>>,
     verify_schedule: &'a Option<S<String>>,
+    fsck_schedule: &'a Option<S<String>>,
     verify_slices: &'a Option<S<u32>>,
     spread: &'a Option<S<String>>,
     whole_object: Option<bool>,
@@ -338,6 +344,7 @@ impl<'a> Overrides<'a> {
         Overrides {
             schedule: &d.schedule,
             verify_schedule: &d.verify_schedule,
+            fsck_schedule: &d.fsck_schedule,
             verify_slices: &d.verify_slices,
             spread: &d.spread,
             whole_object: d.whole_object,
@@ -354,6 +361,7 @@ impl<'a> Overrides<'a> {
         Overrides {
             schedule: &v.schedule,
             verify_schedule: &v.verify_schedule,
+            fsck_schedule: &v.fsck_schedule,
             verify_slices: &v.verify_slices,
             spread: &v.spread,
             whole_object: v.whole_object,

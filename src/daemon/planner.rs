@@ -1,5 +1,5 @@
-//! The daemon's schedule book: for every volume, when its next backup and
-//! verify are due, whether a job of it is running, and how many retries the
+//! The daemon's schedule book: for every volume, when its next backup,
+//! verify and fsck are due, whether a job of it is running, and how many retries the
 //! current backup has had. Pure bookkeeping over Unix seconds, so every
 //! rule (spread, catch-up, retry backoff, reload) is tested with a made-up
 //! clock.
@@ -16,6 +16,17 @@ use crate::schedule::{spread_offset, Schedule};
 pub enum JobKind {
     Backup,
     Verify,
+    Fsck,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Verify => "verify",
+            JobKind::Fsck => "fsck",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -23,6 +34,7 @@ pub struct Plan {
     pub volume: Volume,
     pub next_backup: Option<i64>,
     pub next_verify: Option<i64>,
+    pub next_fsck: Option<i64>,
     pub running: Option<JobKind>,
     /// Retries done for the current scheduled backup.
     pub retries: u32,
@@ -76,19 +88,29 @@ impl Planner {
                         &old.volume.settings.verify_schedule,
                         &v.settings.verify_schedule,
                     );
+                    let fsck_changed = !same(
+                        &old.volume.settings.fsck_schedule,
+                        &v.settings.fsck_schedule,
+                    );
                     old.volume = v;
                     if changed {
                         old.next_backup = self.first_backup(&old.volume, now, last_attempt);
                         old.retries = 0;
                     }
                     if verify_changed {
-                        old.next_verify = first_verify(&old.volume, now);
+                        old.next_verify =
+                            first_run(&old.volume, &old.volume.settings.verify_schedule, now);
+                    }
+                    if fsck_changed {
+                        old.next_fsck =
+                            first_run(&old.volume, &old.volume.settings.fsck_schedule, now);
                     }
                     old
                 }
                 None => Plan {
                     next_backup: self.first_backup(&v, now, last_attempt),
-                    next_verify: first_verify(&v, now),
+                    next_verify: first_run(&v, &v.settings.verify_schedule, now),
+                    next_fsck: first_run(&v, &v.settings.fsck_schedule, now),
                     volume: v,
                     running: None,
                     retries: 0,
@@ -101,6 +123,7 @@ impl Planner {
             if p.running.is_some() {
                 p.next_backup = None;
                 p.next_verify = None;
+                p.next_fsck = None;
                 next.insert(name, p);
             }
         }
@@ -140,12 +163,17 @@ impl Planner {
                     .next_verify
                     .filter(|t| *t <= now)
                     .map(|t| (t, JobKind::Verify));
-                [b, v]
+                let f = p
+                    .next_fsck
+                    .filter(|t| *t <= now)
+                    .map(|t| (t, JobKind::Fsck));
+                [b, v, f]
                     .into_iter()
                     .flatten()
                     .map(move |(t, k)| (t, k, p.volume.name.clone()))
             })
-            .min_by_key(|(t, k, name)| (*t, *k == JobKind::Verify, name.clone()));
+            // backups first at the same second, then verifies, then fscks
+            .min_by_key(|(t, k, name)| (*t, *k as u8, name.clone()));
         let (_, kind, name) = p?;
         let plan = self.plans.get_mut(&name).expect("just found");
         plan.running = Some(kind);
@@ -169,6 +197,14 @@ impl Planner {
                 if p.next_verify.is_some() {
                     p.next_verify = s
                         .verify_schedule
+                        .as_ref()
+                        .and_then(|v| next_run(v, offset, now));
+                }
+            }
+            JobKind::Fsck => {
+                if p.next_fsck.is_some() {
+                    p.next_fsck = s
+                        .fsck_schedule
                         .as_ref()
                         .and_then(|v| next_run(v, offset, now));
                 }
@@ -197,7 +233,7 @@ impl Planner {
         self.plans
             .values()
             .filter(|p| p.running.is_none())
-            .flat_map(|p| [p.next_backup, p.next_verify])
+            .flat_map(|p| [p.next_backup, p.next_verify, p.next_fsck])
             .flatten()
             .min()
     }
@@ -207,8 +243,9 @@ impl Planner {
     }
 }
 
-fn first_verify(v: &Volume, now: i64) -> Option<i64> {
-    let s = v.settings.verify_schedule.as_ref()?;
+/// The first run of a volume's verify or fsck schedule after `now`.
+fn first_run(v: &Volume, schedule: &Option<Schedule>, now: i64) -> Option<i64> {
+    let s = schedule.as_ref()?;
     next_run(
         s,
         spread_offset(&v.name, v.settings.spread).as_secs() as i64,

@@ -40,6 +40,7 @@ struct Entry<'a> {
     status: &'a VolumeStatus,
     next_backup: Option<String>,
     next_verify: Option<String>,
+    next_fsck: Option<String>,
     running: Option<&'static str>,
 }
 
@@ -95,10 +96,8 @@ impl StatusFile {
                     status: s,
                     next_backup: plan.and_then(|p| p.next_backup).and_then(rfc3339),
                     next_verify: plan.and_then(|p| p.next_verify).and_then(rfc3339),
-                    running: plan.and_then(|p| p.running).map(|k| match k {
-                        JobKind::Backup => "backup",
-                        JobKind::Verify => "verify",
-                    }),
+                    next_fsck: plan.and_then(|p| p.next_fsck).and_then(rfc3339),
+                    running: plan.and_then(|p| p.running).map(JobKind::as_str),
                 }
             })
             .collect();

@@ -302,6 +302,47 @@ pub fn verify_volume(
     outcome
 }
 
+/// Runs `fsck` of the newest revision of volume `name` (the daemon's
+/// `fsck-schedule`); filesystem errors fail the job (not transient).
+pub fn fsck_volume(archive: &Path, name: &str, obs: &dyn Observer) -> Outcome {
+    let started = Instant::now();
+    let progress = obs.started(name, "fsck");
+    let dir_exists = archive.join(name).is_dir();
+    let result = VolumeDir::open(archive, name).and_then(|dir| {
+        let rev = dir.find_revision("latest")?;
+        crate::fsck::fsck(&dir, &rev)
+    });
+    drop(progress);
+    let outcome = match result {
+        Ok(r) if !r.has_errors() => Outcome {
+            volume: name.to_string(),
+            op: "fsck".into(),
+            ok: true,
+            kind: None,
+            revision: Some(r.revision.id.clone()),
+            size: None,
+            bytes_read: 0,
+            bytes_written: 0,
+            duration: started.elapsed(),
+            error: None,
+            transient: false,
+        },
+        Ok(r) => Outcome {
+            revision: Some(r.revision.id.clone()),
+            ..Outcome::failed(
+                name,
+                "fsck",
+                &Error::Corrupt(format!("filesystem errors: {}", r.summary())),
+                started.elapsed(),
+            )
+        },
+        Err(e) => Outcome::failed(name, "fsck", &e, started.elapsed()),
+    };
+    record(archive, &outcome, dir_exists);
+    obs.finished(&outcome);
+    outcome
+}
+
 /// Appends `o` to the fleet log; a log failure is a warning, not a failed
 /// job. `in_volume_log`: the volume's own log has the operation too.
 pub(super) fn record(archive: &Path, o: &Outcome, in_volume_log: bool) {

@@ -14,7 +14,7 @@ mod job;
 mod parallel;
 pub mod worker;
 
-pub use job::{backup_volume, verify_volume, Fleet};
+pub use job::{backup_volume, fsck_volume, verify_volume, Fleet};
 pub use parallel::{run_parallel, run_parallel_with};
 pub use worker::backup_isolated;
 

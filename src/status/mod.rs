@@ -285,6 +285,14 @@ impl VolumeStatus {
                 self.consecutive_failures += 1;
                 self.failures_total += 1;
             }
+            ("fsck", ok) => {
+                self.last_fsck = Some(VerifyResult {
+                    time,
+                    unix,
+                    ok,
+                    error: o.error.clone(),
+                })
+            }
             (_, ok) => {
                 self.last_verify = Some(VerifyResult {
                     time,

@@ -134,6 +134,40 @@ fn verify_runs_on_its_own_schedule_and_never_beside_a_backup() {
 }
 
 #[test]
+fn fsck_runs_on_its_own_schedule_after_a_verify_due_at_the_same_time() {
+    let (now, _) = noon();
+    let mut p = Planner::new(false);
+    p.update(
+        nightly("    verify-schedule: \"0 13 * * *\"\n    fsck-schedule: \"0 13 * * *\"\n"),
+        false,
+        now,
+        &|_| None,
+    );
+    let at = p.plans["a"].next_fsck.unwrap();
+    assert_eq!(at, now + H);
+    assert_eq!(p.plans["a"].next_verify, Some(at));
+    assert_eq!(p.next_due(), Some(at));
+    let (_, k) = p.take_due(at).unwrap();
+    assert_eq!(
+        k,
+        JobKind::Verify,
+        "verify first, one job per volume at a time"
+    );
+    assert!(p.take_due(at).is_none());
+    p.finished("a", k, &outcome(true, false), at + 5);
+    let (_, k) = p.take_due(at + 5).unwrap();
+    assert_eq!(k, JobKind::Fsck);
+    let mut failed = outcome(false, false);
+    failed.op = "fsck".into();
+    p.finished("a", k, &failed, at + 60);
+    assert_eq!(
+        p.plans["a"].next_fsck,
+        Some(at + 24 * H),
+        "failed or not: tomorrow"
+    );
+}
+
+#[test]
 fn reload_keeps_state_adds_and_removes_volumes() {
     let (now, _) = noon();
     let two = |sched_b: &str| {
