@@ -132,6 +132,10 @@ pub struct FullIndexReader {
     pub header: FullIndexHeader,
     file: File,
     path: PathBuf,
+    /// Where the last [`FullIndexReader::find`] hit, plus one: readers go
+    /// through an image in order, so the next block is usually there, and
+    /// one read replaces a binary search.
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl FullIndexReader {
@@ -163,6 +167,7 @@ impl FullIndexReader {
             header,
             file,
             path: path.to_path_buf(),
+            next: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -214,17 +219,31 @@ impl FullIndexReader {
         Ok(Some(self.entry(&raw)))
     }
 
-    /// The entry of `block`, by binary search over the file.
+    /// The entry of `block`: where the last hit left off, else by binary
+    /// search over the file.
     pub fn find(&self, block: u64) -> Result<Option<BlockEntry>> {
-        let (mut lo, mut hi) = (0u64, self.header.count);
+        use std::sync::atomic::Ordering::Relaxed;
         let mut raw = [0u8; FULL_ENTRY_LEN];
+        let hint = self.next.load(Relaxed);
+        if hint < self.header.count {
+            let at = FULL_INDEX_HEADER_LEN as u64 + hint * FULL_ENTRY_LEN as u64;
+            self.file.read_exact_at(&mut raw, at).at(&self.path)?;
+            if le_u64(&raw, 0) == block {
+                self.next.store(hint + 1, Relaxed);
+                return Ok(Some(self.entry(&raw)));
+            }
+        }
+        let (mut lo, mut hi) = (0u64, self.header.count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let at = FULL_INDEX_HEADER_LEN as u64 + mid * FULL_ENTRY_LEN as u64;
             self.file.read_exact_at(&mut raw, at).at(&self.path)?;
             let b = le_u64(&raw, 0);
             match b.cmp(&block) {
-                std::cmp::Ordering::Equal => return Ok(Some(self.entry(&raw))),
+                std::cmp::Ordering::Equal => {
+                    self.next.store(mid + 1, Relaxed);
+                    return Ok(Some(self.entry(&raw)));
+                }
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
             }

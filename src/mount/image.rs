@@ -59,9 +59,20 @@ impl RevisionImage {
                             r.len
                         )));
                     }
-                    buf.resize(entry.len as usize, 0);
-                    l.file.read_exact_at(&mut buf, entry.offset).at(&l.path)?;
-                    if block_hash(&buf) != entry.hash {
+                    // the part of this block inside [offset, end)
+                    let from = offset.max(start);
+                    let to = end.min(start + r.len);
+                    // A whole block is read straight into place (one copy
+                    // less on the sequential path); a part goes via `buf`.
+                    let whole = from == start && to == start + r.len;
+                    let data: &mut [u8] = if whole {
+                        &mut out[(from - offset) as usize..(to - offset) as usize]
+                    } else {
+                        buf.resize(entry.len as usize, 0);
+                        &mut buf
+                    };
+                    l.file.read_exact_at(data, entry.offset).at(&l.path)?;
+                    if block_hash(data) != entry.hash {
                         return Err(Error::Corrupt(format!(
                             "revision {}: bytes {}..{} fail their checksum in {}",
                             self.revision.id,
@@ -70,11 +81,10 @@ impl RevisionImage {
                             l.path.display()
                         )));
                     }
-                    // the part of this block inside [offset, end)
-                    let from = offset.max(start);
-                    let to = end.min(start + r.len);
-                    out[(from - offset) as usize..(to - offset) as usize]
-                        .copy_from_slice(&buf[(from - start) as usize..(to - start) as usize]);
+                    if !whole {
+                        out[(from - offset) as usize..(to - offset) as usize]
+                            .copy_from_slice(&buf[(from - start) as usize..(to - start) as usize]);
+                    }
                 }
             }
             block += 1;

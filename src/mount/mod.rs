@@ -95,6 +95,7 @@ pub fn run(
             Error::io(mountpoint, e)
         }
     })?;
+    widen_readahead(mountpoint);
     ready();
     loop {
         if let Some(sig) = signals.wait(Duration::from_millis(500)) {
@@ -107,6 +108,29 @@ pub fn run(
             tracing::info!("{} was unmounted", mountpoint.display());
             return session.join().map_err(|e| Error::io(mountpoint, e));
         }
+    }
+}
+
+/// How far the kernel reads ahead in the mount (KiB).
+const READAHEAD_KIB: u32 = 4096;
+
+/// Raises the mount's readahead from the kernel's 128 KiB for FUSE: a
+/// sequential reader (dd, cp, qemu-img) then sends 1 MiB requests, several
+/// at a time, which the serving threads verify in parallel (measured in
+/// bench/mount.sh: warm reads of a 2 GiB revision about 1.4× faster). Needs
+/// root (sysfs); best effort.
+fn widen_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = std::fs::metadata(mountpoint).map(|m| m.dev()) else {
+        return;
+    };
+    let bdi = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    if let Err(e) = std::fs::write(&bdi, READAHEAD_KIB.to_string()) {
+        tracing::debug!("mount: could not widen the readahead ({bdi}: {e})");
     }
 }
 

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Reading revisions through `rbdelta mount`, against the same bytes as a
+# plain raw file on the same disk:
+#
+#   sequential   dd bs=4M of a revision that lives on a full plus 5 deltas,
+#                cold cache (page cache dropped), vs dd of a raw copy of it
+#   random       4 KiB preads at random offsets (readahead off), warm
+#                (the archive's files in the page cache): p50/p99/max
+#   memory       the mount's peak RSS after all of the above, and after
+#                random reads and a SEEK_DATA/SEEK_HOLE walk of a 1 TiB
+#                sparse image whose newest revision sits on a full plus
+#                DEEP_CHAIN deltas
+#
+# Env: IMAGE_MIB (default 2048), RUNS (default 3: every run counts, ranges
+# reported), DEEP_CHAIN (default 30), BENCH_DIR (default under /var/tmp,
+# the same disk for archive and raw file).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IMAGE_MIB=${IMAGE_MIB:-2048}
+RUNS=${RUNS:-3}
+DEEP=${DEEP_CHAIN:-30}
+
+rbd-fixtures/install-deps.sh
+cargo build --release --quiet
+bin="$PWD/target/release/rbdelta"
+py=/usr/bin/python3
+samples="$PWD/rbd-fixtures/sample-images.py"
+work=${BENCH_DIR:-$(mktemp -d /var/tmp/rbdelta-mount.XXXXXX)}
+mkdir -p "$work"
+mountpid=
+cleanup() {
+  [ -n "$mountpid" ] && kill "$mountpid" 2>/dev/null && wait "$mountpid" 2>/dev/null
+  mountpoint -q "$work/mnt" 2>/dev/null && fusermount3 -u "$work/mnt"
+  rbd-fixtures/cluster.sh stop "$work/cluster" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+rbd-fixtures/cluster.sh start "$work/cluster" --memstore-gib $((IMAGE_MIB * 2 / 1024 + 6))
+export CEPH_CONF="$work/cluster/ceph.conf"
+cat > "$work/config.yaml" <<YAML
+ceph:
+  conf: $CEPH_CONF
+archive: $work/archive
+volumes:
+  - pool: rbd
+    image: seq
+  - pool: rbd
+    image: deep
+YAML
+export RBDELTA_CONFIG="$work/config.yaml"
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+secs() { /usr/bin/time -f %e "$@" 2>&1 >/dev/null | tail -n 1; }
+span() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk 'NR==1{mn=$1} {mx=$1} END{if (mn==mx) printf "%.2f", mn; else printf "%.2f-%.2f", mn, mx}'; }
+
+echo "bench: a ${IMAGE_MIB} MiB image, fully written, then 5 deltas" >&2
+"$py" "$samples" random rbd seq "$IMAGE_MIB" "$IMAGE_MIB" 1
+"$bin" --no-progress backup seq >/dev/null
+for i in 1 2 3 4 5; do
+  # in the last 512 MiB: each round clones only the objects it touches,
+  # and a memstore OSD trims the old snapshot's clones slowly
+  "$py" "$samples" scatter rbd seq 2000 $((i + 10)) $((IMAGE_MIB - 512))
+  "$bin" --no-progress backup seq >/dev/null
+done
+"$bin" --no-progress restore seq --to-file "$work/raw.img" >/dev/null
+
+echo "bench: a 1 TiB sparse image with a full and $DEEP deltas" >&2
+rbd -c "$CEPH_CONF" create --size 1T rbd/deep
+for i in $(seq 0 "$DEEP"); do
+  "$py" "$samples" scatter rbd deep 50 $((i + 100))
+  "$bin" --no-progress backup deep >/dev/null
+done
+
+mkdir -p "$work/mnt"
+"$bin" mount "$work/mnt" & mountpid=$!
+for _ in $(seq 100); do [ -e "$work/mnt/deep/latest.img" ] && break; sleep 0.1; done
+echo "bench: the mount's readahead is $(cat "/sys/class/bdi/$(mountpoint -d "$work/mnt")/read_ahead_kb") KiB" >&2
+
+declare -A t
+for run in $(seq "$RUNS"); do
+  drop_caches; t[raw]+=" $(secs dd if="$work/raw.img" of=/dev/null bs=4M)"
+  drop_caches; t[mnt]+=" $(secs dd if="$work/mnt/seq/latest.img" of=/dev/null bs=4M)"
+done
+cmp "$work/raw.img" "$work/mnt/seq/latest.img"
+# warm: the archive's files (and the raw file) in the page cache
+for run in $(seq "$RUNS"); do
+  t[rawwarm]+=" $(secs dd if="$work/raw.img" of=/dev/null bs=4M)"
+  t[mntwarm]+=" $(secs dd if="$work/mnt/seq/latest.img" of=/dev/null bs=4M)"
+done
+
+# warm: the archive's files are in the page cache after one more full read
+cat "$work/mnt/seq/latest.img" > /dev/null
+randoms() {
+  "$py" - "$1" "$2" <<'PY'
+import os, random, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+size = os.fstat(fd).st_size
+rng = random.Random(7)
+lat = []
+for _ in range(n):
+    off = rng.randrange(0, size // 4096) * 4096
+    t = time.perf_counter()
+    os.pread(fd, 4096, off)
+    lat.append((time.perf_counter() - t) * 1000)
+lat.sort()
+print(f"{lat[len(lat) // 2]:.3f} {lat[int(len(lat) * 0.99)]:.3f} {lat[-1]:.3f}")
+PY
+}
+read -r p50 p99 pmax < <(randoms "$work/mnt/seq/latest.img" 20000)
+rss_seq=$(awk '/VmHWM/{print $2}' "/proc/$mountpid/status")
+
+# the deep chain: random reads and a walk of its data regions
+read -r dp50 dp99 dpmax < <(randoms "$work/mnt/deep/latest.img" 5000)
+walk=$("$py" - "$work/mnt/deep/latest.img" <<'PY'
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size, pos, data = os.fstat(fd).st_size, 0, 0
+t = time.perf_counter()
+while pos < size:
+    try:
+        start = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError:
+        break
+    end = os.lseek(fd, start, os.SEEK_HOLE)
+    while start < end:
+        n = len(os.pread(fd, min(1 << 20, end - start), start))
+        data += n
+        start += n
+    pos = end
+print(f"{data >> 20} {time.perf_counter() - t:.2f}")
+PY
+)
+rss_all=$(awk '/VmHWM/{print $2}' "/proc/$mountpid/status")
+kill -TERM "$mountpid"; wait "$mountpid"; mountpid=
+
+raw=$(span "${t[raw]}"); mnt=$(span "${t[mnt]}")
+pct=$(awk -v a="${t[raw]}" -v b="${t[mnt]}" 'BEGIN{n=split(a,x," "); split(b,y," "); mn=1e9; mx=0; for (i=1;i<=n;i++) {r=100*x[i]/y[i]; if (r<mn) mn=r; if (r>mx) mx=r}; printf "%.0f-%.0f", mn, mx}')
+echo
+echo "sequential, cold, dd bs=4M of ${IMAGE_MIB} MiB (full + 5 deltas), $RUNS run(s):"
+echo "  raw file ${raw} s, through the mount ${mnt} s: the mount reads at ${pct} % of the raw file's speed"
+echo "sequential, warm (archive in the page cache): raw file $(span "${t[rawwarm]}") s, through the mount $(span "${t[mntwarm]}") s"
+echo "random 4 KiB preads, warm, 20000: p50 ${p50} ms, p99 ${p99} ms, max ${pmax} ms"
+read -r walked walk_s <<<"$walk"
+echo "1 TiB sparse image, full + $DEEP deltas: 5000 random 4 KiB reads p50 ${dp50} ms, p99 ${dp99} ms;"
+echo "  SEEK_DATA/SEEK_HOLE walk reading its ${walked} MiB of data: ${walk_s} s"
+echo "mount peak RSS: $((rss_seq / 1024)) MiB after the ${IMAGE_MIB} MiB image, $((rss_all / 1024)) MiB after the 1 TiB one too"
