@@ -222,6 +222,21 @@ impl Filesystem for Cow {
     ) {
         reply.ok();
     }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        crate::mount::no_xattrs(size, reply);
+    }
 }
 
 /// A mounted overlay; unmounted and its temporary file removed on drop.

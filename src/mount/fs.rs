@@ -546,14 +546,19 @@ impl Filesystem for ArchiveFs {
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+        no_xattrs(size, reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         reply.statfs(0, 0, 0, 0, 0, 65536, 255, 65536);
+    }
+}
+
+/// The answer to `listxattr` of a file without extended attributes.
+pub(crate) fn no_xattrs(size: u32, reply: fuser::ReplyXattr) {
+    if size == 0 {
+        reply.size(0);
+    } else {
+        reply.data(&[]);
     }
 }

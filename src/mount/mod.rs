@@ -12,6 +12,7 @@
 //! command that clears.
 
 mod fs;
+pub(crate) use fs::no_xattrs;
 pub mod image;
 
 use std::path::{Path, PathBuf};
