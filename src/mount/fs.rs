@@ -510,55 +510,9 @@ impl Filesystem for ArchiveFs {
         reply.ok();
     }
 
-    // Nothing to flush or sync, and no extended attributes: plain answers
-    // instead of ENOSYS (and fuser's warning) for the calls tools make.
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: fuser::ReplyEmpty,
-    ) {
-        reply.ok();
-    }
-
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: fuser::ReplyEmpty,
-    ) {
-        reply.ok();
-    }
-
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: fuser::ReplyXattr,
-    ) {
-        reply.error(Errno::ENODATA);
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        no_xattrs(size, reply);
-    }
+    crate::mount::plain_file_answers!();
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         reply.statfs(0, 0, 0, 0, 0, 65536, 255, 65536);
-    }
-}
-
-/// The answer to `listxattr` of a file without extended attributes.
-pub(crate) fn no_xattrs(size: u32, reply: fuser::ReplyXattr) {
-    if size == 0 {
-        reply.size(0);
-    } else {
-        reply.data(&[]);
     }
 }

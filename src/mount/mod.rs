@@ -12,13 +12,67 @@
 //! command that clears.
 
 mod fs;
-pub(crate) use fs::no_xattrs;
 pub mod image;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+
+/// The `Filesystem` methods of read-only image files with nothing to
+/// flush or sync and no extended attributes: plain answers instead of
+/// ENOSYS (and fuser's warning) for the calls tools make.
+macro_rules! plain_file_answers {
+    () => {
+        fn flush(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            _fh: fuser::FileHandle,
+            _lock_owner: fuser::LockOwner,
+            reply: fuser::ReplyEmpty,
+        ) {
+            reply.ok();
+        }
+
+        fn fsync(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            _fh: fuser::FileHandle,
+            _datasync: bool,
+            reply: fuser::ReplyEmpty,
+        ) {
+            reply.ok();
+        }
+
+        fn getxattr(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            _name: &std::ffi::OsStr,
+            _size: u32,
+            reply: fuser::ReplyXattr,
+        ) {
+            reply.error(fuser::Errno::ENODATA);
+        }
+
+        fn listxattr(
+            &self,
+            _req: &fuser::Request,
+            _ino: fuser::INodeNo,
+            size: u32,
+            reply: fuser::ReplyXattr,
+        ) {
+            if size == 0 {
+                reply.size(0);
+            } else {
+                reply.data(&[]);
+            }
+        }
+    };
+}
+pub(crate) use plain_file_answers;
 
 /// How to mount.
 #[derive(Debug, Clone, Default)]
