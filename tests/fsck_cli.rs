@@ -418,3 +418,17 @@ fn partitions_of_every_revision_mount_with_their_files_and_fsck_finds_the_damage
     // and the archive was never written by any of it
     d.env.ok(&["verify", "v", "--deep"]);
 }
+
+#[test]
+fn without_root_fsck_says_it_needs_root_in_one_line() {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(assert_cmd::cargo::cargo_bin("rbdelta"))
+        .args(["-c", "/nonexistent/config.yaml", "fsck", "v"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("fsck needs root"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

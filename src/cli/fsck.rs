@@ -18,6 +18,13 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
+    // Said first: nothing else can help an unprivileged run.
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Failure::usage(
+            "fsck needs root: it attaches the revision's filesystems to loop devices",
+        ));
+    }
     let cfg = ctx.config()?;
     let vol = open_volume(&cfg, &a.volume).map_err(Failure::usage)?;
     let revisions = if a.all {
