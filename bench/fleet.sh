@@ -30,19 +30,8 @@ MIB=${FLEET_MIB:-64}
 CHANGED=${FLEET_CHANGED:-5}
 REPS=${REPS:-1}
 
-rbd-fixtures/install-deps.sh
-command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
-cargo build --release --quiet
-bin="$PWD/target/release/rbdelta"
-py=/usr/bin/python3
-samples="$PWD/rbd-fixtures/sample-images.py"
-
-work=${BENCH_DIR:-$(mktemp -d /var/tmp/rbdelta-fleet.XXXXXX)}
-mkdir -p "$work"
-cleanup() { rbd-fixtures/cluster.sh stop "$work/cluster" >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
-rbd-fixtures/cluster.sh start "$work/cluster" --memstore-gib 4
-export CEPH_CONF="$work/cluster/ceph.conf"
+. bench/lib.sh
+bench_start fleet 4
 rbd() { command rbd -c "$CEPH_CONF" "$@"; }
 
 # measure NAME CMD...: appends the run's seconds to secs[NAME]

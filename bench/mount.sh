@@ -20,23 +20,15 @@ IMAGE_MIB=${IMAGE_MIB:-2048}
 RUNS=${RUNS:-3}
 DEEP=${DEEP_CHAIN:-30}
 
-rbd-fixtures/install-deps.sh
-cargo build --release --quiet
-bin="$PWD/target/release/rbdelta"
-py=/usr/bin/python3
-samples="$PWD/rbd-fixtures/sample-images.py"
-work=${BENCH_DIR:-$(mktemp -d /var/tmp/rbdelta-mount.XXXXXX)}
-mkdir -p "$work"
+. bench/lib.sh
 mountpid=
-cleanup() {
+bench_before_cleanup() {
   [ -n "$mountpid" ] && kill "$mountpid" 2>/dev/null && wait "$mountpid" 2>/dev/null
   mountpoint -q "$work/mnt" 2>/dev/null && fusermount3 -u "$work/mnt"
-  rbd-fixtures/cluster.sh stop "$work/cluster" >/dev/null 2>&1 || true
-  rm -rf "$work"
 }
-trap cleanup EXIT
-rbd-fixtures/cluster.sh start "$work/cluster" --memstore-gib $((IMAGE_MIB * 2 / 1024 + 6))
-export CEPH_CONF="$work/cluster/ceph.conf"
+# each delta round clones the objects it touches until the next backup
+# drops its snapshot, and a memstore OSD trims those clones slowly
+bench_start mount $((IMAGE_MIB * 2 / 1024 + 6))
 cat > "$work/config.yaml" <<YAML
 ceph:
   conf: $CEPH_CONF

@@ -25,19 +25,8 @@ SCATTER=${SCATTER:-2000}
 REPS=${REPS:-1}
 MEMSTORE_GIB=${MEMSTORE_GIB:-14}
 
-rbd-fixtures/install-deps.sh
-command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
-cargo build --release --quiet
-bin="$PWD/target/release/rbdelta"
-py=/usr/bin/python3
-samples="$PWD/rbd-fixtures/sample-images.py"
-
-work=${BENCH_DIR:-$(mktemp -d /var/tmp/rbdelta-bench.XXXXXX)}
-mkdir -p "$work"
-cleanup() { rbd-fixtures/cluster.sh stop "$work/cluster" >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
-rbd-fixtures/cluster.sh start "$work/cluster" --memstore-gib "$MEMSTORE_GIB"
-export CEPH_CONF="$work/cluster/ceph.conf"
+. bench/lib.sh
+bench_start bench "$MEMSTORE_GIB"
 rbd() { command rbd -c "$CEPH_CONF" "$@"; }
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }

@@ -16,16 +16,8 @@ cd "$(dirname "$0")/.."
 GIB=${SPARSE_GIB:-200}
 RUNS=${RUNS:-5}
 
-rbd-fixtures/install-deps.sh
-cargo build --release --quiet
-bin="$PWD/target/release/rbdelta"
-py=/usr/bin/python3
-work=${BENCH_DIR:-$(mktemp -d /var/tmp/rbdelta-sparse.XXXXXX)}
-mkdir -p "$work"
-cleanup() { rbd-fixtures/cluster.sh stop "$work/cluster" >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
-rbd-fixtures/cluster.sh start "$work/cluster" --memstore-gib 2
-export CEPH_CONF="$work/cluster/ceph.conf"
+. bench/lib.sh
+bench_start sparse 2
 rbd() { command rbd -c "$CEPH_CONF" "$@"; }
 
 # writes COUNT 64 KiB pieces at seeded offsets over the whole image

@@ -11,17 +11,8 @@ cd "$(dirname "$0")/.."
 N=${FLEET_N:-50}
 RUNS=${RUNS:-20}
 
-rbd-fixtures/install-deps.sh
-cargo build --release --quiet
-bin="$PWD/target/release/rbdelta"
-py=/usr/bin/python3
-samples="$PWD/rbd-fixtures/sample-images.py"
-work=${BENCH_DIR:-$(mktemp -d /var/tmp/rbdelta-churn.XXXXXX)}
-mkdir -p "$work"
-cleanup() { rbd-fixtures/cluster.sh stop "$work/cluster" >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
-rbd-fixtures/cluster.sh start "$work/cluster" --memstore-gib 4
-export CEPH_CONF="$work/cluster/ceph.conf"
+. bench/lib.sh
+bench_start churn 4
 
 name() { printf 'churn-%03d' "$1"; }
 echo "churn: creating $N images of 16 MiB" >&2

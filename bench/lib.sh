@@ -1,0 +1,27 @@
+# Sourced by every benchmark: packages, a release build, a work directory
+# (BENCH_DIR, or a fresh one under /var/tmp: the same disk the archive and
+# any raw file use) and a throwaway cluster, all removed on exit.
+
+# bench_start NAME MEMSTORE_GIB: sets bin, py, samples, work, CEPH_CONF.
+bench_start() {
+  rbd-fixtures/install-deps.sh
+  command -v /usr/bin/time >/dev/null ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+  cargo build --release --quiet
+  bin="$PWD/target/release/rbdelta"
+  py=/usr/bin/python3
+  samples="$PWD/rbd-fixtures/sample-images.py"
+  work=${BENCH_DIR:-$(mktemp -d "/var/tmp/rbdelta-$1.XXXXXX")}
+  mkdir -p "$work"
+  trap bench_cleanup EXIT
+  rbd-fixtures/cluster.sh start "$work/cluster" --memstore-gib "$2"
+  export CEPH_CONF="$work/cluster/ceph.conf"
+}
+
+# Runs bench_before_cleanup (if the script defines it), then stops the
+# cluster and removes the work directory.
+bench_cleanup() {
+  if declare -F bench_before_cleanup >/dev/null; then bench_before_cleanup || true; fi
+  rbd-fixtures/cluster.sh stop "$work/cluster" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
