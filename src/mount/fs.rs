@@ -423,7 +423,9 @@ impl Filesystem for ArchiveFs {
             Ok(img) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 lock(&self.handles).insert(fh, Arc::new(img));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // A revision never changes: the kernel may keep its pages
+                // across opens (re-reads of a loop-mounted filesystem).
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             Err(e) if e.is_not_found() || matches!(e, Error::Removed(_)) => {
                 reply.error(Errno::ENOENT)
