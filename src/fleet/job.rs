@@ -270,17 +270,8 @@ pub fn verify_volume(
     drop(progress);
     let outcome = match result {
         Ok(report) if report.problems.is_empty() => Outcome {
-            volume: name.to_string(),
-            op: "verify".into(),
-            ok: true,
-            kind: None,
-            revision: None,
-            size: None,
             bytes_read: report.bytes_read,
-            bytes_written: 0,
-            duration: started.elapsed(),
-            error: None,
-            transient: false,
+            ..Outcome::succeeded(name, "verify", started.elapsed())
         },
         Ok(report) => Outcome {
             bytes_read: report.bytes_read,
@@ -315,17 +306,8 @@ pub fn fsck_volume(archive: &Path, name: &str, obs: &dyn Observer) -> Outcome {
     drop(progress);
     let outcome = match result {
         Ok(r) if !r.has_errors() => Outcome {
-            volume: name.to_string(),
-            op: "fsck".into(),
-            ok: true,
-            kind: None,
             revision: Some(r.revision.id.clone()),
-            size: None,
-            bytes_read: 0,
-            bytes_written: 0,
-            duration: started.elapsed(),
-            error: None,
-            transient: false,
+            ..Outcome::succeeded(name, "fsck", started.elapsed())
         },
         Ok(r) => Outcome {
             revision: Some(r.revision.id.clone()),

@@ -55,6 +55,23 @@ fn from_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 impl Outcome {
+    /// A job that succeeded (callers fill in what it read or made).
+    pub fn succeeded(volume: &str, op: &'static str, duration: Duration) -> Outcome {
+        Outcome {
+            volume: volume.to_string(),
+            op: op.to_string(),
+            ok: true,
+            kind: None,
+            revision: None,
+            size: None,
+            bytes_read: 0,
+            bytes_written: 0,
+            duration,
+            error: None,
+            transient: false,
+        }
+    }
+
     pub fn failed(
         volume: &str,
         op: &'static str,

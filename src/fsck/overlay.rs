@@ -134,7 +134,7 @@ impl Filesystem for Cow {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         if ino != INodeNo::ROOT {
             return reply.error(Errno::ENOTDIR);
@@ -144,12 +144,7 @@ impl Filesystem for Cow {
             (INodeNo::ROOT, FileType::Directory, ".."),
             (DISK, FileType::RegularFile, "disk.img"),
         ];
-        for (i, (ino, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(ino, i as u64 + 1, kind, name) {
-                break;
-            }
-        }
-        reply.ok();
+        crate::mount::fill_dir(reply, all, offset);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

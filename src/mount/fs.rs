@@ -382,7 +382,7 @@ impl Filesystem for ArchiveFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let Some(n) = self.node(ino) else {
             return reply.error(Errno::ENOENT);
@@ -391,18 +391,13 @@ impl Filesystem for ArchiveFs {
             return reply.error(Errno::ENOTDIR);
         };
         let mut all = vec![
-            (".".to_string(), ino, FileType::Directory),
-            ("..".to_string(), INodeNo::ROOT, FileType::Directory),
+            (ino, FileType::Directory, ".".to_string()),
+            (INodeNo::ROOT, FileType::Directory, "..".to_string()),
         ];
         for (name, node, kind) in children {
-            all.push((name, self.ino(node), kind));
+            all.push((self.ino(node), kind, name));
         }
-        for (i, (name, ino, kind)) in all.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(ino, i as u64 + 1, kind, name) {
-                break;
-            }
-        }
-        reply.ok();
+        super::fill_dir(reply, all, offset);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

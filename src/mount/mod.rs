@@ -74,6 +74,21 @@ macro_rules! plain_file_answers {
 }
 pub(crate) use plain_file_answers;
 
+/// Answers a `readdir` from the whole listing (`.` and `..` included),
+/// starting after the `offset`-th entry.
+pub(crate) fn fill_dir<N: AsRef<std::ffi::OsStr>>(
+    mut reply: fuser::ReplyDirectory,
+    entries: impl IntoIterator<Item = (fuser::INodeNo, fuser::FileType, N)>,
+    offset: u64,
+) {
+    for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+        if reply.add(ino, i as u64 + 1, kind, name) {
+            break;
+        }
+    }
+    reply.ok();
+}
+
 /// How to mount.
 #[derive(Debug, Clone, Default)]
 pub struct MountOptions {
