@@ -110,6 +110,15 @@ proptest! {
                 let r = r.unwrap();
                 prop_assert_eq!(chain.resolve(r.block).unwrap(), r);
             }
+            // the mount's reads: any range, into a buffer holding old bytes
+            let img = rbdelta::mount::image::RevisionImage::open(&f.vol, &f.vol.find_revision(id).unwrap()).unwrap();
+            let size = bytes.len() as u64;
+            for (off, len) in [(0, size), (1, 9000), (4095, 4097), (8192, 3 * BS), (size.saturating_sub(100), 500), (size + 5, 10)] {
+                let mut buf = vec![0xAA; len as usize];
+                let n = img.read_into(off, &mut buf).unwrap();
+                let want = &bytes[(off.min(size) as usize)..((off + len).min(size) as usize)];
+                prop_assert!(&buf[..n] == want, "revision {} read {}+{}", id, off, len);
+            }
         }
         let report = verify(&f.vol, None, &NoProgress).unwrap();
         prop_assert!(report.problems.is_empty(), "{:?}", report.problems);

@@ -15,6 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::index::BlockEntry;
+use super::index_pages::{Pages, PAGE_BYTES};
 use super::*;
 use crate::checksum::{block_count, block_len, Hash};
 use crate::error::{Error, IoContext, Result};
@@ -108,20 +109,33 @@ impl FullIndexWriter {
         };
         file.write_all_at(&header.encode(), 0).at(&path)?;
         let body_len = header.file_len().expect("fits") - TRAILER_LEN as u64;
-        let trailer = hash_range(&file, &path, body_len)?;
+        let trailer = hash_range(&file, &path, body_len, |_, _| {})?;
         file.write_all_at(&trailer, body_len).at(&path)?;
         file.sync_all().at(&path)
     }
 }
 
-fn hash_range(file: &File, path: &Path, len: u64) -> Result<Hash> {
+/// BLAKE3 of the file's first `len` bytes, read in chunks that `each`
+/// also sees: the header, then whole index pages (see [`Pages::scan`]).
+fn hash_range(
+    file: &File,
+    path: &Path,
+    len: u64,
+    mut each: impl FnMut(&[u8], u64),
+) -> Result<Hash> {
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 25 * PAGE_BYTES];
     let mut pos = 0;
     while pos < len {
-        let n = (len - pos).min(buf.len() as u64) as usize;
+        let chunk = if pos == 0 {
+            FULL_INDEX_HEADER_LEN
+        } else {
+            buf.len()
+        };
+        let n = (len - pos).min(chunk as u64) as usize;
         file.read_exact_at(&mut buf[..n], pos).at(path)?;
         hasher.update(&buf[..n]);
+        each(&buf[..n], pos);
         pos += n as u64;
     }
     Ok(*hasher.finalize().as_bytes())
@@ -132,10 +146,8 @@ pub struct FullIndexReader {
     pub header: FullIndexHeader,
     file: File,
     path: PathBuf,
-    /// Where the last [`FullIndexReader::find`] hit, plus one: readers go
-    /// through an image in order, so the next block is usually there, and
-    /// one read replaces a binary search.
-    next: std::sync::atomic::AtomicU64,
+    /// Random access by block (see [`Pages`]).
+    pages: Pages,
 }
 
 impl FullIndexReader {
@@ -160,14 +172,16 @@ impl FullIndexReader {
         let body = len - TRAILER_LEN as u64;
         let mut trailer = [0u8; TRAILER_LEN];
         file.read_exact_at(&mut trailer, body).at(path)?;
-        if hash_range(&file, path, body)? != trailer {
+        let mut pages = Pages::new(header.count);
+        if hash_range(&file, path, body, |chunk, pos| pages.scan(chunk, pos))? != trailer {
             return Err(corrupt("full index checksum mismatch".into()));
         }
+        debug_assert!(pages.complete());
         Ok(FullIndexReader {
             header,
             file,
             path: path.to_path_buf(),
-            next: std::sync::atomic::AtomicU64::new(0),
+            pages,
         })
     }
 
@@ -197,58 +211,16 @@ impl FullIndexReader {
         })
     }
 
-    /// The first entry at or after `block`, by binary search over the file.
+    /// The first entry at or after `block`.
     pub fn next_at_or_after(&self, block: u64) -> Result<Option<BlockEntry>> {
-        let (mut lo, mut hi) = (0u64, self.header.count);
-        let mut raw = [0u8; FULL_ENTRY_LEN];
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let at = FULL_INDEX_HEADER_LEN as u64 + mid * FULL_ENTRY_LEN as u64;
-            self.file.read_exact_at(&mut raw, at).at(&self.path)?;
-            if le_u64(&raw, 0) < block {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        if lo == self.header.count {
-            return Ok(None);
-        }
-        let at = FULL_INDEX_HEADER_LEN as u64 + lo * FULL_ENTRY_LEN as u64;
-        self.file.read_exact_at(&mut raw, at).at(&self.path)?;
-        Ok(Some(self.entry(&raw)))
+        let raw = self.pages.next_at_or_after(&self.file, &self.path, block)?;
+        Ok(raw.map(|r| self.entry(&r)))
     }
 
-    /// The entry of `block`: where the last hit left off, else by binary
-    /// search over the file.
+    /// The entry of `block`, if the full stores it.
     pub fn find(&self, block: u64) -> Result<Option<BlockEntry>> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut raw = [0u8; FULL_ENTRY_LEN];
-        let hint = self.next.load(Relaxed);
-        if hint < self.header.count {
-            let at = FULL_INDEX_HEADER_LEN as u64 + hint * FULL_ENTRY_LEN as u64;
-            self.file.read_exact_at(&mut raw, at).at(&self.path)?;
-            if le_u64(&raw, 0) == block {
-                self.next.store(hint + 1, Relaxed);
-                return Ok(Some(self.entry(&raw)));
-            }
-        }
-        let (mut lo, mut hi) = (0u64, self.header.count);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let at = FULL_INDEX_HEADER_LEN as u64 + mid * FULL_ENTRY_LEN as u64;
-            self.file.read_exact_at(&mut raw, at).at(&self.path)?;
-            let b = le_u64(&raw, 0);
-            match b.cmp(&block) {
-                std::cmp::Ordering::Equal => {
-                    self.next.store(mid + 1, Relaxed);
-                    return Ok(Some(self.entry(&raw)));
-                }
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-            }
-        }
-        Ok(None)
+        let raw = self.pages.find(&self.file, &self.path, block)?;
+        Ok(raw.map(|r| self.entry(&r)))
     }
 }
 
@@ -323,6 +295,45 @@ mod tests {
         assert_eq!(r.find(2).unwrap().unwrap().hash, [2; 32]);
         assert_eq!(r.find(1).unwrap(), None);
         assert_eq!(r.find(9).unwrap(), None);
+    }
+
+    #[test]
+    fn lookups_across_pages_match_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("i");
+        // 3 pages and a bit, with gaps, so page starts are not multiples
+        let blocks: Vec<u64> = (0..3 * 1024 + 77).map(|i| i * 3 + i / 500).collect();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        let mut w = FullIndexWriter::new(file, p.clone()).unwrap();
+        for &b in &blocks {
+            w.push(b, &[(b % 251) as u8; 32]).unwrap();
+        }
+        let last = *blocks.last().unwrap();
+        w.finish(4096, (last + 1) * 4096, [7; 32]).unwrap();
+        let r = FullIndexReader::open(&p).unwrap();
+        // backwards, so each lookup lands on another page than the last
+        for b in (0..last + 3).rev() {
+            let listed = blocks.binary_search(&b).is_ok();
+            let found = r.find(b).unwrap();
+            assert_eq!(found.map(|e| e.block), listed.then_some(b), "find {b}");
+            if let Some(e) = found {
+                assert_eq!(e.hash, [(b % 251) as u8; 32]);
+            }
+            let next = blocks[blocks.partition_point(|&x| x < b)..]
+                .first()
+                .copied();
+            assert_eq!(
+                r.next_at_or_after(b).unwrap().map(|e| e.block),
+                next,
+                "next {b}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod delta;
 pub mod full_index;
 pub mod index;
+pub mod index_pages;
 pub mod manifest;
 
 /// Version of the archive format written by this build.

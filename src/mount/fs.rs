@@ -11,6 +11,7 @@
 //! appear without a remount and removed ones disappear; a revision already
 //! open keeps reading (its chain's files stay open). Nothing here writes.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -450,14 +451,22 @@ impl Filesystem for ArchiveFs {
         let Some(img) = lock(&self.handles).get(&u64::from(fh)).cloned() else {
             return reply.error(Errno::EBADF);
         };
-        match img.read(offset, size as usize) {
-            Ok(data) => reply.data(&data),
-            Err(e) => {
-                // never wrong bytes: the reader gets EIO, the log the why
-                tracing::error!("mount: read of {} bytes at {offset}: {e}", size);
-                reply.error(Errno::EIO)
+        // one buffer per serving thread, reused: no allocation, no page
+        // faults and no zeroing of a fresh megabyte per request
+        thread_local!(static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
+        BUF.with_borrow_mut(|buf| {
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
             }
-        }
+            match img.read_into(offset, &mut buf[..size as usize]) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => {
+                    // never wrong bytes: the reader gets EIO, the log the why
+                    tracing::error!("mount: read of {size} bytes at {offset}: {e}");
+                    reply.error(Errno::EIO)
+                }
+            }
+        })
     }
 
     fn lseek(

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 
 use crate::archive::{Revision, VolumeDir};
 use crate::chain::{Chain, Index, Source};
-use crate::checksum::block_hash;
+use crate::checksum::{block_hash, Hash};
 use crate::error::{Error, IoContext, Result};
 
 /// An opened revision.
@@ -35,61 +35,116 @@ impl RevisionImage {
 
     /// Up to `len` bytes at `offset` (fewer at the end of the image).
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        let n = self.read_into(offset, &mut out)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// Fills `out` with the bytes at `offset` and returns how many there
+    /// are (fewer than `out.len()` at the end of the image). Every returned
+    /// byte is written, so `out` may hold anything before. Whole blocks
+    /// that lie back to back in one file are read with one call, straight
+    /// into place, and then checked block by block.
+    pub fn read_into(&self, offset: u64, out: &mut [u8]) -> Result<usize> {
         let size = self.size();
         if offset >= size {
-            return Ok(Vec::new());
+            return Ok(0);
         }
-        let end = size.min(offset.saturating_add(len as u64));
+        let end = size.min(offset.saturating_add(out.len() as u64));
         let bs = self.chain.block_size;
-        let mut out = vec![0u8; (end - offset) as usize];
-        let mut buf = Vec::new();
+        let mut run = Run::default();
+        let mut part = Vec::new();
         let mut block = offset / bs;
         while block * bs < end {
             let r = self.chain.resolve(block)?;
             let start = block * bs;
-            if let Source::Stored { link, entry } = r.source {
-                if !entry.zero {
-                    let l = &self.chain.links[link];
+            // the part of this block inside [offset, end), as `out` indexes
+            let from = offset.max(start);
+            let to = end.min(start + r.len);
+            let (lo, hi) = ((from - offset) as usize, (to - offset) as usize);
+            match r.source {
+                Source::Stored { link, entry } if !entry.zero => {
                     if u64::from(entry.len) != r.len {
                         return Err(Error::Corrupt(format!(
                             "revision {}: block {block} is stored in {} with length {} but is {} long",
                             self.revision.id,
-                            l.path.display(),
+                            self.chain.links[link].path.display(),
                             entry.len,
                             r.len
                         )));
                     }
-                    // the part of this block inside [offset, end)
-                    let from = offset.max(start);
-                    let to = end.min(start + r.len);
-                    // A whole block is read straight into place (one copy
-                    // less on the sequential path); a part goes via `buf`.
-                    let whole = from == start && to == start + r.len;
-                    let data: &mut [u8] = if whole {
-                        &mut out[(from - offset) as usize..(to - offset) as usize]
+                    if from == start && to == start + r.len {
+                        if !run.extends(link, entry.offset, lo) {
+                            self.flush(&mut run, out)?;
+                            run = Run::start(link, entry.offset, lo);
+                        }
+                        run.blocks.push((start, hi - lo, entry.hash));
+                        run.len += hi - lo;
                     } else {
-                        buf.resize(entry.len as usize, 0);
-                        &mut buf
-                    };
-                    l.file.read_exact_at(data, entry.offset).at(&l.path)?;
-                    if block_hash(data) != entry.hash {
-                        return Err(Error::Corrupt(format!(
-                            "revision {}: bytes {}..{} fail their checksum in {}",
-                            self.revision.id,
-                            start,
-                            start + r.len,
-                            l.path.display()
-                        )));
-                    }
-                    if !whole {
-                        out[(from - offset) as usize..(to - offset) as usize]
-                            .copy_from_slice(&buf[(from - start) as usize..(to - start) as usize]);
+                        // a block cut by the request: read whole, copy a part
+                        part.resize(entry.len as usize, 0);
+                        self.read_checked(link, entry.offset, &mut part, start, &entry.hash)?;
+                        out[lo..hi]
+                            .copy_from_slice(&part[(from - start) as usize..(to - start) as usize]);
                     }
                 }
+                _ => out[lo..hi].fill(0),
             }
             block += 1;
         }
-        Ok(out)
+        self.flush(&mut run, out)?;
+        Ok((end - offset) as usize)
+    }
+
+    /// Reads a run of whole blocks into place and checks each.
+    fn flush(&self, run: &mut Run, out: &mut [u8]) -> Result<()> {
+        if run.blocks.is_empty() {
+            return Ok(());
+        }
+        let data = &mut out[run.out..run.out + run.len];
+        self.pread(run.link, data, run.file)?;
+        let mut at = 0;
+        for (start, n, hash) in run.blocks.drain(..) {
+            self.check(&data[at..at + n], start, hash, run.link)?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn read_checked(
+        &self,
+        link: usize,
+        at: u64,
+        data: &mut [u8],
+        start: u64,
+        hash: &Hash,
+    ) -> Result<()> {
+        self.pread(link, data, at)?;
+        self.check(data, start, *hash, link)
+    }
+
+    /// Reads `data` at `at` from `link`'s file, through the page cache.
+    /// (Tried: `O_DIRECT` cut the mount's CPU time by a third but, with no
+    /// readahead below it, made a cold `dd` of a 2 GiB revision's full
+    /// part 1.8× slower; 2026-11-29.)
+    fn pread(&self, link: usize, data: &mut [u8], at: u64) -> Result<()> {
+        let l = &self.chain.links[link];
+        l.file.read_exact_at(data, at).at(&l.path)
+    }
+
+    /// Errors unless `data`, the block at image offset `start`, hashes to `hash`.
+    fn check(&self, data: &[u8], start: u64, hash: Hash, link: usize) -> Result<()> {
+        if block_hash(data) == hash {
+            return Ok(());
+        }
+        Err(Error::Corrupt(format!(
+            "revision {}: bytes {}..{} fail their checksum in {}",
+            self.revision.id,
+            start,
+            start + data.len() as u64,
+            self.chain.links[link].path.display()
+        )))
     }
 
     /// Whether `block` holds data (a stored, non-zero block).
@@ -154,5 +209,37 @@ impl RevisionImage {
             }
         }
         Ok(best)
+    }
+}
+
+/// Whole blocks that lie back to back in one link's file and in `out`.
+#[derive(Default)]
+struct Run {
+    link: usize,
+    /// where the run starts in the file
+    file: u64,
+    /// where it starts in `out`
+    out: usize,
+    len: usize,
+    /// (image offset, length, hash) of each block
+    blocks: Vec<(u64, usize, Hash)>,
+}
+
+impl Run {
+    fn start(link: usize, file: u64, out: usize) -> Run {
+        Run {
+            link,
+            file,
+            out,
+            ..Run::default()
+        }
+    }
+
+    /// Whether a block at `file` in `link`, going to `out`, continues it.
+    fn extends(&self, link: usize, file: u64, out: usize) -> bool {
+        !self.blocks.is_empty()
+            && self.link == link
+            && self.file + self.len as u64 == file
+            && self.out + self.len == out
     }
 }
