@@ -11,6 +11,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -315,6 +316,44 @@ fn partitions_of_every_revision_mount_with_their_files_and_fsck_finds_the_damage
         assert!(out.status.code().is_some_and(|c| c <= 2), "{out:?}");
     }
     d.backup(&m, true, |_, _| {});
+    // 7: an ext4 whose only good copy of an inode table block is in its
+    // journal (a committed transaction that was never checkpointed, as a
+    // crash leaves it): sound once the journal is replayed, damaged if not
+    {
+        let parts = partitions(&file);
+        let l1 = Loop::new(&file, parts[0].0, parts[0].1, false);
+        let imap = sh("debugfs", &["-R", "imap /etc/conf-8", &l1.0]);
+        let block: u64 = imap
+            .split("located at block ")
+            .nth(1)
+            .and_then(|t| t.split(',').next())
+            .and_then(|b| b.parse().ok())
+            .unwrap_or_else(|| panic!("{imap}"));
+        let head = sh("dumpe2fs", &["-h", &l1.0]);
+        let bs: u64 = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Block size:"))
+            .and_then(|b| b.trim().parse().ok())
+            .unwrap();
+        let good = work.path().join("inode-table-block");
+        let mut bytes = vec![0u8; bs as usize];
+        std::fs::File::open(&l1.0)
+            .unwrap()
+            .read_exact_at(&mut bytes, block * bs)
+            .unwrap();
+        std::fs::write(&good, &bytes).unwrap();
+        sh("debugfs", &["-w", "-R", "clri /etc/conf-8", &l1.0]);
+        let cmds = work.path().join("journal-cmds");
+        std::fs::write(
+            &cmds,
+            format!("jo\njw -b {block} {}\njc\n", good.display()),
+        )
+        .unwrap();
+        sh("debugfs", &["-w", "-f", cmds.to_str().unwrap(), &l1.0]);
+    }
+    d.sync_to_rbd();
+    d.want.push(None);
+    d.env.ok(&["backup", "v"]);
 
     let ids: Vec<String> = d
         .env
@@ -322,7 +361,7 @@ fn partitions_of_every_revision_mount_with_their_files_and_fsck_finds_the_damage
         .iter()
         .map(|r| r["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ids.len(), 6);
+    assert_eq!(ids.len(), 7);
 
     // every frozen revision: loop-mount its partitions through rbdelta mount
     let fuse = FuseMount::start(&d.env, &work.path().join("fuse"));
@@ -342,6 +381,17 @@ fn partitions_of_every_revision_mount_with_their_files_and_fsck_finds_the_damage
                 .output()
                 .unwrap();
             assert!(!xfs.status.success(), "the xfs log of revision 4 is clean");
+        }
+        if i == 6 {
+            // revision 7 needs its journal: a check that skips the replay
+            // finds the cleared inode
+            let ext = sh("dumpe2fs", &["-h", &format!("{dev}p1")]);
+            assert!(ext.contains("needs_recovery"), "{ext}");
+            let out = Command::new("e2fsck")
+                .args(["-fn", &format!("{dev}p1")])
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(4), "{out:?}");
         }
         let Some(want) = want else {
             let _ = Command::new("partx").args(["-d", &dev]).status();
