@@ -344,11 +344,7 @@ fn partitions_of_every_revision_mount_with_their_files_and_fsck_finds_the_damage
         std::fs::write(&good, &bytes).unwrap();
         sh("debugfs", &["-w", "-R", "clri /etc/conf-8", &l1.0]);
         let cmds = work.path().join("journal-cmds");
-        std::fs::write(
-            &cmds,
-            format!("jo\njw -b {block} {}\njc\n", good.display()),
-        )
-        .unwrap();
+        std::fs::write(&cmds, format!("jo\njw -b {block} {}\njc\n", good.display())).unwrap();
         sh("debugfs", &["-w", "-f", cmds.to_str().unwrap(), &l1.0]);
     }
     d.sync_to_rbd();

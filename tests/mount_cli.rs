@@ -26,7 +26,10 @@ struct Mounted {
 
 impl Mounted {
     fn start(env: &Env, args: &[&str]) -> Mounted {
-        let at = env.dir.path().join("mnt");
+        Mounted::start_at(env, env.dir.path().join("mnt"), args)
+    }
+
+    fn start_at(env: &Env, at: PathBuf, args: &[&str]) -> Mounted {
         std::fs::create_dir_all(&at).unwrap();
         let child = Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
             .arg("-c")
@@ -286,4 +289,60 @@ fn bad_mount_points_and_a_stale_mount_get_one_clear_line() {
     wait_for("the stale mount point", || stale(&m.at));
     refused(&[m.at.to_str().unwrap()], "stale");
     refused(&[m.at.to_str().unwrap()], "fusermount3 -u");
+}
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn other_users_read_only_with_allow_other_and_a_missing_dev_fuse_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let (env, _src, bytes) = volume("mount-other");
+    // mount points another user can reach
+    let open = tempfile::Builder::new()
+        .prefix("rbdelta-allow-other")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody_reads = |m: &Mounted| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["head", "-c", "65536"])
+            .arg(m.path("v/latest.img"))
+            .output()
+            .unwrap()
+    };
+    let m = Mounted::start_at(&env, open.path().join("private"), &[]);
+    let out = nobody_reads(&m);
+    assert!(!out.status.success(), "another user read a private mount");
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    m.stop();
+    let m = Mounted::start_at(&env, open.path().join("shared"), &["--allow-other"]);
+    let out = nobody_reads(&m);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        out.stdout == bytes[2][..65536],
+        "another user read other bytes"
+    );
+    m.stop();
+
+    // no /dev/fuse (a private mount namespace with an empty /dev)
+    let at = env.dir.path().join("nofuse");
+    std::fs::create_dir_all(&at).unwrap();
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs none /dev && exec "$0" "$@""#)
+        .arg(assert_cmd::cargo::cargo_bin("rbdelta"))
+        .arg("-c")
+        .arg(&env.config)
+        .arg("mount")
+        .arg(&at)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("/dev/fuse does not exist"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
