@@ -6,8 +6,8 @@
 //! zeros, so the index grows with the data, not with the image size.
 //!
 //! Fulls can be large (a dense 1 TiB image has 16 Mi blocks), so the index
-//! is never held in memory: it is written as a stream and read as a stream
-//! (or probed with binary search for random access).
+//! is never held in memory: it is written as a stream and read as a stream,
+//! or by page for random access ([`super::index_pages`]).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
