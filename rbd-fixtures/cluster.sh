@@ -6,6 +6,9 @@
 #   cluster.sh start DIR [--memstore-gib N]   bring up; writes DIR/ceph.conf
 #   cluster.sh stop DIR                       kill the daemons, remove DIR
 #   cluster.sh status DIR                     show daemon pids and cluster health
+#   cluster.sh pause|resume|kill|restart DIR osd|mon
+#                                             fault injection: SIGSTOP, SIGCONT,
+#                                             SIGKILL, or start the dead daemon again
 #
 # Progress goes to stderr; stdout stays empty. Clients use `-c DIR/ceph.conf`
 # (auth is off, so no keyring is needed).
@@ -21,7 +24,7 @@ die() {
     exit 1
 }
 usage() {
-    sed -n '5,7p' "$0" | sed 's/^# *//' >&2
+    sed -n '5,10p' "$0" | sed 's/^# *//' >&2
     exit 2
 }
 
@@ -245,7 +248,54 @@ cmd_status() {
     return $rc
 }
 
+# The pid file of daemon kind $1 (osd or mon) of the cluster in $DIR.
+pid_file() {
+    case $1 in
+    osd) echo "$DIR/run/osd.0.pid" ;;
+    mon) echo "$DIR/run/mon.a.pid" ;;
+    *) die "no daemon '$1' (osd or mon)" ;;
+    esac
+}
+
+# pause|resume|kill|restart DIR osd|mon
+cmd_fault() {
+    local what=$1 pid f
+    [[ $# -eq 3 ]] || usage
+    DIR=$2
+    [[ -f $DIR/ceph.conf ]] || die "no cluster in $DIR"
+    f=$(pid_file "$3")
+    pid=$(cat "$f" 2>/dev/null || true)
+    case $what in
+    pause) pid_alive "$pid" && kill -STOP "$pid" || die "$3 is not running" ;;
+    resume) pid_alive "$pid" && kill -CONT "$pid" || die "$3 is not running" ;;
+    kill)
+        pid_alive "$pid" || die "$3 is not running"
+        kill -9 "$pid"
+        while pid_alive "$pid"; do sleep 0.05; done
+        rm -f "$f"
+        ;;
+    restart)
+        pid_alive "$pid" && die "$3 is still running (pid $pid)"
+        if [[ $3 == mon ]]; then
+            local addr
+            addr=$(sed -n 's/^mon host = //p' "$DIR/ceph.conf")
+            ceph-mon --id a -c "$DIR/ceph.conf" --public-addr "$addr" \
+                >>"$DIR/log/daemons.log" 2>&1 || die "ceph-mon did not start"
+        else
+            # a memstore OSD keeps its objects in memory: a restarted one
+            # would come back empty, which is a different fault
+            grep -q '^osd objectstore = memstore' "$DIR/ceph.conf" &&
+                die "a memstore OSD cannot restart with its data (pause and resume it instead)"
+            ceph-osd --id 0 -c "$DIR/ceph.conf" >>"$DIR/log/daemons.log" 2>&1 ||
+                die "ceph-osd did not start"
+        fi
+        log "$3 restarted"
+        ;;
+    esac
+}
+
 case ${1:-} in
+pause | resume | kill | restart) cmd_fault "$@" ;;
 start) shift && cmd_start "$@" ;;
 stop) shift && cmd_stop "$@" ;;
 status) shift && cmd_status "$@" ;;

@@ -88,6 +88,12 @@ impl Error {
 }
 
 impl Error {
+    /// Whether the cluster did not answer within the client timeout: every
+    /// further call is likely to wait as long.
+    pub fn is_cluster_timeout(&self) -> bool {
+        matches!(self, Error::Ceph { errno, .. } if *errno == libc::ETIMEDOUT)
+    }
+
     /// Whether this is a file that does not exist (or no longer does).
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)

@@ -1,9 +1,13 @@
 //! Crash points for fault-injection tests. With `RBDELTA_TEST_CRASH_AT=N`
 //! in the environment, the N-th point reached aborts the process on the
 //! spot (like `kill -9`: no destructors, no cleanup). With
-//! `RBDELTA_TEST_CRASH_COUNT=PATH`, the number of points reached is written
-//! to PATH at each point, so a test learns how many there are. Without
-//! either variable a point is one relaxed atomic load.
+//! `RBDELTA_TEST_HOLD_AT=N:DIR`, the N-th point reached creates
+//! `DIR/held-<pid>` and waits there (at most 5 minutes) until `DIR/go`
+//! exists, so a test can kill or signal the process (or its parent) at
+//! that moment. With `RBDELTA_TEST_CRASH_COUNT=PATH`, the number of points
+//! reached is written to PATH at each point (the most any process of the
+//! run reached), so a test learns how many there are. Without any of them
+//! a point is one relaxed atomic load.
 //!
 //! All of it exists only with the `fault-injection` cargo feature, which
 //! the test suite enables: a release build (what operators install) gets
@@ -37,6 +41,7 @@ mod imp {
 
     struct Config {
         crash_at: Option<u64>,
+        hold_at: Option<(u64, std::path::PathBuf)>,
         count_to: Option<std::path::PathBuf>,
     }
 
@@ -46,22 +51,44 @@ mod imp {
             crash_at: std::env::var("RBDELTA_TEST_CRASH_AT")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            hold_at: std::env::var("RBDELTA_TEST_HOLD_AT").ok().and_then(|v| {
+                let (n, dir) = v.split_once(':')?;
+                Some((n.parse().ok()?, dir.into()))
+            }),
             count_to: std::env::var_os("RBDELTA_TEST_CRASH_COUNT").map(Into::into),
         })
+    }
+
+    /// Waits (at most 5 minutes) until `file` exists.
+    fn wait_for(file: &std::path::Path) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while !file.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// A place where a crash must leave the archive consistent.
     pub fn point(_what: &str) {
         let c = config();
-        if c.crash_at.is_none() && c.count_to.is_none() {
+        if c.crash_at.is_none() && c.count_to.is_none() && c.hold_at.is_none() {
             return;
         }
         let n = REACHED.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(p) = &c.count_to {
-            let _ = std::fs::write(p, n.to_string());
+            let before: u64 = std::fs::read_to_string(p)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            if n > before {
+                let _ = std::fs::write(p, n.to_string());
+            }
         }
         if c.crash_at == Some(n) {
             std::process::abort();
+        }
+        if let Some((_, dir)) = c.hold_at.as_ref().filter(|h| h.0 == n) {
+            let _ = std::fs::write(dir.join(format!("held-{}", std::process::id())), b"");
+            wait_for(&dir.join("go"));
         }
     }
 
@@ -83,11 +110,7 @@ mod imp {
         }
         let file = what.replace(' ', "-");
         let _ = std::fs::write(dir.join(format!("{file}.paused")), b"");
-        let go = dir.join(format!("{file}.go"));
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(300);
-        while !go.exists() && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for(&dir.join(format!("{file}.go")));
     }
 
     /// A failing backup worker, for tests of the parent's handling. With

@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod format;
 pub mod fsck;
 pub mod history;
+pub mod host;
 pub mod mount;
 pub mod progress;
 pub mod repair;

@@ -202,7 +202,7 @@ fn flipped_bytes_are_found_and_named() {
     );
     // restore refuses, names the range; --allow-inconsistent zeroes it
     let out = f.root.parent().unwrap().join("bad");
-    let t = FileTarget::create(&out, 200_000, false).unwrap();
+    let t = FileTarget::create(&out, 200_000, &Default::default()).unwrap();
     let err = restore(
         &f.vol,
         &r2.revision,
@@ -213,13 +213,14 @@ fn flipped_bytes_are_found_and_named() {
     .unwrap_err();
     assert!(err.to_string().contains("bytes 8192..12288"), "{err}");
     assert!(!out.exists(), "failed restore leaves no file");
-    let t = FileTarget::create(&out, 200_000, false).unwrap();
+    let t = FileTarget::create(&out, 200_000, &Default::default()).unwrap();
     let rep = restore(
         &f.vol,
         &r2.revision,
         Box::new(t),
         &RestoreOptions {
             allow_inconsistent: true,
+            ..Default::default()
         },
         &NoProgress,
     )

@@ -115,6 +115,7 @@ impl Fixture {
         let env = &self.env;
         copy_dir(&self.pristine, &env.archive());
         let count_file = env.dir.path().join("points");
+        let _ = std::fs::remove_file(&count_file); // it keeps the most reached
         let out = env
             .cmd()
             .env("RBDELTA_TEST_CRASH_COUNT", &count_file)

@@ -75,6 +75,22 @@ pub struct Pending {
     /// The snapshot the backup created (or is about to create).
     pub snapshot: String,
     pub started: String,
+    /// Who runs the backup (absent in records of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<PendingOwner>,
+}
+
+/// The process behind a `pending.json`, so the next backup can tell a dead
+/// one and break the image lock it still holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingOwner {
+    pub host: String,
+    pub pid: u32,
+    /// Its Ceph client (`client.<id>`), the owner of the image's exclusive
+    /// lock while it writes the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// One volume's directory.

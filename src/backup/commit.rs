@@ -7,7 +7,7 @@ use super::writers::FullWriter;
 use super::{BackupOptions, Mode};
 use crate::archive::atomic::{fsync_dir, write_atomic, TempFile};
 use crate::archive::state::VolumeState;
-use crate::archive::{now_rfc3339, Revision, VolumeDir};
+use crate::archive::{now_rfc3339, Pending, Revision, VolumeDir};
 use crate::chain::{Blocks, Chain, Resolved};
 use crate::checksum::{self, Hash};
 use crate::error::{IoContext, Result};
@@ -202,8 +202,11 @@ impl<'c> ParentBlocks<'c> {
 
 /// The commit point: the manifest appears under its id.
 fn commit_manifest(vol: &VolumeDir, rev: &Revision, bytes: &[u8]) -> Result<()> {
+    crate::fault::point("backup: data file in place");
     fsync_dir(&vol.data_dir())?;
-    write_atomic(&vol.manifest_path(&rev.id), bytes)
+    write_atomic(&vol.manifest_path(&rev.id), bytes)?;
+    crate::fault::point("backup: manifest written");
+    Ok(())
 }
 
 /// After the commit: record `newest`'s snapshot as the only one kept, remove
@@ -224,7 +227,9 @@ pub(super) fn finish(
             }
         }
     })?;
+    crate::fault::point("backup: state updated");
     remove_stale_snapshots(vol, image, Some(&newest.manifest.snapshot));
+    crate::fault::point("backup: old snapshots removed");
     vol.clear_pending()
 }
 
@@ -250,6 +255,28 @@ fn remove_stale_snapshots(vol: &VolumeDir, image: &dyn SourceImage, keep: Option
     }
 }
 
+/// A backup killed with the image open (`kill -9`, a dead parent) leaves
+/// its client's watch on the image (and maybe its lock), and every snapshot
+/// change waits about 30 s for Ceph to time the dead client out. When the
+/// intent record names a process of this host that is gone, cut its client
+/// off at once.
+fn evict_dead_owner(vol: &VolumeDir, image: &dyn SourceImage, pending: &Pending) {
+    let Some(o) = &pending.owner else { return };
+    let Some(client) = &o.client else { return };
+    if o.host != crate::host::host() || o.pid == std::process::id() || crate::host::alive(o.pid) {
+        return;
+    }
+    match image.evict(client) {
+        Ok(true) => tracing::info!(
+            volume = %vol.name,
+            "cut off {client}, the connection of backup process {} that is gone",
+            o.pid
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(volume = %vol.name, "could not cut off {client}: {e}"),
+    }
+}
+
 /// Finishes or undoes a backup that was interrupted (found by its
 /// `pending.json`). Call with the volume locked exclusively.
 pub fn recover(vol: &VolumeDir, image: &dyn SourceImage) -> Result<()> {
@@ -257,6 +284,7 @@ pub fn recover(vol: &VolumeDir, image: &dyn SourceImage) -> Result<()> {
         vol.clear_tmp()?;
         return Ok(());
     };
+    evict_dead_owner(vol, image, &pending);
     let revisions = vol.revisions()?;
     match revisions
         .iter()

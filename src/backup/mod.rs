@@ -21,7 +21,7 @@ use crate::archive::oplog::Operation;
 use crate::archive::state::{Trust, VolumeState};
 use crate::archive::{now_rfc3339, Pending, Revision, VolumeDir};
 use crate::chain::Chain;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::source::SourceImage;
 
@@ -170,7 +170,13 @@ fn backup_locked(
     vol.write_pending(&Pending {
         snapshot: snapshot.clone(),
         started: now_rfc3339(),
+        owner: Some(crate::archive::PendingOwner {
+            host: crate::host::host(),
+            pid: std::process::id(),
+            client: image.client(),
+        }),
     })?;
+    crate::fault::point("backup: intent written");
     let t = Instant::now();
     // A phase of its own, so a watcher can tell a snapshot that takes too
     // long (a fleet kills a worker stuck here, see fleet::worker).
@@ -179,13 +185,10 @@ fn backup_locked(
     progress.end();
     let snap = match created {
         Ok(s) => s,
-        Err(e) => {
-            let _ = image.remove_snapshot(&snapshot);
-            vol.clear_pending()?;
-            return Err(e);
-        }
+        Err(e) => return Err(undo(vol, image, &snapshot, e)),
     };
     tracing::info!(volume = %vol.name, "snapshot {snapshot} created in {:?}", t.elapsed());
+    crate::fault::point("backup: snapshot taken");
     let plan = commit::Plan {
         mode: &mode,
         parent: parent.as_ref(),
@@ -196,14 +199,7 @@ fn backup_locked(
     drop(snap);
     let (revision, bytes_read, bytes_written) = match written {
         Ok(w) => w,
-        Err(e) => {
-            // Nothing was committed: undo the snapshot and the intent.
-            if let Err(e2) = image.remove_snapshot(&snapshot) {
-                tracing::warn!("could not remove snapshot {snapshot}: {e2}");
-            }
-            vol.clear_pending()?;
-            return Err(e);
-        }
+        Err(e) => return Err(undo(vol, image, &snapshot, e)),
     };
     let t = Instant::now();
     commit::finish(vol, image, &revision, &opts.tags)?;
@@ -225,6 +221,30 @@ fn backup_locked(
         duration: started.elapsed(),
         synthetic_full: synthesize.is_some(),
     })
+}
+
+/// After a failure before the commit: removes the snapshot and the intent
+/// record, and returns the failure. When the cluster did not answer, both
+/// stay for the next backup to undo (its recovery does): removing the
+/// snapshot now would only wait another timeout for nothing.
+fn undo(vol: &VolumeDir, image: &dyn SourceImage, snapshot: &str, e: Error) -> Error {
+    if e.is_cluster_timeout() {
+        tracing::info!(
+            volume = %vol.name,
+            "the cluster did not answer: snapshot {snapshot} is left for the next backup to remove"
+        );
+        return e;
+    }
+    if let Err(e2) = image.remove_snapshot(snapshot) {
+        tracing::warn!("could not remove snapshot {snapshot}: {e2}");
+    }
+    match vol.clear_pending() {
+        Ok(()) => e,
+        Err(e2) => {
+            tracing::warn!("could not remove the intent record: {e2}");
+            e
+        }
+    }
 }
 
 fn choose_mode(

@@ -71,6 +71,7 @@ pub fn copy_blocks(
         let writer_thread = scope.spawn(move || -> Result<()> {
             for chunk in rx {
                 writer.put_chunk(&chunk)?;
+                crate::fault::point("backup: chunk written");
                 pool.put(chunk.data);
             }
             Ok(())

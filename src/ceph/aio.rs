@@ -12,6 +12,7 @@ use super::{ceph_error, check, sys, Image};
 use crate::error::{Error, Result};
 use std::collections::VecDeque;
 use std::ptr;
+use std::time::{Duration, Instant};
 
 /// One submitted request: its completion and the buffer librbd uses.
 struct InFlight {
@@ -82,6 +83,13 @@ impl InFlight {
     /// Waits, then checks that exactly the whole buffer was transferred
     /// (writes may report 0 for success).
     fn finish(mut self, image: &Image, op: &str) -> Result<(usize, Vec<u8>)> {
+        self.outcome(image, op)?;
+        // Completed: the buffer is ours again. `Drop` re-waits (instant).
+        Ok((self.tag, std::mem::take(&mut self.buf)))
+    }
+
+    /// Waits for the request and checks it, keeping the buffer.
+    fn outcome(&mut self, image: &Image, op: &str) -> Result<()> {
         // SAFETY: a submitted completion, not yet released.
         let ret = unsafe {
             sys::rbd_aio_wait_for_complete(self.comp);
@@ -96,8 +104,13 @@ impl InFlight {
         if !ok {
             return Err(short_io(what(), ret as usize, want));
         }
-        // Completed: the buffer is ours again. `Drop` re-waits (instant).
-        Ok((self.tag, std::mem::take(&mut self.buf)))
+        Ok(())
+    }
+
+    /// A completed request's buffer and offset, to submit it again.
+    fn into_retry(mut self) -> (u64, Vec<u8>) {
+        // `outcome` has waited: librbd is done with the buffer.
+        (self.offset, std::mem::take(&mut self.buf))
     }
 }
 
@@ -180,6 +193,40 @@ pub struct AioWriter<I: std::ops::Deref<Target = Image>> {
     window: VecDeque<InFlight>,
     image: I,
     depth: usize,
+    /// How long a write (or the final flush) may keep failing with a
+    /// transient error before that is final (zero: no retries).
+    retry_for: Duration,
+}
+
+/// The first pause before a retry; doubled for each further one, up to
+/// [`RETRY_MAX_DELAY`].
+const RETRY_FIRST_DELAY: Duration = Duration::from_secs(1);
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Retries `attempt` while it fails with a transient error and has been
+/// failing for less than `retry_for`, pausing 1, 2, 4 … 30 s in between.
+fn with_retries<T>(
+    retry_for: Duration,
+    what: impl Fn() -> String,
+    mut attempt: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut first_failure: Option<Instant> = None;
+    let mut delay = RETRY_FIRST_DELAY;
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() => {
+                let since = *first_failure.get_or_insert_with(Instant::now);
+                if since.elapsed() + delay > retry_for {
+                    return Err(e);
+                }
+                tracing::warn!("{e}; retrying {} in {delay:?}", what());
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(RETRY_MAX_DELAY);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl<I: std::ops::Deref<Target = Image>> AioWriter<I> {
@@ -188,7 +235,16 @@ impl<I: std::ops::Deref<Target = Image>> AioWriter<I> {
             image,
             depth: depth.max(1),
             window: VecDeque::new(),
+            retry_for: Duration::ZERO,
         }
+    }
+
+    /// Retries a write that fails with a transient error (the cluster did
+    /// not answer, or asked to try again) until it has failed for
+    /// `retry_for`, pausing 1, 2, 4 … 30 s in between.
+    pub fn with_retries(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
+        self
     }
 
     /// The image written to.
@@ -210,12 +266,31 @@ impl<I: std::ops::Deref<Target = Image>> AioWriter<I> {
     }
 
     fn complete_oldest(&mut self) -> Result<Option<Vec<u8>>> {
-        match self.window.pop_front() {
-            Some(w) => w
-                .finish(&self.image, "rbd_aio_write")
-                .map(|(_, buf)| Some(buf)),
-            None => Ok(None),
-        }
+        let Some(first) = self.window.pop_front() else {
+            return Ok(None);
+        };
+        let image: &Image = &self.image;
+        // the write in flight, or the one to submit again (after the pause)
+        let (mut cur, mut again) = (Some(first), None);
+        let what = || format!("the write to {}", image.name());
+        with_retries(self.retry_for, what, || {
+            let mut w = match (cur.take(), again.take()) {
+                (Some(w), _) => w,
+                (None, Some((offset, buf))) => InFlight::write(image, offset, buf)?,
+                // a failed submission consumed the buffer: that is final
+                (None, None) => {
+                    return Err(Error::Invalid("a write could not be resubmitted".into()))
+                }
+            };
+            match w.outcome(image, "rbd_aio_write") {
+                Ok(()) => Ok(w.into_retry().1),
+                Err(e) => {
+                    again = Some(w.into_retry());
+                    Err(e)
+                }
+            }
+        })
+        .map(Some)
     }
 
     /// Waits for every write, then flushes the image.
@@ -223,6 +298,11 @@ impl<I: std::ops::Deref<Target = Image>> AioWriter<I> {
         while !self.window.is_empty() {
             self.complete_oldest()?;
         }
-        self.image.flush()
+        let image: &Image = &self.image;
+        with_retries(
+            self.retry_for,
+            || format!("the flush of {}", image.name()),
+            || image.flush(),
+        )
     }
 }

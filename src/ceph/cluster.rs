@@ -206,6 +206,31 @@ impl IoCtx {
         self.inner.handle
     }
 
+    /// Blocklists the client at `addr` (as a watcher lists it) for
+    /// `expire` seconds: the cluster drops its watches and refuses its
+    /// writes. Only for a client known to be dead.
+    pub fn blocklist(&self, addr: &str, expire: u32) -> Result<()> {
+        let c = cstring("client address", addr)?;
+        // SAFETY: a connected client handle and a C string librados only
+        // reads (the binding's `*mut` is historical).
+        let rc = unsafe {
+            sys::rados_blocklist_add(
+                self.inner._cluster.handle,
+                c.as_ptr() as *mut c_char,
+                expire,
+            )
+        };
+        check(|| format!("rados_blocklist_add {addr}"), rc).map(drop)
+    }
+
+    /// This client's name in the cluster (`client.<instance id>`), as
+    /// image lock owners and watchers are named.
+    pub fn client(&self) -> String {
+        // SAFETY: a connected client handle; the call only reads it.
+        let id = unsafe { sys::rados_get_instance_id(self.inner._cluster.handle) };
+        format!("client.{id}")
+    }
+
     /// The pool's name.
     pub fn pool(&self) -> &str {
         &self.inner.pool
@@ -283,6 +308,15 @@ impl IoCtx {
         // SAFETY: valid ioctx and C string.
         let rc = unsafe { sys::rbd_remove(self.raw(), c_name.as_ptr()) };
         check(|| format!("rbd_remove {}/{name}", self.pool()), rc).map(drop)
+    }
+
+    /// Renames image `from` to `to` (in this pool); fails with EEXIST when
+    /// `to` exists.
+    pub fn rename_image(&self, from: &str, to: &str) -> Result<()> {
+        let (f, t) = (cstring("image name", from)?, cstring("image name", to)?);
+        // SAFETY: valid ioctx and C strings.
+        let rc = unsafe { sys::rbd_rename(self.raw(), f.as_ptr(), t.as_ptr()) };
+        check(|| format!("rbd_rename {}/{from} to {to}", self.pool()), rc).map(drop)
     }
 
     /// Clones snapshot `parent@snap` (protected, for clone format 1) into a

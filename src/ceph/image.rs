@@ -7,7 +7,7 @@
 use super::{ceph_error, check, cstring, sys, IoCtx};
 use crate::error::{Error, Result};
 use std::any::Any;
-use std::ffi::{c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
@@ -133,6 +133,80 @@ impl Image {
         // (image, snapname) calls.
         let rc = unsafe { f(self.handle, c.as_ptr()) };
         check(|| format!("{op} {}@{snap}", self.name), rc).map(drop)
+    }
+
+    /// The clients watching the image: (address, instance id).
+    pub fn watchers(&self) -> Result<Vec<(String, i64)>> {
+        let mut max: usize = 16;
+        loop {
+            let mut w = vec![
+                sys::rbd_image_watcher_t {
+                    addr: ptr::null_mut(),
+                    id: 0,
+                    cookie: 0
+                };
+                max
+            ];
+            // SAFETY: valid handle; `w` has room for `max` entries.
+            let rc = unsafe { sys::rbd_watchers_list(self.handle, w.as_mut_ptr(), &mut max) };
+            if rc == -libc::ERANGE {
+                continue; // `max` now holds the needed count
+            }
+            check(|| format!("rbd_watchers_list {}", self.name), rc)?;
+            let out = w[..max]
+                .iter()
+                // SAFETY: librbd filled the first `max` entries.
+                .map(|x| {
+                    (
+                        unsafe { CStr::from_ptr(x.addr) }
+                            .to_string_lossy()
+                            .into_owned(),
+                        x.id,
+                    )
+                })
+                .collect();
+            // SAFETY: frees exactly the `max` entries librbd filled, once.
+            unsafe { sys::rbd_watchers_list_cleanup(w.as_mut_ptr(), max) };
+            return Ok(out);
+        }
+    }
+
+    /// The owners of the image's exclusive lock (`client.<id>`), if any.
+    pub fn lock_owners(&self) -> Result<Vec<String>> {
+        let mut mode: sys::rbd_lock_mode_t = 0;
+        let mut owners = [ptr::null_mut::<c_char>(); 8];
+        let mut n = owners.len();
+        // SAFETY: valid handle; `owners` has room for `n` pointers.
+        let rc = unsafe {
+            sys::rbd_lock_get_owners(self.handle, &mut mode, owners.as_mut_ptr(), &mut n)
+        };
+        if rc == -libc::ENOENT {
+            return Ok(Vec::new()); // no lock, or no exclusive-lock feature
+        }
+        check(|| format!("rbd_lock_get_owners {}", self.name), rc)?;
+        let names = owners[..n]
+            .iter()
+            // SAFETY: librbd filled the first `n` entries with C strings.
+            .map(|&p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+            .collect();
+        // SAFETY: frees exactly the `n` strings librbd allocated, once.
+        unsafe { sys::rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), n) };
+        Ok(names)
+    }
+
+    /// Breaks `owner`'s exclusive lock (librbd blocklists that client, so a
+    /// process that is not dead after all cannot write on).
+    pub fn break_lock(&self, owner: &str) -> Result<()> {
+        let c = cstring("lock owner", owner)?;
+        // SAFETY: valid handle and C string.
+        let rc = unsafe {
+            sys::rbd_lock_break(
+                self.handle,
+                sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE,
+                c.as_ptr(),
+            )
+        };
+        check(|| format!("rbd_lock_break {} ({owner})", self.name), rc).map(drop)
     }
 
     pub fn snap_create(&self, snap: &str) -> Result<()> {

@@ -51,10 +51,16 @@ pub(crate) fn strerror(errno: i32) -> String {
 /// The error for a negative librados/librbd return value `ret` (= -errno).
 pub(crate) fn ceph_error(op: impl Into<String>, ret: i64) -> Error {
     let errno = i32::try_from(-ret).unwrap_or(libc::EIO);
+    let msg = if errno == libc::ETIMEDOUT {
+        // every client timeout is ceph.timeout (see Cluster::connect)
+        "the cluster did not answer within ceph.timeout".to_string()
+    } else {
+        strerror(errno)
+    };
     Error::Ceph {
         op: op.into(),
         errno,
-        msg: strerror(errno),
+        msg,
     }
 }
 

@@ -10,7 +10,7 @@
 //! ```text
 //! printf '#include <rados/librados.h>\n#include <rbd/librbd.h>\n' > /tmp/wrapper.h
 //! bindgen /tmp/wrapper.h \
-//!   --allowlist-function 'rados_(create|conf_read_file|conf_set|connect|shutdown|ioctx_create|ioctx_destroy)|rbd_(open|open_read_only|close|create4|image_options_(create|destroy|set_uint64)|list2|image_spec_list_cleanup|remove|clone3|get_size|stat|get_features|snap_(create|remove|list|list_end|exists|protect|unprotect)|resize|write|discard|read|flush|diff_iterate2|aio_(create_completion|read|write|wait_for_complete|get_return_value|release))' \
+//!   --allowlist-function 'rados_(create|conf_read_file|conf_set|connect|shutdown|ioctx_create|ioctx_destroy|get_instance_id|blocklist_add)|rbd_(open|open_read_only|close|create4|image_options_(create|destroy|set_uint64)|list2|image_spec_list_cleanup|remove|rename|clone3|get_size|stat|get_features|snap_(create|remove|list|list_end|exists|protect|unprotect)|resize|write|discard|read|flush|diff_iterate2|lock_(get_owners|get_owners_cleanup|break)|watchers_list|watchers_list_cleanup|aio_(create_completion|read|write|wait_for_complete|get_return_value|release))' \
 //!   --allowlist-var 'RBD_FEATURE_.*|RBD_IMAGE_OPTION_.*' \
 //!   --blocklist-item 'RBD_FEATURE_NAME_.*' \
 //!   --no-doc-comments --use-core --rust-target 1.85 -o sys_body.rs
@@ -208,6 +208,64 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn rbd_remove(io: rados_ioctx_t, name: *const ::core::ffi::c_char) -> ::core::ffi::c_int;
+}
+pub type rbd_lock_mode_t = ::core::ffi::c_uint;
+pub const rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE: rbd_lock_mode_t = 0;
+pub const rbd_lock_mode_t_RBD_LOCK_MODE_SHARED: rbd_lock_mode_t = 1;
+unsafe extern "C" {
+    pub fn rados_get_instance_id(cluster: rados_t) -> u64;
+}
+unsafe extern "C" {
+    pub fn rados_blocklist_add(
+        cluster: rados_t,
+        client_address: *mut ::core::ffi::c_char,
+        expire_seconds: u32,
+    ) -> ::core::ffi::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rbd_image_watcher_t {
+    pub addr: *mut ::core::ffi::c_char,
+    pub id: i64,
+    pub cookie: u64,
+}
+unsafe extern "C" {
+    pub fn rbd_watchers_list(
+        image: rbd_image_t,
+        watchers: *mut rbd_image_watcher_t,
+        max_watchers: *mut usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn rbd_watchers_list_cleanup(watchers: *mut rbd_image_watcher_t, num_watchers: usize);
+}
+unsafe extern "C" {
+    pub fn rbd_lock_get_owners(
+        image: rbd_image_t,
+        lock_mode: *mut rbd_lock_mode_t,
+        lock_owners: *mut *mut ::core::ffi::c_char,
+        max_lock_owners: *mut usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn rbd_lock_get_owners_cleanup(
+        lock_owners: *mut *mut ::core::ffi::c_char,
+        lock_owner_count: usize,
+    );
+}
+unsafe extern "C" {
+    pub fn rbd_lock_break(
+        image: rbd_image_t,
+        lock_mode: rbd_lock_mode_t,
+        lock_owner: *const ::core::ffi::c_char,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn rbd_rename(
+        src_io_ctx: rados_ioctx_t,
+        srcname: *const ::core::ffi::c_char,
+        destname: *const ::core::ffi::c_char,
+    ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
     pub fn rbd_open(

@@ -38,7 +38,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     }
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Before any connection: librados' threads must inherit the signal mask.
-    super::signals::stop_on_terminate(cancel.clone(), true);
+    super::signals::stop_on_terminate(cancel.clone(), Some("running backups end cleanly"));
     let mut fleet = Fleet::new(&cfg);
     fleet.cancel = cancel;
     fleet.workers = Some(super::worker_spawner(ctx.verbose));

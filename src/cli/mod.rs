@@ -278,7 +278,7 @@ pub fn worker_spawner(verbose: u8) -> rbdelta::fleet::worker::Spawner {
 
 fn backup_worker() -> Result<(), Failure> {
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    signals::stop_on_terminate(cancel.clone(), false);
+    signals::stop_on_terminate(cancel.clone(), None);
     rbdelta::fleet::worker::serve(std::io::stdin().lock(), Box::new(std::io::stdout()), cancel)?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context};
 use rbdelta::restore::file_target::FileTarget;
 use rbdelta::restore::rbd_target::RbdTarget;
-use rbdelta::restore::{restore, RestoreOptions, RestoreTarget};
+use rbdelta::restore::{restore, RestoreOptions, RestoreTarget, TargetOptions};
 use rbdelta::source::rbd::RbdImage;
 use rbdelta::source::{ImageLayout, SourceImage};
 
@@ -39,9 +39,28 @@ pub struct Args {
     /// Restore despite corrupt blocks, writing zeros there.
     #[arg(long)]
     allow_inconsistent: bool,
+    /// If the restore fails or is interrupted, keep what it wrote (as
+    /// IMAGE.rbdelta-partial or PATH.partial) instead of removing it.
+    #[arg(long)]
+    keep_partial: bool,
+    /// How long a write into the image may keep failing because the
+    /// cluster does not answer (retried with pauses of 1, 2, 4 … 30 s)
+    /// before the restore fails.
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    retry_for: u64,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
+    // Before any connection: librados' threads must inherit the signal mask.
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    super::signals::stop_on_terminate(
+        cancel.clone(),
+        Some(if a.keep_partial {
+            "the restore ends and keeps what it wrote"
+        } else {
+            "the restore ends and removes what it wrote"
+        }),
+    );
     let cfg = ctx.config()?;
     let vol = open_volume(&cfg, &a.volume)?;
     let rev = vol.find_revision(&a.revision)?;
@@ -56,6 +75,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     // longer lists the volume.
     let (src_pool, src_image) = rev.manifest.source.split_once('/').unwrap_or(("", ""));
     let size = rev.manifest.size;
+    let topts = TargetOptions {
+        force: a.force,
+        keep_partial: a.keep_partial,
+        retry_for: std::time::Duration::from_secs(a.retry_for),
+    };
     let cluster;
     let target: Box<dyn RestoreTarget> = if let Some(spec) = &a.to_image {
         let (pool, image) = spec
@@ -91,15 +115,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 .and_then(|img| img.layout().ok())
                 .unwrap_or_default()
         };
-        Box::new(RbdTarget::create(&ioctx, image, size, layout, a.force)?)
+        Box::new(RbdTarget::create(&ioctx, image, size, layout, &topts)?)
     } else {
         let path = a.to_file.clone().expect("clap requires one target");
         refuse_inside_archive(&path, &cfg.archive)?;
-        Box::new(FileTarget::create(&path, size, a.force)?)
+        Box::new(FileTarget::create(&path, size, &topts)?)
     };
     let progress = ctx.progress(&a.volume);
     let opts = RestoreOptions {
         allow_inconsistent: a.allow_inconsistent,
+        cancel,
     };
     let report = restore(&vol, &rev, target, &opts, progress.as_ref())?;
     for r in &report.bad {

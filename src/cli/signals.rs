@@ -10,9 +10,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Sets `flag` on the first SIGTERM/SIGINT (saying so on stderr if
-/// `announce`); exits 130 on the second. Call before starting any thread.
-pub fn stop_on_terminate(flag: Arc<AtomicBool>, announce: bool) {
+/// Sets `flag` on the first SIGTERM/SIGINT (saying `announce` on stderr,
+/// if given); exits 130 on the second. Call before starting any thread.
+pub fn stop_on_terminate(flag: Arc<AtomicBool>, announce: Option<&'static str>) {
     // SAFETY: plain libc signal-set manipulation on local storage; the mask
     // applies to this thread and is inherited by threads it starts later.
     let set = unsafe {
@@ -32,10 +32,8 @@ pub fn stop_on_terminate(flag: Arc<AtomicBool>, announce: bool) {
                 return;
             }
             if first {
-                if announce {
-                    eprintln!(
-                        "rbdelta: stopping: running backups end cleanly (signal again to exit at once)"
-                    );
+                if let Some(what) = announce {
+                    eprintln!("rbdelta: stopping: {what} (signal again to exit at once)");
                 }
                 flag.store(true, Ordering::Relaxed);
                 first = false;

@@ -76,6 +76,14 @@ impl<I: SourceImage> SourceImage for Guarded<'_, I> {
         self.inner.snapshot_names()
     }
 
+    fn client(&self) -> Option<String> {
+        self.inner.client()
+    }
+
+    fn evict(&self, client: &str) -> Result<bool> {
+        self.inner.evict(client)
+    }
+
     fn layout(&self) -> Result<ImageLayout> {
         self.inner.layout()
     }

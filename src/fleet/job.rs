@@ -171,12 +171,21 @@ pub fn backup_volume(
     // Whether the backup engine logged the attempt in the volume's own log
     // (it does once it holds the volume lock).
     let mut reached = false;
+    let mut handles = None;
     let result = if fleet.cancelled() {
         Err(Error::Cancelled(
             "shutting down before the backup started".into(),
         ))
     } else {
-        run_backup(fleet, vol, full, tags, progress.as_ref(), &mut reached)
+        run_backup(
+            fleet,
+            vol,
+            full,
+            tags,
+            progress.as_ref(),
+            &mut reached,
+            &mut handles,
+        )
     };
     let in_volume_log = reached && !matches!(result, Err(Error::Locked(_)));
     drop(progress);
@@ -201,11 +210,16 @@ pub fn backup_volume(
             duration: started.elapsed(),
             error: None,
             transient: false,
+            cluster_silent: false,
         },
         Err(e) => Outcome::failed(&vol.name, "backup", &e, started.elapsed()),
     };
     record(&fleet.archive, &outcome, in_volume_log);
     obs.finished(&outcome);
+    // Only now close the image and the connection: with a cluster that
+    // does not answer, that can take a timeout or more, and the outcome
+    // is known already.
+    drop(handles);
     outcome
 }
 
@@ -216,6 +230,7 @@ fn run_backup(
     tags: &[String],
     progress: &dyn crate::progress::Progress,
     reached: &mut bool,
+    handles: &mut Option<Box<dyn std::any::Any>>,
 ) -> Result<crate::backup::BackupReport> {
     let cluster = fleet.client()?;
     let ioctx = cluster
@@ -246,7 +261,9 @@ fn run_backup(
         ..Default::default()
     };
     *reached = true;
-    backup(&dir, &guarded, &opts, progress)
+    let result = backup(&dir, &guarded, &opts, progress);
+    *handles = Some(Box::new((guarded.inner, ioctx, cluster)));
+    result
 }
 
 /// Verifies every revision of volume `name` in `archive` (only slice

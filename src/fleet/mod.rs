@@ -44,6 +44,10 @@ pub struct Outcome {
     pub error: Option<String>,
     /// On failures: whether a retry later may succeed.
     pub transient: bool,
+    /// On failures: the cluster did not answer. A worker that reports this
+    /// may then hang closing its connection, so it is not kept.
+    #[serde(default)]
+    pub cluster_silent: bool,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -69,6 +73,7 @@ impl Outcome {
             duration,
             error: None,
             transient: false,
+            cluster_silent: false,
         }
     }
 
@@ -90,6 +95,7 @@ impl Outcome {
             duration,
             error: Some(error.to_string()),
             transient: error.is_transient(),
+            cluster_silent: error.is_cluster_timeout(),
         }
     }
 }

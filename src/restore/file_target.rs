@@ -1,11 +1,12 @@
 //! Restoring into a sparse raw file: written under a temporary name in the
 //! destination directory and renamed into place only once complete and
-//! fsynced, so a failed restore never leaves a half file under the real name.
+//! fsynced, so a failed restore never leaves a half file under the real name
+//! (see [`super::partial`] for what a killed one leaves).
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::RestoreTarget;
+use super::{partial, RestoreTarget, TargetOptions};
 use crate::archive::atomic::TempFile;
 use crate::error::{Error, IoContext, Result};
 
@@ -13,13 +14,15 @@ pub struct FileTarget {
     tmp: TempFile,
     dest: PathBuf,
     size: u64,
+    keep_partial: bool,
 }
 
 impl FileTarget {
     /// Prepares a restore of `size` bytes into `dest`. Refuses an existing
-    /// `dest` unless `force`.
-    pub fn create(dest: &Path, size: u64, force: bool) -> Result<FileTarget> {
-        if dest.exists() && !force {
+    /// `dest` unless `opts.force`. With `opts.keep_partial`, a failed
+    /// restore keeps what it wrote as `<dest>.partial`.
+    pub fn create(dest: &Path, size: u64, opts: &TargetOptions) -> Result<FileTarget> {
+        if dest.exists() && !opts.force {
             return Err(Error::Invalid(format!(
                 "{} already exists (use --force to replace it)",
                 dest.display()
@@ -36,11 +39,13 @@ impl FileTarget {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("restore");
+        partial::clear_files(dir, stem);
         let tmp = TempFile::new_in(dir, stem)?;
         Ok(FileTarget {
             tmp,
             dest: dest.to_path_buf(),
             size,
+            keep_partial: opts.keep_partial,
         })
     }
 }
@@ -68,8 +73,18 @@ impl RestoreTarget for FileTarget {
         this.tmp.persist(&this.dest)
     }
 
-    fn abort(self: Box<Self>) {
-        // Dropping the TempFile removes it.
+    fn abort(self: Box<Self>) -> Option<String> {
+        if !self.keep_partial {
+            return None; // dropping the TempFile removes it
+        }
+        let kept = partial::kept_file(&self.dest);
+        Some(match self.tmp.persist(&kept) {
+            Ok(()) => format!(
+                "the partial file was kept as {} (--keep-partial)",
+                kept.display()
+            ),
+            Err(e) => format!("the partial file could not be kept: {e}"),
+        })
     }
 
     fn describe(&self) -> String {

@@ -7,10 +7,13 @@
 //! blocks, which then get reported instead).
 
 pub mod file_target;
+pub mod partial;
 pub mod rbd_target;
 pub mod reader;
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
@@ -35,16 +38,44 @@ pub trait RestoreTarget {
     fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Completes the target durably.
     fn finish(self: Box<Self>) -> Result<()>;
-    /// Removes what a failed restore created.
-    fn abort(self: Box<Self>);
+    /// Removes what a failed restore created (or keeps it, if asked);
+    /// returns what the user must know about the target then.
+    fn abort(self: Box<Self>) -> Option<String>;
     /// Human-readable name for logs.
     fn describe(&self) -> String;
+}
+
+/// How a restore treats its target.
+#[derive(Debug, Clone, Default)]
+pub struct TargetOptions {
+    /// Overwrite an existing target.
+    pub force: bool,
+    /// On failure, keep what was written under a partial name.
+    pub keep_partial: bool,
+    /// How long a write into an image may keep failing with a transient
+    /// error (the cluster did not answer) before the restore fails.
+    pub retry_for: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Restore despite corrupt blocks, writing zeros there.
     pub allow_inconsistent: bool,
+    /// Set (by a signal) to stop: the restore fails as interrupted and its
+    /// target is removed (or kept, as the target was told).
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Fails with `e`, after aborting `target` (whose note, if any, joins the
+/// message).
+fn fail<T>(target: Box<dyn RestoreTarget>, e: Error) -> Result<T> {
+    match target.abort() {
+        Some(note) => Err(match e {
+            Error::Cancelled(m) => Error::Cancelled(format!("{m}; {note}")),
+            e => Error::Invalid(format!("{e}; {note}")),
+        }),
+        None => Err(e),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -94,12 +125,10 @@ fn run(
     progress: &dyn Progress,
     started: Instant,
 ) -> Result<RestoreReport> {
+    crate::fault::point("restore: started");
     let chain = match Chain::open(vol, rev) {
         Ok(c) => c,
-        Err(e) => {
-            target.abort();
-            return Err(e);
-        }
+        Err(e) => return fail(target, e),
     };
     crate::fault::pause("restore: chain open");
     let send_zeros = !target.is_fresh();
@@ -118,6 +147,11 @@ fn run(
         let mut write = Ok(());
         let mut done = 0u64;
         for piece in rx.iter() {
+            if opts.cancel.load(Ordering::Relaxed) {
+                write = Err(Error::Cancelled("restore interrupted".into()));
+                break;
+            }
+            crate::fault::point("restore: piece");
             let (end, r) = match piece {
                 Piece::Data { offset, data } => {
                     let end = offset + data.len() as u64;
@@ -143,22 +177,23 @@ fn run(
     });
     progress.end();
     let outcome = match (write, read) {
-        (Err(e), _) | (Ok(()), Err(e)) => {
-            target.abort();
-            return Err(e);
-        }
+        (Err(e), _) | (Ok(()), Err(e)) => return fail(target, e),
         (Ok(()), Ok(o)) => o,
     };
     if outcome.bad.is_empty() && outcome.checksum != rev.manifest.checksum_bytes() {
-        target.abort();
-        return Err(Error::Corrupt(format!(
+        let e = Error::Corrupt(format!(
             "revision {}: restored content has checksum {} but the manifest says {}",
             rev.id,
             crate::checksum::to_hex(&outcome.checksum),
             rev.manifest.checksum
-        )));
+        ));
+        return fail(target, e);
+    }
+    if opts.cancel.load(Ordering::Relaxed) {
+        return fail(target, Error::Cancelled("restore interrupted".into()));
     }
     target.finish()?;
+    crate::fault::point("restore: target complete");
     Ok(RestoreReport {
         revision: rev.clone(),
         size: chain.size(),

@@ -2,11 +2,13 @@
 //! the source's object size and features when known), written with pipelined
 //! AIO. A new image reads as zeros, so only non-zero data is written; an
 //! existing image (with `--force`) gets its zero ranges discarded too.
-//! A failed restore into a new image removes that image.
+//! A new image is written under a name that says so and renamed into place
+//! once complete ([`super::partial`]); a failed restore removes it, or
+//! keeps it under a name that says it is partial.
 
 use std::time::Duration;
 
-use super::RestoreTarget;
+use super::{partial, RestoreTarget, TargetOptions};
 use crate::ceph::{AioWriter, Image, IoCtx};
 use crate::error::{Error, Result};
 use crate::source::ImageLayout;
@@ -40,31 +42,41 @@ fn remove_with_deadline(ioctx: &IoCtx, name: &str, deadline: Duration) {
 pub struct RbdTarget {
     ioctx: IoCtx,
     name: String,
+    /// The name written under: `name` itself when overwriting (`--force`),
+    /// else a partial name renamed to `name` at the end.
+    work: String,
     created: bool,
+    keep_partial: bool,
     writer: Option<AioWriter<Box<Image>>>,
 }
 
 impl RbdTarget {
-    /// Creates `name` in `ioctx`'s pool with `size` bytes. An existing image
-    /// is refused unless `force`, then resized and overwritten.
+    /// Creates `name` in `ioctx`'s pool with `size` bytes (under a partial
+    /// name until [`RestoreTarget::finish`]). An existing image is refused
+    /// unless `opts.force`, then resized and overwritten in place.
     pub fn create(
         ioctx: &IoCtx,
         name: &str,
         size: u64,
         layout: ImageLayout,
-        force: bool,
+        opts: &TargetOptions,
     ) -> Result<RbdTarget> {
         let exists = ioctx.image_exists(name)?;
-        if exists && !force {
+        if exists && !opts.force {
             return Err(Error::Invalid(format!(
                 "image {}/{name} already exists (use --force to overwrite it)",
                 ioctx.pool()
             )));
         }
-        if !exists {
-            ioctx.create_image(name, size, layout.order, layout.features)?;
-        }
-        let opened = ioctx.open_image(name).and_then(|img| {
+        let work = if exists {
+            name.to_string()
+        } else {
+            partial::clear_images(ioctx, name)?;
+            let work = partial::restoring_image(ioctx, name);
+            ioctx.create_image(&work, size, layout.order, layout.features)?;
+            work
+        };
+        let opened = ioctx.open_image(&work).and_then(|img| {
             if exists {
                 img.resize(size)?;
             }
@@ -74,7 +86,7 @@ impl RbdTarget {
             Ok(i) => i,
             Err(e) => {
                 if !exists {
-                    let _ = ioctx.remove_image(name);
+                    let _ = ioctx.remove_image(&work);
                 }
                 return Err(e);
             }
@@ -82,8 +94,10 @@ impl RbdTarget {
         Ok(RbdTarget {
             ioctx: ioctx.clone(),
             name: name.to_string(),
+            work,
             created: !exists,
-            writer: Some(image.into_writer(DEPTH)),
+            keep_partial: opts.keep_partial,
+            writer: Some(image.into_writer(DEPTH).with_retries(opts.retry_for)),
         })
     }
 
@@ -112,20 +126,43 @@ impl RestoreTarget for RbdTarget {
 
     fn finish(mut self: Box<Self>) -> Result<()> {
         let w = self.writer.take().expect("writer lives until finish");
-        match w.finish() {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.abort();
-                Err(e)
+        let done = w.finish().and_then(|()| {
+            crate::fault::point("restore: image written");
+            if self.created {
+                self.ioctx.rename_image(&self.work, &self.name)?;
             }
+            Ok(())
+        });
+        match done {
+            Ok(()) => Ok(()),
+            Err(e) => Err(match self.abort() {
+                Some(note) => Error::Invalid(format!("{e}; {note}")),
+                None => e,
+            }),
         }
     }
 
-    fn abort(mut self: Box<Self>) {
+    fn abort(mut self: Box<Self>) -> Option<String> {
         drop(self.writer.take()); // waits for writes in flight, closes the image
-        if self.created {
-            remove_with_deadline(&self.ioctx, &self.name, CLEANUP_DEADLINE);
+        let pool = self.ioctx.pool().to_string();
+        if !self.created {
+            return Some(format!(
+                "{pool}/{} is partly overwritten: restore it again before use",
+                self.name
+            ));
         }
+        if self.keep_partial {
+            let kept = partial::kept_image(&self.name);
+            return Some(match self.ioctx.rename_image(&self.work, &kept) {
+                Ok(()) => format!("the partial image was kept as {pool}/{kept} (--keep-partial)"),
+                Err(e) => format!(
+                    "the partial image was kept as {pool}/{} (--keep-partial; {e})",
+                    self.work
+                ),
+            });
+        }
+        remove_with_deadline(&self.ioctx, &self.work, CLEANUP_DEADLINE);
+        None
     }
 
     fn describe(&self) -> String {

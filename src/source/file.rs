@@ -85,6 +85,14 @@ impl SourceImage for FileImage {
     fn layout(&self) -> Result<ImageLayout> {
         Ok(ImageLayout::default())
     }
+
+    fn client(&self) -> Option<String> {
+        None // no cluster, no connection to cut off
+    }
+
+    fn evict(&self, _client: &str) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 impl SourceSnapshot for FileSnapshot {

@@ -62,6 +62,12 @@ pub trait SourceImage: Send {
     fn snapshot_names(&self) -> Result<Vec<String>>;
     /// Object size and features, for restores into a new image.
     fn layout(&self) -> Result<ImageLayout>;
+    /// This connection's client name in the cluster, if it has one.
+    fn client(&self) -> Option<String>;
+    /// Cuts `client`, a dead process's connection, off the image: drops
+    /// its watch (else every snapshot change waits about 30 s for its
+    /// acknowledgement) and its lock. True if it had either.
+    fn evict(&self, client: &str) -> Result<bool>;
 }
 
 /// A read-only, point-in-time view of an image.

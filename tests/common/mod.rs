@@ -175,7 +175,15 @@ pub fn restore_to_vec(
     let rev = vol.find_revision(id).unwrap();
     let out = scratch.join(format!("restored-{id}"));
     let _ = std::fs::remove_file(&out);
-    let target = FileTarget::create(&out, rev.manifest.size, true).unwrap();
+    let target = FileTarget::create(
+        &out,
+        rev.manifest.size,
+        &rbdelta::restore::TargetOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     restore(
         vol,
         &rev,

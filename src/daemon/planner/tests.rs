@@ -32,6 +32,7 @@ fn outcome(ok: bool, transient: bool) -> Outcome {
         duration: Duration::ZERO,
         error: (!ok).then(|| "boom".to_string()),
         transient,
+        cluster_silent: false,
     }
 }
 

@@ -310,7 +310,15 @@ pub fn backup_isolated(
             },
         };
         match worker.run(&job, progress.as_ref(), &fleet.cancel, limits) {
-            Ok(o) => break o,
+            Ok(o) => {
+                if o.cluster_silent {
+                    // it may hang closing its connection: not kept (the
+                    // next backup cuts its client off the image)
+                    worker.kill();
+                    *slot = None;
+                }
+                break o;
+            }
             Err(how) => {
                 *slot = None;
                 let e = Error::Invalid(format!("backup worker {how}"));

@@ -113,6 +113,7 @@ mod tests {
             duration: Duration::from_millis(1500),
             error: Some("boom".into()),
             transient: true,
+            cluster_silent: true,
         };
         let line = serde_json::to_string(&Message::Outcome { outcome: o.clone() }).unwrap();
         match serde_json::from_str::<Message>(&line).unwrap() {

@@ -1,0 +1,61 @@
+//! This host and its processes: how rbdelta tells that what a process left
+//! behind (a backup's intent and image lock, a restore's partial image or
+//! file) belongs to one that is gone, rather than to one still running.
+
+/// This host's name, as it may appear in an image name.
+pub fn host() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let clean: String = raw
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .collect();
+    if clean.is_empty() {
+        "localhost".into()
+    } else {
+        clean
+    }
+}
+
+/// Whether process `pid` runs (on this host). A zombie does not: it is
+/// dead, only not yet reaped (by a parent that died too, or a subreaper
+/// that waits for something else).
+pub fn alive(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(p, 0) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    // "pid (comm) S ...": the state follows the last ')'
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // not reaped yet: a zombie once it has exited
+        let t = std::time::Instant::now();
+        while alive(pid) {
+            assert!(t.elapsed().as_secs() < 10, "{pid} still alive");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .contains(") Z"));
+        child.wait().unwrap();
+        assert!(!alive(pid));
+        assert!(alive(std::process::id()));
+    }
+}

@@ -1,0 +1,369 @@
+//! Faults of the cluster itself, on a throwaway cluster of each test's own
+//! (`rbd-fixtures/cluster.sh` pauses, resumes, kills and restarts its
+//! daemons): a paused OSD fails a backup within twice `ceph.timeout` plus
+//! a few seconds, with an error that says the cluster did not answer; no
+//! revision is half-written, and once the OSD is back the next backup
+//! succeeds (at once) and verify passes. A restore rides out a pause
+//! shorter than `--retry-for` and gives up after it, leaving nothing under
+//! the target's name. A mon that is down when a command starts gives an
+//! error within the timeout, and the command works once the mon is back;
+//! the daemon waits it out and backs up once it is back.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cli::{stderr, Env};
+use common::{pattern, unique_name};
+use rbdelta::ceph::{CephOptions, Cluster, IoCtx};
+
+const MIB: u64 = 1 << 20;
+/// `ceph.timeout` of these tests' configs (seconds).
+const TIMEOUT: u64 = 5;
+
+/// A cluster of this test's own, stopped and removed on drop.
+struct OwnCluster {
+    dir: tempfile::TempDir,
+}
+
+impl OwnCluster {
+    fn start() -> OwnCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new(script())
+            .arg("start")
+            .arg(dir.path().join("c"))
+            .args(["--memstore-gib", "1"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "cluster.sh start failed");
+        OwnCluster { dir }
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("c/ceph.conf")
+    }
+
+    /// pause, resume, kill or restart the `osd` or the `mon`.
+    fn fault(&self, what: &str, daemon: &str) {
+        let st = Command::new(script())
+            .args([what, self.dir.path().join("c").to_str().unwrap(), daemon])
+            .status()
+            .unwrap();
+        assert!(st.success(), "cluster.sh {what} {daemon} failed");
+    }
+
+    fn ioctx(&self) -> IoCtx {
+        let opts = CephOptions {
+            conf: Some(self.conf()),
+            ..Default::default()
+        };
+        Cluster::connect(&opts).unwrap().ioctx("rbd").unwrap()
+    }
+
+    /// A config for volume `v` over image `image`, with a short timeout.
+    fn env(&self, image: &str) -> Env {
+        let env = Env::with_yaml(
+            &self.conf(),
+            &format!("volumes:\n  - name: v\n    pool: rbd\n    image: {image}\n"),
+        );
+        let yaml = std::fs::read_to_string(&env.config)
+            .unwrap()
+            .replace("  timeout: 20\n", &format!("  timeout: {TIMEOUT}\n"));
+        std::fs::write(&env.config, yaml).unwrap();
+        env
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        for d in ["osd", "mon"] {
+            let _ = Command::new(script())
+                .args(["resume", self.dir.path().join("c").to_str().unwrap(), d])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new(script())
+            .arg("stop")
+            .arg(self.dir.path().join("c"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("rbd-fixtures/cluster.sh")
+}
+
+fn rbdelta(env: &Env, args: &[&str]) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("rbdelta"));
+    c.arg("-c").arg(&env.config).arg("--no-progress").args(args);
+    c
+}
+
+/// Waits for `child`, at most `limit`; its output and how long it took.
+fn finish(child: Child, started: Instant, limit: Duration) -> (Output, Duration) {
+    let id = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !waiter.is_finished() {
+        if started.elapsed() > limit {
+            // SAFETY: signals our own child.
+            unsafe { libc::kill(id as i32, libc::SIGKILL) };
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (waiter.join().unwrap(), started.elapsed())
+}
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_paused_osd_fails_a_backup_in_time_and_the_next_one_succeeds() {
+    common::require_fault_injection();
+    let c = OwnCluster::start();
+    let io = c.ioctx();
+    let image = unique_name("osd-pause");
+    io.create_image(&image, 32 * MIB, 0, 0).unwrap();
+    let img = io.open_image(&image).unwrap();
+    img.write(0, &pattern(16 * MIB as usize, 1)).unwrap();
+    let env = c.env(&image);
+    env.ok(&["backup", "v"]);
+    img.write(16 * MIB, &pattern(8 * MIB as usize, 2)).unwrap();
+    drop(img);
+
+    // held once its snapshot is taken; then the OSD stops answering
+    let hold = env.dir.path().join("hold");
+    std::fs::create_dir_all(&hold).unwrap();
+    let child = rbdelta(&env, &["backup", "v"])
+        .env("RBDELTA_TEST_HOLD_AT", format!("2:{}", hold.display()))
+        .env("RBDELTA_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !std::fs::read_dir(&hold)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("held-"))
+    {
+        assert!(t.elapsed() < Duration::from_secs(60), "never held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.fault("pause", "osd");
+    std::fs::write(hold.join("go"), b"").unwrap();
+    let (out, took) = finish(child, Instant::now(), Duration::from_secs(120));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not answer"), "{err}");
+    eprintln!("the backup failed {took:?} after the OSD paused: {err}");
+    // librbd's diff walk makes two calls that each wait the timeout out
+    assert!(
+        took <= Duration::from_secs(TIMEOUT * 2 + 5),
+        "the backup took {took:?} to fail"
+    );
+
+    // nothing half-written; back to normal once the OSD answers again
+    c.fault("resume", "osd");
+    assert_eq!(env.revisions("v").len(), 1);
+    env.ok(&["backup", "v"]);
+    assert_eq!(env.revisions("v").len(), 2);
+    env.ok(&["verify", "v"]);
+}
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_dead_mon_fails_a_command_in_time_and_it_works_once_the_mon_is_back() {
+    let c = OwnCluster::start();
+    let io = c.ioctx();
+    let image = unique_name("mon-down");
+    io.create_image(&image, 8 * MIB, 0, 0).unwrap();
+    io.open_image(&image)
+        .unwrap()
+        .write(0, &pattern(MIB as usize, 3))
+        .unwrap();
+    drop(io);
+    let env = c.env(&image);
+    c.fault("kill", "mon");
+    let t = Instant::now();
+    let child = rbdelta(&env, &["backup", "v"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, took) = finish(child, t, Duration::from_secs(120));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not answer"), "{err}");
+    assert!(
+        took <= Duration::from_secs(TIMEOUT + 10),
+        "the backup took {took:?} to fail"
+    );
+    c.fault("restart", "mon");
+    env.ok(&["backup", "v"]);
+    env.ok(&["verify", "v"]);
+}
+
+/// Starts `args` held at point `at`; returns once it is held.
+fn held(env: &Env, args: &[&str], at: u64) -> (Child, PathBuf) {
+    let hold = env.dir.path().join(unique_name("hold"));
+    std::fs::create_dir_all(&hold).unwrap();
+    let child = rbdelta(env, args)
+        .env("RBDELTA_TEST_HOLD_AT", format!("{at}:{}", hold.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !std::fs::read_dir(&hold)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("held-"))
+    {
+        assert!(t.elapsed() < Duration::from_secs(60), "{args:?} never held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, hold)
+}
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_restore_rides_out_a_paused_osd_and_gives_up_after_retry_for() {
+    common::require_fault_injection();
+    let c = OwnCluster::start();
+    let io = c.ioctx();
+    let image = unique_name("restore-pause");
+    io.create_image(&image, 32 * MIB, 0, 0).unwrap();
+    io.open_image(&image)
+        .unwrap()
+        .write(0, &pattern(24 * MIB as usize, 4))
+        .unwrap();
+    let env = c.env(&image);
+    env.ok(&["backup", "v"]);
+    let want = common::cli::read_image(&io, &image, None);
+
+    // paused for longer than one write may take: the writes are retried
+    let target = unique_name("ridden-out");
+    let spec = format!("rbd/{target}");
+    let (child, hold) = held(&env, &["restore", "v", "--to-image", &spec], 2);
+    c.fault("pause", "osd");
+    std::fs::write(hold.join("go"), b"").unwrap();
+    std::thread::sleep(Duration::from_secs(TIMEOUT + 3));
+    c.fault("resume", "osd");
+    let (out, _) = finish(child, Instant::now(), Duration::from_secs(120));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("did not answer") && err.contains("retrying"),
+        "{err}"
+    );
+    assert!(common::cli::read_image(&io, &target, None) == want);
+    io.remove_image(&target).unwrap();
+
+    // paused for good: the restore fails after --retry-for, and nothing
+    // under the target's name looks complete
+    let target = unique_name("given-up");
+    let spec = format!("rbd/{target}");
+    let args = [
+        "restore",
+        "v",
+        "--to-image",
+        &spec,
+        "--retry-for",
+        "8",
+        "--keep-partial",
+    ];
+    let (child, hold) = held(&env, &args, 2);
+    c.fault("pause", "osd");
+    std::fs::write(hold.join("go"), b"").unwrap();
+    let (out, took) = finish(child, Instant::now(), Duration::from_secs(120));
+    let err = stderr(&out);
+    eprintln!("the restore gave up {took:?} after the OSD paused: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("did not answer") && err.contains("kept as"),
+        "{err}"
+    );
+    c.fault("resume", "osd");
+    let left: Vec<String> = io
+        .list_images()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&target))
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_ne!(left[0], target, "a partial restore under the target's name");
+    io.remove_image(&left[0]).unwrap();
+}
+
+/// The fleet log's records of volume `v`.
+fn fleet_log(env: &Env) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(env.archive().join(".rbdelta/log.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["volume"] == "v")
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn the_daemon_waits_out_a_dead_mon_and_backs_up_once_it_is_back() {
+    let c = OwnCluster::start();
+    let io = c.ioctx();
+    let image = unique_name("daemon-mon");
+    io.create_image(&image, 8 * MIB, 0, 0).unwrap();
+    io.open_image(&image)
+        .unwrap()
+        .write(0, &pattern(MIB as usize, 5))
+        .unwrap();
+    drop(io);
+    let env = c.env(&image);
+    let yaml = std::fs::read_to_string(&env.config).unwrap().replace(
+        "volumes:\n",
+        "defaults:\n  schedule: \"0 0 1 1 *\"\n  retries: 20\n  retry-delay: 1s\nvolumes:\n",
+    );
+    std::fs::write(&env.config, yaml).unwrap();
+    c.fault("kill", "mon");
+    let log = std::fs::File::create(env.dir.path().join("daemon.log")).unwrap();
+    let mut daemon = Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
+        .arg("-c")
+        .arg(&env.config)
+        .args(["--no-progress", "daemon"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    // it stays up, says why it waits, and tries again
+    let daemon_log = || std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap();
+    while !daemon_log().contains("did not answer") {
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        assert!(t.elapsed() < Duration::from_secs(60), "{}", daemon_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        daemon_log().contains("cannot connect to the Ceph cluster"),
+        "{}",
+        daemon_log()
+    );
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+    c.fault("restart", "mon");
+    let t = Instant::now();
+    while !fleet_log(&env).iter().any(|r| r["outcome"] == "ok") {
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "no backup once the mon was back: {}",
+            daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    assert_eq!(env.revisions("v").len(), 1);
+    env.ok(&["verify", "v"]);
+}
