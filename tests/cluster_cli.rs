@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::cli::{read_image, restore_to_image, stderr, Env};
 use common::{flip_byte, pattern, test_conf, test_ioctx, test_pool, unique_name, ScratchImage};
@@ -425,37 +425,6 @@ fn missing_image_fails_alone() {
     assert_eq!(env.revisions("ok").len(), 1);
 }
 
-/// A tmpfs of `mib` MiB mounted on `dir`, unmounted on drop (needs root).
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &Path, mib: u64) -> Option<SmallDisk> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={mib}m,mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            common::skip("cannot mount a tmpfs (not root?)");
-            return None;
-        }
-        Some(SmallDisk(dir.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 #[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
 fn a_full_disk_fails_the_backup_cleanly_and_keeps_history() {
@@ -464,7 +433,7 @@ fn a_full_disk_fails_the_backup_cleanly_and_keeps_history() {
     let img = io.open_image(&src.name).unwrap();
     img.write(0, &pattern(4 * MIB as usize, 61)).unwrap();
     let env = Env::new(&conf, &[("full", &src.name)]);
-    let Some(_disk) = SmallDisk::mount(&env.archive(), 12) else {
+    let Some(_disk) = common::SmallDisk::mount(&env.archive(), 12) else {
         return;
     };
     env.ok(&["backup", "full"]);
