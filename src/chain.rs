@@ -12,7 +12,6 @@
 //! supplying entry's length always equals the block's length at the target.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use crate::archive::{Revision, StorageKind, VolumeDir};
@@ -311,7 +310,7 @@ impl Chain {
         buf.resize(entry.len as usize, 0);
         if !entry.zero {
             let l = &self.links[link];
-            l.file.read_exact_at(buf, entry.offset).at(&l.path)?;
+            crate::archive::read::read_at(&l.file, &l.path, buf, entry.offset)?;
         }
         Ok(())
     }

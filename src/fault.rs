@@ -15,7 +15,14 @@
 //! write a file.
 
 #[cfg(feature = "fault-injection")]
-pub use imp::{job_fault, pause, point};
+pub use imp::{job_fault, pause, point, read_fault};
+
+/// An injected read error for archive file `path` (none here).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn read_fault(_path: &std::path::Path) -> Option<std::io::Error> {
+    None
+}
 
 /// A place where a crash must leave the archive consistent (no-op here).
 #[cfg(not(feature = "fault-injection"))]
@@ -90,6 +97,18 @@ mod imp {
             let _ = std::fs::write(dir.join(format!("held-{}", std::process::id())), b"");
             wait_for(&dir.join("go"));
         }
+    }
+
+    /// With `RBDELTA_TEST_READ_EIO=TEXT`, every read of archive data from a
+    /// file whose name contains TEXT fails with EIO, as a failing disk
+    /// sector would.
+    pub fn read_fault(path: &std::path::Path) -> Option<std::io::Error> {
+        static TEXT: OnceLock<Option<String>> = OnceLock::new();
+        let text = TEXT.get_or_init(|| std::env::var("RBDELTA_TEST_READ_EIO").ok());
+        let name = path.file_name()?.to_str()?;
+        text.as_deref()
+            .filter(|t| !t.is_empty() && name.contains(t))
+            .map(|_| std::io::Error::from_raw_os_error(libc::EIO))
     }
 
     /// A place where a test holds the process, to run something else at a

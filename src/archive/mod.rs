@@ -9,6 +9,7 @@ pub mod atomic;
 pub mod global;
 pub mod lock;
 pub mod oplog;
+pub mod read;
 pub mod sparse;
 pub mod state;
 

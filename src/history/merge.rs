@@ -12,7 +12,6 @@
 //! `min(B.size, S.size)` is either stored by R or S already or falls in the
 //! zero range above.
 
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use crate::archive::atomic::TempFile;
@@ -86,6 +85,6 @@ fn put(w: &mut DeltaWriter, from: &DeltaFile, e: &BlockEntry, buf: &mut Vec<u8>)
         return w.add_zero(e.block, e.len as u64, e.hash);
     }
     buf.resize(e.len as usize, 0);
-    from.file.read_exact_at(buf, e.offset).at(&from.path)?;
+    crate::archive::read::read_at(&from.file, &from.path, buf, e.offset)?;
     w.add(e.block, buf, e.hash)
 }

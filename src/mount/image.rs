@@ -8,12 +8,10 @@
 //! block that fails its hash is an error naming the revision, the image
 //! offset and the file; it is never returned as bytes.
 
-use std::os::unix::fs::FileExt;
-
 use crate::archive::{Revision, VolumeDir};
 use crate::chain::{Chain, Index, Source};
 use crate::checksum::{block_hash, Hash};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// An opened revision.
 pub struct RevisionImage {
@@ -130,7 +128,7 @@ impl RevisionImage {
     /// part 1.8× slower; 2026-11-29.)
     fn pread(&self, link: usize, data: &mut [u8], at: u64) -> Result<()> {
         let l = &self.chain.links[link];
-        l.file.read_exact_at(data, at).at(&l.path)
+        crate::archive::read::read_at(&l.file, &l.path, data, at)
     }
 
     /// Errors unless `data`, the block at image offset `start`, hashes to `hash`.

@@ -3,7 +3,6 @@
 //! optionally only the blocks of one [`Subset`].
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::subset::Subset;
@@ -107,7 +106,7 @@ fn check_entries(
             continue;
         }
         buf.resize(e.len as usize, 0);
-        file.read_exact_at(&mut buf, e.offset).at(path)?;
+        crate::archive::read::read_at(file, path, &mut buf, e.offset)?;
         progress.advance(e.len as u64);
         fc.bytes_read += e.len as u64;
         fc.blocks_checked += 1;
@@ -161,7 +160,7 @@ fn check_holes(
             };
             if !is_listed && subset.is_none_or(|s| s.contains(block)) {
                 let len = (size - block * bs).min(bs) as usize;
-                file.read_exact_at(&mut buf[..len], block * bs).at(path)?;
+                crate::archive::read::read_at(file, path, &mut buf[..len], block * bs)?;
                 if !is_zero(&buf[..len]) {
                     bad.push(BadBlock::Hole {
                         block,
