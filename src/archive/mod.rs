@@ -9,6 +9,7 @@ pub mod atomic;
 pub mod global;
 pub mod lock;
 pub mod oplog;
+pub mod owner;
 pub mod read;
 pub mod sparse;
 pub mod state;
@@ -108,6 +109,8 @@ impl VolumeDir {
     /// Opens an existing volume directory.
     pub fn open(root: &Path, name: &str) -> Result<VolumeDir> {
         let path = root.join(name);
+        owner::check(root)?;
+        owner::check(&path)?;
         let header_path = path.join(format::VOLUME_FILE);
         let bytes = match std::fs::read(&header_path) {
             Ok(b) => b,

@@ -55,6 +55,30 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// Warns about a keyring that users other than its owner and group may
+/// read: the configured one, else the default ones in /etc/ceph.
+fn warn_if_readable_by_others(opts: &CephOptions) {
+    use std::os::unix::fs::MetadataExt;
+    let candidates = match &opts.keyring {
+        Some(k) => vec![k.clone()],
+        None => vec![
+            PathBuf::from(format!("/etc/ceph/ceph.client.{}.keyring", opts.id)),
+            PathBuf::from("/etc/ceph/ceph.keyring"),
+        ],
+    };
+    for k in candidates {
+        if let Ok(m) = std::fs::metadata(&k) {
+            if m.mode() & 0o004 != 0 {
+                tracing::warn!(
+                    "the keyring {} is readable by every user (mode {:o}): chmod o-r it",
+                    k.display(),
+                    m.mode() & 0o7777
+                );
+            }
+        }
+    }
+}
+
 impl Cluster {
     /// Creates a client, configures it and connects, failing after about
     /// `opts.timeout` when no monitor answers.
@@ -86,6 +110,7 @@ impl Cluster {
         if let Some(k) = &opts.keyring {
             cluster.conf_set("keyring", path_str(k)?)?;
         }
+        warn_if_readable_by_others(opts);
         let secs = opts.timeout.as_secs() + u64::from(opts.timeout.subsec_nanos() > 0);
         let secs = secs.max(1).to_string();
         for key in [
