@@ -500,3 +500,50 @@ fn status_prometheus_check_and_log_report_what_happened() {
     );
     assert_eq!(env.ok(&["log", "-n", "1"]).lines().count(), 1);
 }
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_second_daemon_on_the_same_archive_refuses_to_start() {
+    let (conf, io) = (test_conf(), test_ioctx());
+    let a = image_with_data(&io, "dmn-two", 4 * MIB, 10_000);
+    let env = Env::with_yaml(
+        &conf,
+        &format!(
+            "defaults:\n  schedule: \"0 0 1 1 *\"\n  catch-up: false\nvolumes:\n{}",
+            volume_yaml("a", &a.name, "")
+        ),
+    );
+    let d = Daemon::start(&env);
+    planned_and_idle(&env, &d, &["a"]);
+    let mut second = std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
+        .arg("-c")
+        .arg(&env.config)
+        .args(["--no-progress", "daemon"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while second.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = second.kill();
+            panic!("a second daemon started on the same archive");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = second.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another rbdelta daemon (pid {}) runs on this archive",
+            d.0.id()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        d.stop(Duration::from_secs(30)).success(),
+        "the first one still runs"
+    );
+}

@@ -23,6 +23,11 @@ pub fn status_path(root: &Path) -> PathBuf {
     dir(root).join("status.json")
 }
 
+/// The daemon's lock, `<archive>/.rbdelta/daemon.lock` (holding its pid).
+pub fn daemon_lock_path(root: &Path) -> PathBuf {
+    dir(root).join("daemon.lock")
+}
+
 /// Creates the archive root and `.rbdelta` if missing.
 pub fn ensure(root: &Path) -> Result<()> {
     create_dir_private(root)?;

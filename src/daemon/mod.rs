@@ -51,6 +51,12 @@ pub fn run(
     workers: Option<Spawner>,
 ) -> Result<()> {
     let cfg = Config::load(config_path)?;
+    // One daemon per archive: two would run every backup twice and fight
+    // over the volume locks. Held for the process's life.
+    crate::archive::global::ensure(&cfg.archive)?;
+    let _one = crate::archive::lock::DaemonLock::acquire(
+        &crate::archive::global::daemon_lock_path(&cfg.archive),
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
