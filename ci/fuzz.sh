@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PROPTEST_CASES=${CASES:-100000}
 echo "fuzz: $PROPTEST_CASES cases per target" >&2
-time cargo test --release --test hostile_files
+time cargo test --release --test hostile_files --test hostile_config
