@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cli::{stderr, Env};
+use common::cli::{spawn_held, stderr, Env};
 use common::{pattern, unique_name};
 use rbdelta::ceph::{CephOptions, Cluster, IoCtx};
 
@@ -61,6 +61,19 @@ impl OwnCluster {
             ..Default::default()
         };
         Cluster::connect(&opts).unwrap().ioctx("rbd").unwrap()
+    }
+
+    /// A new image (`data` bytes written at 0) and volume `v` over it.
+    fn volume(&self, prefix: &str, size: u64, data: u64, seed: u64) -> (IoCtx, String, Env) {
+        let io = self.ioctx();
+        let image = unique_name(prefix);
+        io.create_image(&image, size, 0, 0).unwrap();
+        io.open_image(&image)
+            .unwrap()
+            .write(0, &pattern(data as usize, seed))
+            .unwrap();
+        let env = self.env(&image);
+        (io, image, env)
     }
 
     /// A config for volume `v` over image `image`, with a short timeout.
@@ -123,35 +136,15 @@ fn finish(child: Child, started: Instant, limit: Duration) -> (Output, Duration)
 fn a_paused_osd_fails_a_backup_in_time_and_the_next_one_succeeds() {
     common::require_fault_injection();
     let c = OwnCluster::start();
-    let io = c.ioctx();
-    let image = unique_name("osd-pause");
-    io.create_image(&image, 32 * MIB, 0, 0).unwrap();
-    let img = io.open_image(&image).unwrap();
-    img.write(0, &pattern(16 * MIB as usize, 1)).unwrap();
-    let env = c.env(&image);
+    let (io, image, env) = c.volume("osd-pause", 32 * MIB, 16 * MIB, 1);
     env.ok(&["backup", "v"]);
-    img.write(16 * MIB, &pattern(8 * MIB as usize, 2)).unwrap();
-    drop(img);
+    io.open_image(&image)
+        .unwrap()
+        .write(16 * MIB, &pattern(8 * MIB as usize, 2))
+        .unwrap();
 
     // held once its snapshot is taken; then the OSD stops answering
-    let hold = env.dir.path().join("hold");
-    std::fs::create_dir_all(&hold).unwrap();
-    let child = rbdelta(&env, &["backup", "v"])
-        .env("RBDELTA_TEST_HOLD_AT", format!("2:{}", hold.display()))
-        .env("RBDELTA_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !std::fs::read_dir(&hold)
-        .unwrap()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("held-"))
-    {
-        assert!(t.elapsed() < Duration::from_secs(60), "never held");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (child, hold) = held(&env, &["backup", "v"], 2);
     c.fault("pause", "osd");
     std::fs::write(hold.join("go"), b"").unwrap();
     let (out, took) = finish(child, Instant::now(), Duration::from_secs(120));
@@ -177,15 +170,8 @@ fn a_paused_osd_fails_a_backup_in_time_and_the_next_one_succeeds() {
 #[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
 fn a_dead_mon_fails_a_command_in_time_and_it_works_once_the_mon_is_back() {
     let c = OwnCluster::start();
-    let io = c.ioctx();
-    let image = unique_name("mon-down");
-    io.create_image(&image, 8 * MIB, 0, 0).unwrap();
-    io.open_image(&image)
-        .unwrap()
-        .write(0, &pattern(MIB as usize, 3))
-        .unwrap();
+    let (io, _, env) = c.volume("mon-down", 8 * MIB, MIB, 3);
     drop(io);
-    let env = c.env(&image);
     c.fault("kill", "mon");
     let t = Instant::now();
     let child = rbdelta(&env, &["backup", "v"])
@@ -208,24 +194,9 @@ fn a_dead_mon_fails_a_command_in_time_and_it_works_once_the_mon_is_back() {
 
 /// Starts `args` held at point `at`; returns once it is held.
 fn held(env: &Env, args: &[&str], at: u64) -> (Child, PathBuf) {
-    let hold = env.dir.path().join(unique_name("hold"));
-    std::fs::create_dir_all(&hold).unwrap();
-    let child = rbdelta(env, args)
-        .env("RBDELTA_TEST_HOLD_AT", format!("{at}:{}", hold.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !std::fs::read_dir(&hold)
-        .unwrap()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("held-"))
-    {
-        assert!(t.elapsed() < Duration::from_secs(60), "{args:?} never held");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, hold)
+    let mut cmd = rbdelta(env, args);
+    cmd.env("RBDELTA_LOG", "info").stdout(Stdio::piped());
+    spawn_held(cmd, at, env.dir.path())
 }
 
 #[test]
@@ -233,14 +204,7 @@ fn held(env: &Env, args: &[&str], at: u64) -> (Child, PathBuf) {
 fn a_restore_rides_out_a_paused_osd_and_gives_up_after_retry_for() {
     common::require_fault_injection();
     let c = OwnCluster::start();
-    let io = c.ioctx();
-    let image = unique_name("restore-pause");
-    io.create_image(&image, 32 * MIB, 0, 0).unwrap();
-    io.open_image(&image)
-        .unwrap()
-        .write(0, &pattern(24 * MIB as usize, 4))
-        .unwrap();
-    let env = c.env(&image);
+    let (io, image, env) = c.volume("restore-pause", 32 * MIB, 24 * MIB, 4);
     env.ok(&["backup", "v"]);
     let want = common::cli::read_image(&io, &image, None);
 
@@ -312,15 +276,8 @@ fn fleet_log(env: &Env) -> Vec<serde_json::Value> {
 #[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
 fn the_daemon_waits_out_a_dead_mon_and_backs_up_once_it_is_back() {
     let c = OwnCluster::start();
-    let io = c.ioctx();
-    let image = unique_name("daemon-mon");
-    io.create_image(&image, 8 * MIB, 0, 0).unwrap();
-    io.open_image(&image)
-        .unwrap()
-        .write(0, &pattern(MIB as usize, 5))
-        .unwrap();
+    let (io, _, env) = c.volume("daemon-mon", 8 * MIB, MIB, 5);
     drop(io);
-    let env = c.env(&image);
     let yaml = std::fs::read_to_string(&env.config).unwrap().replace(
         "volumes:\n",
         "defaults:\n  schedule: \"0 0 1 1 *\"\n  retries: 20\n  retry-delay: 1s\nvolumes:\n",

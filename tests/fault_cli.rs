@@ -8,8 +8,7 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use common::cli::{read_image, Env};
 use common::{pattern, test_conf, test_ioctx, test_pool, ScratchImage};
@@ -17,17 +16,6 @@ use common::{pattern, test_conf, test_ioctx, test_pool, ScratchImage};
 const MIB: u64 = 1 << 20;
 /// Crash points killed per operation.
 const ROUNDS: usize = 50;
-
-fn copy_dir(from: &Path, to: &Path) {
-    let _ = std::fs::remove_dir_all(to);
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
 
 /// A small deterministic generator (no dependency on test ordering).
 fn next(seed: &mut u64) -> u64 {
@@ -92,7 +80,7 @@ impl Fixture {
         let all = ids(&env);
         assert_eq!(all.len(), 12);
         let pristine = env.dir.path().join("pristine");
-        copy_dir(&env.archive(), &pristine);
+        common::copy_dir(&env.archive(), &pristine);
         Fixture {
             env,
             io,
@@ -113,7 +101,7 @@ impl Fixture {
         done: impl Fn(&str),
     ) {
         let env = &self.env;
-        copy_dir(&self.pristine, &env.archive());
+        common::copy_dir(&self.pristine, &env.archive());
         let count_file = env.dir.path().join("points");
         let _ = std::fs::remove_file(&count_file); // it keeps the most reached
         let out = env
@@ -140,7 +128,7 @@ impl Fixture {
         let mut crashed = 0;
         for at in choose(points, ROUNDS, seed) {
             let ctx = format!("{args:?} killed at point {at} of {points}");
-            copy_dir(&self.pristine, &env.archive());
+            common::copy_dir(&self.pristine, &env.archive());
             let out = env
                 .cmd()
                 .env("RBDELTA_TEST_CRASH_AT", at.to_string())
@@ -331,10 +319,10 @@ fn repair_killed_at_fifty_seeded_points_never_damages_more() {
     }
     // the damaged archive, with its damage found (and distrusted), is
     // what every round starts from
-    copy_dir(&f.pristine, &f.env.archive());
+    common::copy_dir(&f.pristine, &f.env.archive());
     let initial = damage(&f.env, "initial");
     assert_eq!(initial.len(), 60, "{initial:?}");
-    copy_dir(&f.env.archive(), &f.pristine);
+    common::copy_dir(&f.env.archive(), &f.pristine);
     let env = &f.env;
     f.kill_at_seeded_points(
         &["repair", "f"],

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cli::{read_image, stderr, Env};
+use common::cli::{read_image, spawn_held, stderr, Env};
 use common::{pattern, test_conf, test_ioctx, test_pool, unique_name, ScratchImage};
 use rbdelta::ceph::IoCtx;
 
@@ -92,27 +92,9 @@ impl Fixture {
     /// Starts `args` to be held at point `at`; returns the child and the
     /// hold directory, once some process of the run is held there.
     fn held(&self, args: &[&str], at: u64) -> (Child, PathBuf) {
-        let dir = self.env.dir.path().join(unique_name("hold"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut child = self
-            .command(args)
-            .env("RBDELTA_TEST_HOLD_AT", format!("{at}:{}", dir.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for(&format!("{args:?} held at point {at}"), || {
-            if let Some(s) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-                panic!("{args:?} ended ({s}) before point {at}: {err}");
-            }
-            std::fs::read_dir(&dir)
-                .unwrap()
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("held-"))
-        });
-        (child, dir)
+        let mut cmd = self.command(args);
+        cmd.stdout(Stdio::null());
+        spawn_held(cmd, at, self.env.dir.path())
     }
 
     /// `kill -9` of the CLI while held at point `at`; then no process of
@@ -158,14 +140,6 @@ fn ok(out: &Output, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < Duration::from_secs(60), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The processes whose environment holds `marker`.
@@ -242,27 +216,15 @@ fn kill_9_of_backup_restore_and_prune_leaves_no_process_and_loses_nothing() {
     f.env.ok(&["backup", "v"]);
     let archive = f.env.archive();
     let pristine = f.env.dir.path().join("pristine");
-    copy_dir(&archive, &pristine);
+    common::copy_dir(&archive, &pristine);
     let n = f.points(&["prune", "v"]);
     for at in spread(n) {
-        copy_dir(&pristine, &archive);
+        common::copy_dir(&pristine, &archive);
         f.kill_at(&["prune", "v"], at);
         f.env.ok(&["prune", "v"]);
         assert_eq!(f.env.revisions("v").len(), 2);
         f.verify();
     }
-}
-
-/// Replaces `to` with a copy of `from`.
-fn copy_dir(from: &Path, to: &Path) {
-    let _ = std::fs::remove_dir_all(to);
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(st.success());
 }
 
 /// SIGTERM to a restore held half-way, then let go: it fails as

@@ -191,9 +191,6 @@ pub fn backup_volume(
     drop(progress);
     let outcome = match result {
         Ok(r) => Outcome {
-            volume: vol.name.clone(),
-            op: "backup".into(),
-            ok: true,
             kind: Some(
                 match (&r.mode, r.synthetic_full) {
                     (Mode::Full, _) => "full",
@@ -207,10 +204,7 @@ pub fn backup_volume(
             size: Some(r.revision.manifest.size),
             bytes_read: r.bytes_read,
             bytes_written: r.bytes_written,
-            duration: started.elapsed(),
-            error: None,
-            transient: false,
-            cluster_silent: false,
+            ..Outcome::succeeded(&vol.name, "backup", started.elapsed())
         },
         Err(e) => Outcome::failed(&vol.name, "backup", &e, started.elapsed()),
     };

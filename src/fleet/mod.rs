@@ -84,18 +84,11 @@ impl Outcome {
         duration: Duration,
     ) -> Outcome {
         Outcome {
-            volume: volume.to_string(),
-            op: op.to_string(),
             ok: false,
-            kind: None,
-            revision: None,
-            size: None,
-            bytes_read: 0,
-            bytes_written: 0,
-            duration,
             error: Some(error.to_string()),
             transient: error.is_transient(),
             cluster_silent: error.is_cluster_timeout(),
+            ..Outcome::succeeded(volume, op, duration)
         }
     }
 }

@@ -121,7 +121,9 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
     }
     if !Path::new("/dev/fuse").exists() {
         return Err(Error::Invalid(
-            "FUSE is unavailable: /dev/fuse does not exist (load the fuse module; the fuse3 package provides fusermount3)".into(),
+            "FUSE is unavailable: /dev/fuse does not exist (load the module: modprobe fuse; \
+             in a container, pass /dev/fuse in)"
+                .into(),
         ));
     }
     Ok(())
@@ -157,13 +159,7 @@ pub fn run(
     let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     let fs = fs::ArchiveFs::new(PathBuf::from(archive), volumes);
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound && !Path::new("/dev/fuse").exists() {
-            Error::Invalid(
-                "FUSE is unavailable: /dev/fuse does not exist (load the module: modprobe fuse; \
-                 in a container, pass /dev/fuse in)"
-                    .into(),
-            )
-        } else if e.kind() == std::io::ErrorKind::NotFound {
+        if e.kind() == std::io::ErrorKind::NotFound {
             // not root: the mount goes through the setuid helper
             Error::Invalid(
                 "FUSE is unavailable: fusermount3 not found (install the fuse3 package)".into(),

@@ -68,19 +68,12 @@ pub fn clear_images(ioctx: &IoCtx, name: &str) -> Result<()> {
                 ioctx.pool()
             )));
         }
-        cut_off(ioctx, &image, client)?;
+        // its dead client's watch would hold the removal off for 30 s
+        ioctx
+            .open_image(&image)?
+            .evict(&format!("client.{client}"))?;
         ioctx.remove_image(&image)?;
         tracing::warn!("removed {what}, left by an interrupted restore (process {pid})");
-    }
-    Ok(())
-}
-
-/// Blocklists the watcher `client` (a dead restore's connection) of
-/// `image`, so the image can be removed now rather than in 30 s.
-fn cut_off(ioctx: &IoCtx, image: &str, client: i64) -> Result<()> {
-    let img = ioctx.open_image_read_only(image, None)?;
-    for (addr, _) in img.watchers()?.iter().filter(|w| w.1 == client) {
-        ioctx.blocklist(addr, 3600)?;
     }
     Ok(())
 }

@@ -71,22 +71,7 @@ impl SourceImage for RbdImage {
     }
 
     fn evict(&self, client: &str) -> Result<bool> {
-        let id = client
-            .strip_prefix("client.")
-            .and_then(|i| i.parse::<i64>().ok());
-        let mut evicted = false;
-        let watchers = self.image.watchers()?;
-        tracing::debug!("evict {client}: watchers {watchers:?}");
-        for (addr, _) in watchers.iter().filter(|w| Some(w.1) == id) {
-            // an hour, as librbd blocklists a lock owner it breaks
-            self.ioctx.blocklist(addr, 3600)?;
-            evicted = true;
-        }
-        if self.image.lock_owners()?.iter().any(|o| o == client) {
-            self.image.break_lock(client)?;
-            evicted = true;
-        }
-        Ok(evicted)
+        self.image.evict(client)
     }
 
     fn snapshot_names(&self) -> Result<Vec<String>> {

@@ -116,3 +116,41 @@ pub fn restore_to_image(env: &Env, io: &IoCtx, volume: &str, rev: &str) -> Vec<u
     ]);
     read_image(io, &target, None)
 }
+
+/// Spawns `cmd` (its stderr piped) to be held at its `at`-th crash point
+/// (`RBDELTA_TEST_HOLD_AT`, the hold files in a new directory under
+/// `parent`); returns once some process of it is held there, with that
+/// directory (create `go` in it to let go). Fails if it ends first.
+pub fn spawn_held(
+    mut cmd: std::process::Command,
+    at: u64,
+    parent: &Path,
+) -> (std::process::Child, PathBuf) {
+    let dir = parent.join(unique_name("hold"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = cmd
+        .env("RBDELTA_TEST_HOLD_AT", format!("{at}:{}", dir.display()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("{cmd:?} ended ({s}) before point {at}: {err}");
+        }
+        let held = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("held-"));
+        if held {
+            return (child, dir);
+        }
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "{cmd:?} never held at point {at}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
