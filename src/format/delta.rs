@@ -226,8 +226,11 @@ impl DeltaFile {
                 zero: le_u32(c, 20) & FLAG_ZERO != 0,
                 hash: hash_at(c, 24),
             };
-            let in_range =
-                e.zero || (e.offset >= DELTA_DATA_START && e.offset + e.len as u64 <= index_offset);
+            let in_range = e.zero
+                || (e.offset >= DELTA_DATA_START
+                    && e.offset
+                        .checked_add(e.len as u64)
+                        .is_some_and(|end| end <= index_offset));
             if !in_range || e.len as u64 > block_size || e.len == 0 {
                 return Err(corrupt(format!("bad index entry for block {}", e.block)));
             }
@@ -293,5 +296,24 @@ mod tests {
             std::fs::write(&path, &b).unwrap();
             assert!(DeltaFile::open(&path).is_err(), "flip at {i} not detected");
         }
+    }
+
+    #[test]
+    fn a_resealed_entry_whose_data_wraps_past_the_end_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_sample(dir.path());
+        let mut b = std::fs::read(&path).unwrap();
+        let x = le_u64(&b, 96) as usize;
+        // the first entry's data offset: near 2^64, so offset + len wraps
+        b[x + 8..x + 16].copy_from_slice(&(u64::MAX - 10).to_le_bytes());
+        let n = b.len() - TRAILER_LEN;
+        let mut h = blake3::Hasher::new();
+        h.update(&b[..DELTA_HEADER_LEN]);
+        h.update(&b[x..n]);
+        let sum = *h.finalize().as_bytes();
+        b[n..].copy_from_slice(&sum);
+        std::fs::write(&path, &b).unwrap();
+        let e = DeltaFile::open(&path).err().expect("refused");
+        assert!(e.to_string().contains("bad index entry"), "{e}");
     }
 }

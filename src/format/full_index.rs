@@ -115,6 +115,37 @@ impl FullIndexWriter {
     }
 }
 
+/// Checks that entries, seen chunk by chunk, name strictly ascending
+/// blocks below the image's block count.
+struct Ascending {
+    blocks: u64,
+    last: Option<u64>,
+    /// The first block that broke the rule.
+    bad: Option<u64>,
+}
+
+impl Ascending {
+    fn below(blocks: u64) -> Ascending {
+        Ascending {
+            blocks,
+            last: None,
+            bad: None,
+        }
+    }
+
+    /// `chunk` holds whole entries (index pages start at entry boundaries).
+    fn scan(&mut self, chunk: &[u8]) {
+        for raw in chunk.chunks_exact(FULL_ENTRY_LEN) {
+            let block = le_u64(raw, 0);
+            if self.bad.is_none() && (self.last.is_some_and(|l| l >= block) || block >= self.blocks)
+            {
+                self.bad = Some(block);
+            }
+            self.last = Some(block);
+        }
+    }
+}
+
 /// BLAKE3 of the file's first `len` bytes, read in chunks that `each`
 /// also sees: the header, then whole index pages (see [`Pages::scan`]).
 fn hash_range(
@@ -173,8 +204,23 @@ impl FullIndexReader {
         let mut trailer = [0u8; TRAILER_LEN];
         file.read_exact_at(&mut trailer, body).at(path)?;
         let mut pages = Pages::new(header.count);
-        if hash_range(&file, path, body, |chunk, pos| pages.scan(chunk, pos))? != trailer {
+        let mut order = Ascending::below(block_count(header.size, header.block_size));
+        let sum = hash_range(&file, path, body, |chunk, pos| {
+            pages.scan(chunk, pos);
+            if pos > 0 {
+                order.scan(chunk);
+            }
+        })?;
+        if sum != trailer {
             return Err(corrupt("full index checksum mismatch".into()));
+        }
+        // A checksum proves the file is as written, not that its writer
+        // was sound: lookups binary-search the entries, so a file out of
+        // order would answer "not stored" (zeros) for a stored block.
+        if let Some(block) = order.bad {
+            return Err(corrupt(format!(
+                "index entry for block {block} is out of order or beyond the image"
+            )));
         }
         debug_assert!(pages.complete());
         Ok(FullIndexReader {
@@ -350,6 +396,26 @@ mod tests {
                 FullIndexReader::open(&p).is_err(),
                 "flip at {i} not detected"
             );
+        }
+    }
+
+    #[test]
+    fn a_resealed_index_out_of_order_or_past_the_image_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("i");
+        write(&p, &[(0, 1), (1, 2), (2, 3)]);
+        let good = std::fs::read(&p).unwrap();
+        let entry = |k: usize| FULL_INDEX_HEADER_LEN + k * FULL_ENTRY_LEN;
+        // swap the first two block numbers; then a block past the image
+        for (k, block) in [(0usize, 1u64), (2, 3)] {
+            let mut b = good.clone();
+            b[entry(k)..entry(k) + 8].copy_from_slice(&block.to_le_bytes());
+            let n = b.len() - TRAILER_LEN;
+            let sum = *blake3::hash(&b[..n]).as_bytes();
+            b[n..].copy_from_slice(&sum);
+            std::fs::write(&p, &b).unwrap();
+            let e = FullIndexReader::open(&p).err().expect("refused");
+            assert!(e.to_string().contains("out of order or beyond"), "{e}");
         }
     }
 }
