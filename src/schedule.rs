@@ -22,6 +22,14 @@ pub struct Schedule {
 impl FromStr for Schedule {
     type Err = String;
     fn from_str(pattern: &str) -> Result<Self, String> {
+        // croner takes an empty list item (", * * * *") as a field that
+        // matches nothing, and then searches for seconds before saying so
+        if pattern
+            .split_whitespace()
+            .any(|field| field.split(',').any(str::is_empty))
+        {
+            return Err(format!("{pattern:?} has an empty item in a comma list"));
+        }
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .build()
@@ -104,6 +112,17 @@ mod tests {
         assert!("61 * * * *".parse::<Schedule>().is_err());
         assert!("nightly".parse::<Schedule>().is_err());
         assert!("@daily".parse::<Schedule>().is_ok());
+    }
+
+    #[test]
+    fn an_empty_list_item_is_refused_at_once() {
+        for p in [", * * * *", "0,,30 * * * *", "0 0 * * 1,", "0, 0 * * *"] {
+            let t = std::time::Instant::now();
+            let e = p.parse::<Schedule>().unwrap_err();
+            assert!(e.contains("empty item"), "{p}: {e}");
+            assert!(t.elapsed() < Duration::from_secs(1), "{p}");
+        }
+        assert!("0,30 * * * *".parse::<Schedule>().is_ok());
     }
 
     #[test]
