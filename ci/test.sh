@@ -22,9 +22,12 @@ fi
 dir=$(mktemp -d /tmp/rbdelta-test.XXXXXX)
 cleanup() { rbd-fixtures/cluster.sh stop "$dir" || true; }
 trap cleanup EXIT
-rbd-fixtures/cluster.sh start "$dir" --memstore-gib 4
+rbd-fixtures/cluster.sh start "$dir" --memstore-gib 4 --cephx
 
+# fixtures use client.admin (ceph.conf names its keyring); every command
+# line test runs rbdelta as the least-privileged client.rbdelta
 export RBDELTA_TEST_CEPH_CONF="$dir/ceph.conf"
+export RBDELTA_TEST_CEPH_ID=rbdelta RBDELTA_TEST_CEPH_KEYRING="$dir/rbdelta.keyring"
 export RBDELTA_REQUIRE_CLUSTER=1
 # Arguments go to cargo test; test-binary arguments after a `--` of their own.
 cargo_args=() test_args=() seen_sep=0

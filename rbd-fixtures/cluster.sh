@@ -3,15 +3,19 @@
 # no mgr) for tests. Everything lives in one directory; several clusters may run
 # at once in different directories.
 #
-#   cluster.sh start DIR [--memstore-gib N]   bring up; writes DIR/ceph.conf
+#   cluster.sh start DIR [--memstore-gib N] [--cephx]
+#                                             bring up; writes DIR/ceph.conf
 #   cluster.sh stop DIR                       kill the daemons, remove DIR
 #   cluster.sh status DIR                     show daemon pids and cluster health
 #   cluster.sh pause|resume|kill|restart DIR osd|mon
 #                                             fault injection: SIGSTOP, SIGCONT,
 #                                             SIGKILL, or start the dead daemon again
 #
-# Progress goes to stderr; stdout stays empty. Clients use `-c DIR/ceph.conf`
-# (auth is off, so no keyring is needed).
+# Progress goes to stderr; stdout stays empty. Clients use `-c DIR/ceph.conf`.
+# Auth is off unless --cephx: then ceph.conf names DIR/admin.keyring
+# (client.admin, for fixtures), and DIR/rbdelta.keyring holds the least-
+# privileged client.rbdelta (mon 'profile rbd' osd 'profile rbd pool=rbd'),
+# the client rbdelta's tests run as.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -24,7 +28,7 @@ die() {
     exit 1
 }
 usage() {
-    sed -n '5,10p' "$0" | sed 's/^# *//' >&2
+    sed -n '5,11p' "$0" | sed 's/^# *//' >&2
     exit 2
 }
 
@@ -67,15 +71,16 @@ kill_daemons() {
 }
 
 write_conf() {
-    local fsid=$1 port=$2 bytes=$3
+    local fsid=$1 port=$2 bytes=$3 auth=$4
     cat >"$DIR/ceph.conf" <<EOF
 [global]
 fsid = $fsid
 mon host = v2:127.0.0.1:$port
 public network = 127.0.0.0/8
-auth cluster required = none
-auth service required = none
-auth client required = none
+auth cluster required = $auth
+auth service required = $auth
+auth client required = $auth
+$([[ $auth == cephx ]] && echo "keyring = $DIR/admin.keyring")
 osd pool default size = 1
 osd pool default min size = 1
 osd pool default pg autoscale mode = off
@@ -109,7 +114,17 @@ pid file = $DIR/run/\$name.pid
 log file = $DIR/log/\$name.log
 osd data = $DIR/osd/\$id
 osd journal = $DIR/osd/\$id/journal
+keyring = $DIR/osd/\$id/keyring
 EOF
+}
+
+# cephx: the mon's keyring (with client.admin's key in it) and the admin's.
+make_keys() {
+    ceph-authtool --create-keyring "$DIR/mon.keyring" --gen-key -n mon. --cap mon 'allow *' &&
+        ceph-authtool --create-keyring "$DIR/admin.keyring" --gen-key -n client.admin \
+            --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' &&
+        ceph-authtool "$DIR/mon.keyring" --import-keyring "$DIR/admin.keyring" &&
+        chmod 600 "$DIR/mon.keyring" "$DIR/admin.keyring"
 }
 
 # On a failed start: show why, then leave nothing behind.
@@ -158,12 +173,16 @@ sys.exit(0 if ok else 1)
 }
 
 cmd_start() {
-    local gib=2
+    local gib=2 auth=none
     [[ $# -ge 1 ]] || usage
     DIR=$1
     shift
     while [[ $# -gt 0 ]]; do
         case $1 in
+        --cephx)
+            auth=cephx
+            shift
+            ;;
         --memstore-gib)
             [[ ${2:-} =~ ^[0-9]+$ && $2 -ge 1 ]] || die "--memstore-gib needs a positive integer"
             gib=$2
@@ -172,7 +191,7 @@ cmd_start() {
         *) die "unknown option: $1" ;;
         esac
     done
-    for tool in ceph ceph-mon monmaptool ceph-osd rbd uuidgen python3 timeout; do
+    for tool in ceph ceph-mon monmaptool ceph-osd ceph-authtool rbd uuidgen python3 timeout; do
         command -v "$tool" >/dev/null || die "$tool not found (run rbd-fixtures/install-deps.sh)"
     done
     if [[ -e $DIR ]] && [[ -n $(ls -A "$DIR" 2>/dev/null) ]]; then
@@ -187,19 +206,28 @@ cmd_start() {
     fsid=$(uuidgen)
     port=$(free_port)
     PGS=32
-    write_conf "$fsid" "$port" $((gib * 1024 * 1024 * 1024))
-    log "mon on 127.0.0.1:$port, memstore ${gib} GiB, dir $DIR"
+    write_conf "$fsid" "$port" $((gib * 1024 * 1024 * 1024)) "$auth"
+    log "mon on 127.0.0.1:$port, memstore ${gib} GiB, auth $auth, dir $DIR"
+    local monkeys=()
+    if [[ $auth == cephx ]]; then
+        make_keys >>"$DIR/log/mkfs.log" 2>&1 || fail_start "ceph-authtool failed"
+        monkeys=(--keyring "$DIR/mon.keyring")
+    fi
 
     monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port]" "$DIR/monmap" \
         >>"$DIR/log/mkfs.log" 2>&1 || fail_start "monmaptool failed"
     ceph-mon --id a --mkfs --mon-data "$DIR/mon/a" --monmap "$DIR/monmap" -c "$DIR/ceph.conf" \
-        >>"$DIR/log/mkfs.log" 2>&1 || fail_start "ceph-mon --mkfs failed"
+        "${monkeys[@]}" >>"$DIR/log/mkfs.log" 2>&1 || fail_start "ceph-mon --mkfs failed"
     ceph-mon --id a -c "$DIR/ceph.conf" --public-addr "v2:127.0.0.1:$port" \
         >>"$DIR/log/daemons.log" 2>&1 || fail_start "ceph-mon did not start"
 
     osd=$(cephc osd create 2>>"$DIR/log/daemons.log") || fail_start "ceph osd create failed"
     [[ $osd =~ ^[0-9]+$ ]] || fail_start "ceph osd create printed '$osd'"
     mkdir -p "$DIR/osd/$osd"
+    if [[ $auth == cephx ]]; then
+        cephc auth get-or-create "osd.$osd" osd 'allow *' mon 'allow profile osd' \
+            -o "$DIR/osd/$osd/keyring" >>"$DIR/log/mkfs.log" 2>&1 || fail_start "ceph auth osd key failed"
+    fi
     ceph-osd --id "$osd" --mkfs --osd-data "$DIR/osd/$osd" -c "$DIR/ceph.conf" \
         >>"$DIR/log/mkfs.log" 2>&1 || fail_start "ceph-osd --mkfs failed"
     ceph-osd --id "$osd" -c "$DIR/ceph.conf" >>"$DIR/log/daemons.log" 2>&1 ||
@@ -212,6 +240,13 @@ cmd_start() {
     wait_clean "$deadline" "$osd"
     timeout 30 rbd -c "$DIR/ceph.conf" pool init rbd >>"$DIR/log/daemons.log" 2>&1 ||
         fail_start "rbd pool init failed"
+    if [[ $auth == cephx ]]; then
+        # what docs/CONFIG.md tells operators to create
+        cephc auth get-or-create client.rbdelta mon 'profile rbd' osd 'profile rbd pool=rbd' \
+            -o "$DIR/rbdelta.keyring" >>"$DIR/log/mkfs.log" 2>&1 ||
+            fail_start "ceph auth get-or-create client.rbdelta failed"
+        chmod 600 "$DIR/rbdelta.keyring"
+    fi
     trap - ERR INT TERM
     log "ready in ${SECONDS}s: $DIR/ceph.conf"
 }

@@ -51,11 +51,16 @@ pub(crate) fn strerror(errno: i32) -> String {
 /// The error for a negative librados/librbd return value `ret` (= -errno).
 pub(crate) fn ceph_error(op: impl Into<String>, ret: i64) -> Error {
     let errno = i32::try_from(-ret).unwrap_or(libc::EIO);
-    let msg = if errno == libc::ETIMEDOUT {
+    let msg = match errno {
         // every client timeout is ceph.timeout (see Cluster::connect)
-        "the cluster did not answer within ceph.timeout".to_string()
-    } else {
-        strerror(errno)
+        libc::ETIMEDOUT => "the cluster did not answer within ceph.timeout".to_string(),
+        // librados' answer to an op the client's caps do not allow
+        libc::EPERM | libc::EACCES => format!(
+            "{}: the Ceph user's caps do not allow this (docs/CONFIG.md, \"A Ceph user for \
+             rbdelta\", lists the caps it needs)",
+            strerror(errno)
+        ),
+        _ => strerror(errno),
     };
     Error::Ceph {
         op: op.into(),

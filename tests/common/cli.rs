@@ -9,6 +9,25 @@ use assert_cmd::Command;
 use super::{test_pool, unique_name, ScratchImage};
 use rbdelta::ceph::IoCtx;
 
+/// The config's `ceph:` section for the test cluster. On a cephx cluster
+/// (ci/test.sh) that is the least-privileged `client.rbdelta`, named by
+/// `RBDELTA_TEST_CEPH_ID` and `RBDELTA_TEST_CEPH_KEYRING`: every command
+/// line test runs with just the caps docs/CONFIG.md tells operators to give.
+/// Always five lines, so tests can name config lines either way.
+pub fn ceph_yaml(conf: &Path) -> String {
+    let mut y = format!("ceph:\n  conf: {}\n  timeout: 20\n", conf.display());
+    for (var, key) in [
+        ("RBDELTA_TEST_CEPH_ID", "id"),
+        ("RBDELTA_TEST_CEPH_KEYRING", "keyring"),
+    ] {
+        match std::env::var_os(var).filter(|v| !v.is_empty()) {
+            Some(v) => y += &format!("  {key}: {}\n", Path::new(&v).display()),
+            None => y += &format!("  # {key}: the default\n"),
+        }
+    }
+    y
+}
+
 /// A config + archive in a temp dir, for volumes over scratch images.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -31,8 +50,8 @@ impl Env {
     pub fn with_yaml(conf: &Path, rest: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let yaml = format!(
-            "ceph:\n  conf: {}\n  timeout: 20\narchive: {}\n{rest}",
-            conf.display(),
+            "{}archive: {}\n{rest}",
+            ceph_yaml(conf),
             dir.path().join("archive").display()
         );
         let config = dir.path().join("config.yaml");
