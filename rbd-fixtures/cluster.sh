@@ -3,7 +3,7 @@
 # no mgr) for tests. Everything lives in one directory; several clusters may run
 # at once in different directories.
 #
-#   cluster.sh start DIR [--memstore-gib N] [--cephx]
+#   cluster.sh start DIR [--memstore-gib N | --bluestore-gib N] [--cephx]
 #                                             bring up; writes DIR/ceph.conf
 #   cluster.sh stop DIR                       kill the daemons, remove DIR
 #   cluster.sh status DIR                     show daemon pids and cluster health
@@ -71,7 +71,7 @@ kill_daemons() {
 }
 
 write_conf() {
-    local fsid=$1 port=$2 bytes=$3 auth=$4
+    local fsid=$1 port=$2 bytes=$3 auth=$4 store=$5
     cat >"$DIR/ceph.conf" <<EOF
 [global]
 fsid = $fsid
@@ -91,8 +91,7 @@ mon warn on pool no redundancy = false
 mon warn on insecure global id reclaim allowed = false
 mon data avail warn = 2
 mon data avail crit = 1
-osd objectstore = memstore
-memstore device bytes = $bytes
+$(store_conf "$store" "$bytes")
 run dir = $DIR/run
 rados osd op timeout = $CLIENT_TIMEOUT
 rados mon op timeout = $CLIENT_TIMEOUT
@@ -116,6 +115,22 @@ osd data = $DIR/osd/\$id
 osd journal = $DIR/osd/\$id/journal
 keyring = $DIR/osd/\$id/keyring
 EOF
+}
+
+# The OSD's object store: memstore (RAM, the default: fast, but gone when
+# the OSD dies) or bluestore on a sparse file under DIR (survives a kill, so
+# the OSD can be restarted with its data; slower).
+store_conf() {
+    local store=$1 bytes=$2
+    if [[ $store == memstore ]]; then
+        printf 'osd objectstore = memstore\nmemstore device bytes = %s\n' "$bytes"
+    else
+        printf 'osd objectstore = bluestore\nbluestore block path = %s\n' "$DIR/osd/\$id.block"
+        printf 'bluestore block create = true\nbluestore block size = %s\n' "$bytes"
+        printf 'bluestore block db create = false\nbluestore block wal create = false\n'
+        printf 'osd memory target = 1073741824\nbluestore cache autotune = false\n'
+        printf 'bluestore cache size = 134217728\nbluestore fsck on mkfs = false\n'
+    fi
 }
 
 # cephx: the mon's keyring (with client.admin's key in it) and the admin's.
@@ -173,7 +188,7 @@ sys.exit(0 if ok else 1)
 }
 
 cmd_start() {
-    local gib=2 auth=none
+    local gib=2 auth=none store=memstore
     [[ $# -ge 1 ]] || usage
     DIR=$1
     shift
@@ -183,9 +198,11 @@ cmd_start() {
             auth=cephx
             shift
             ;;
-        --memstore-gib)
-            [[ ${2:-} =~ ^[0-9]+$ && $2 -ge 1 ]] || die "--memstore-gib needs a positive integer"
+        --memstore-gib | --bluestore-gib)
+            [[ ${2:-} =~ ^[0-9]+$ && $2 -ge 1 ]] || die "$1 needs a positive integer"
             gib=$2
+            store=${1#--}
+            store=${store%-gib}
             shift 2
             ;;
         *) die "unknown option: $1" ;;
@@ -206,8 +223,8 @@ cmd_start() {
     fsid=$(uuidgen)
     port=$(free_port)
     PGS=32
-    write_conf "$fsid" "$port" $((gib * 1024 * 1024 * 1024)) "$auth"
-    log "mon on 127.0.0.1:$port, memstore ${gib} GiB, auth $auth, dir $DIR"
+    write_conf "$fsid" "$port" $((gib * 1024 * 1024 * 1024)) "$auth" "$store"
+    log "mon on 127.0.0.1:$port, $store ${gib} GiB, auth $auth, dir $DIR"
     local monkeys=()
     if [[ $auth == cephx ]]; then
         make_keys >>"$DIR/log/mkfs.log" 2>&1 || fail_start "ceph-authtool failed"
@@ -320,9 +337,12 @@ cmd_fault() {
             # a memstore OSD keeps its objects in memory: a restarted one
             # would come back empty, which is a different fault
             grep -q '^osd objectstore = memstore' "$DIR/ceph.conf" &&
-                die "a memstore OSD cannot restart with its data (pause and resume it instead)"
+                die "a memstore OSD cannot restart with its data (start the cluster with --bluestore-gib, or pause and resume it)"
             ceph-osd --id 0 -c "$DIR/ceph.conf" >>"$DIR/log/daemons.log" 2>&1 ||
                 die "ceph-osd did not start"
+            # back in service (its PGs active+clean again) before returning
+            PGS=32
+            wait_clean $((SECONDS + READY_TIMEOUT)) 0
         fi
         log "$3 restarted"
         ;;

@@ -5,7 +5,9 @@
 //! revision is half-written, and once the OSD is back the next backup
 //! succeeds (at once) and verify passes. A restore rides out a pause
 //! shorter than `--retry-for` and gives up after it, leaving nothing under
-//! the target's name. A mon that is down when a command starts gives an
+//! the target's name. An OSD killed (on bluestore, so it can restart with
+//! its data) fails a backup the same way, and a restore rides out its
+//! restart. A mon that is down when a command starts gives an
 //! error within the timeout, and the command works once the mon is back;
 //! the daemon waits it out and backs up once it is back.
 
@@ -30,11 +32,21 @@ struct OwnCluster {
 
 impl OwnCluster {
     fn start() -> OwnCluster {
+        OwnCluster::start_with(&["--memstore-gib", "1"])
+    }
+
+    /// With an OSD on bluestore (a file under the dir): it survives a kill
+    /// and restarts with its data.
+    fn start_bluestore() -> OwnCluster {
+        OwnCluster::start_with(&["--bluestore-gib", "2"])
+    }
+
+    fn start_with(args: &[&str]) -> OwnCluster {
         let dir = tempfile::tempdir().unwrap();
         let st = Command::new(script())
             .arg("start")
             .arg(dir.path().join("c"))
-            .args(["--memstore-gib", "1"])
+            .args(args)
             .stdout(Stdio::null())
             .status()
             .unwrap();
@@ -260,6 +272,54 @@ fn a_restore_rides_out_a_paused_osd_and_gives_up_after_retry_for() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert_ne!(left[0], target, "a partial restore under the target's name");
     io.remove_image(&left[0]).unwrap();
+}
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_killed_osd_fails_a_backup_in_time_and_a_restore_rides_out_its_restart() {
+    common::require_fault_injection();
+    let c = OwnCluster::start_bluestore();
+    let (io, image, env) = c.volume("osd-kill", 32 * MIB, 16 * MIB, 6);
+    env.ok(&["backup", "v"]);
+    io.open_image(&image)
+        .unwrap()
+        .write(16 * MIB, &pattern(8 * MIB as usize, 7))
+        .unwrap();
+
+    // the OSD dies under a backup that has taken its snapshot
+    let (child, hold) = held(&env, &["backup", "v"], 2);
+    c.fault("kill", "osd");
+    std::fs::write(hold.join("go"), b"").unwrap();
+    let (out, took) = finish(child, Instant::now(), Duration::from_secs(120));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not answer"), "{err}");
+    assert!(
+        took <= Duration::from_secs(TIMEOUT * 2 + 5),
+        "the backup took {took:?} to fail"
+    );
+    assert_eq!(env.revisions("v").len(), 1);
+
+    // restarted with its data: the next backup succeeds, verify passes
+    c.fault("restart", "osd");
+    env.ok(&["backup", "v"]);
+    assert_eq!(env.revisions("v").len(), 2);
+    env.ok(&["verify", "v", "--source"]);
+    let want = common::cli::read_image(&io, &image, None);
+
+    // the OSD dies under a restore and comes back: the writes are retried
+    let target = unique_name("osd-restarted");
+    let spec = format!("rbd/{target}");
+    let (child, hold) = held(&env, &["restore", "v", "--to-image", &spec], 2);
+    c.fault("kill", "osd");
+    std::fs::write(hold.join("go"), b"").unwrap();
+    std::thread::sleep(Duration::from_secs(TIMEOUT + 3));
+    c.fault("restart", "osd");
+    let (out, _) = finish(child, Instant::now(), Duration::from_secs(300));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("retrying"), "{err}");
+    assert!(common::cli::read_image(&io, &target, None) == want);
 }
 
 /// The fleet log's records of volume `v`.
