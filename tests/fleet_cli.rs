@@ -328,9 +328,8 @@ fn a_dead_worker_is_retried_and_a_hung_one_is_killed_while_the_others_finish() {
     assert_eq!(env.revisions(&vol("a")).len(), 3, "{err}");
     assert_eq!(env.revisions(&vol("b")).len(), 3, "{err}");
     assert_eq!(env.revisions(&vol("c")).len(), 2);
-    // Nothing half-done is visible, and the next run cleans up and succeeds
-    // (once Ceph lets go of the killed worker's exclusive lock, after its
-    // watch times out: longer than the 6 s stall timeout).
+    // Nothing half-done is visible, and the next run cleans up (cutting
+    // the killed worker's client off the image) and succeeds.
     std::fs::write(&env.config, &config).unwrap();
     env.ok(&["verify", &vol("c")]);
     env.ok(&["backup", &vol("c")]);

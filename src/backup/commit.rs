@@ -210,12 +210,14 @@ fn commit_manifest(vol: &VolumeDir, rev: &Revision, bytes: &[u8]) -> Result<()> 
 }
 
 /// After the commit: record `newest`'s snapshot as the only one kept, remove
-/// every other snapshot of this volume archive, and drop the intent record.
+/// every other snapshot of this volume archive, and drop the intent record
+/// (if `clear`; see [`super::BackupOptions::leave_intent`]).
 pub(super) fn finish(
     vol: &VolumeDir,
     image: &dyn SourceImage,
     newest: &Revision,
     tags: &[String],
+    clear: bool,
 ) -> Result<()> {
     let revisions = vol.revisions()?;
     crate::archive::state::update(&vol.path, |state| {
@@ -230,7 +232,10 @@ pub(super) fn finish(
     crate::fault::point("backup: state updated");
     remove_stale_snapshots(vol, image, Some(&newest.manifest.snapshot));
     crate::fault::point("backup: old snapshots removed");
-    vol.clear_pending()
+    if clear {
+        vol.clear_pending()?;
+    }
+    Ok(())
 }
 
 /// Removes this volume's snapshots except `keep`. Failures are logged, not
@@ -295,7 +300,7 @@ pub fn recover(vol: &VolumeDir, image: &dyn SourceImage) -> Result<()> {
                 "finishing interrupted backup of revision {}",
                 committed.short()
             );
-            finish(vol, image, committed, &[])?;
+            finish(vol, image, committed, &[], true)?;
         }
         None => {
             tracing::info!("undoing interrupted backup (snapshot {})", pending.snapshot);

@@ -44,6 +44,13 @@ pub struct BackupOptions {
     /// When `full_every` says a full is due, store a delta and then build a
     /// synthetic full from the archive instead of reading the whole image.
     pub synthetic_fulls: bool,
+    /// Leave `pending.json` after a successful backup: the caller removes
+    /// it with [`release_intent`] once it has closed the image. Until then
+    /// the record names this process and its Ceph client, so if it dies
+    /// with the image still open (its watch and lock held), the next backup
+    /// cuts that client off instead of waiting about 30 s for Ceph to time
+    /// it out. A record left behind is finished like any interrupted backup.
+    pub leave_intent: bool,
 }
 
 impl Default for BackupOptions {
@@ -56,7 +63,22 @@ impl Default for BackupOptions {
             full_every: None,
             tags: Vec::new(),
             synthetic_fulls: false,
+            leave_intent: false,
         }
+    }
+}
+
+/// Removes the intent record a backup with [`BackupOptions::leave_intent`]
+/// left, once its image is closed. Only the record of `revision`, and only
+/// under the volume lock: a backup that started since owns the record now
+/// (it finished ours in its recovery), and then this does nothing.
+pub fn release_intent(vol: &VolumeDir, revision: &Revision) -> Result<()> {
+    let Ok(_lock) = vol.lock() else {
+        return Ok(());
+    };
+    match vol.read_pending()? {
+        Some(p) if p.snapshot == revision.manifest.snapshot => vol.clear_pending(),
+        _ => Ok(()),
     }
 }
 
@@ -202,7 +224,7 @@ fn backup_locked(
         Err(e) => return Err(undo(vol, image, &snapshot, e)),
     };
     let t = Instant::now();
-    commit::finish(vol, image, &revision, &opts.tags)?;
+    commit::finish(vol, image, &revision, &opts.tags, !opts.leave_intent)?;
     tracing::info!(volume = %vol.name, "old snapshots removed in {:?}", t.elapsed());
     if let Some(why) = &synthesize {
         // The delta is committed; the full is an optimisation of its storage.

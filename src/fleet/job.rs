@@ -188,6 +188,7 @@ pub fn backup_volume(
         )
     };
     let in_volume_log = reached && !matches!(result, Err(Error::Locked(_)));
+    let result_revision = result.as_ref().map(|r| r.revision.clone()).map_err(|_| ());
     drop(progress);
     let outcome = match result {
         Ok(r) => Outcome {
@@ -212,8 +213,15 @@ pub fn backup_volume(
     obs.finished(&outcome);
     // Only now close the image and the connection: with a cluster that
     // does not answer, that can take a timeout or more, and the outcome
-    // is known already.
+    // is known already. Then the intent record goes (it named this
+    // process's client while the image was open).
+    crate::fault::point("backup: reported, image still open");
     drop(handles);
+    if let (Ok(r), Ok(dir)) = (&result_revision, VolumeDir::open(&fleet.archive, &vol.name)) {
+        if let Err(e) = crate::backup::release_intent(&dir, r) {
+            tracing::warn!(volume = %vol.name, "could not remove the intent record: {e}");
+        }
+    }
     outcome
 }
 
@@ -252,6 +260,7 @@ fn run_backup(
         full_every: vol.settings.full_every,
         tags: tags.to_vec(),
         synthetic_fulls: vol.settings.synthetic_fulls,
+        leave_intent: true,
         ..Default::default()
     };
     *reached = true;
