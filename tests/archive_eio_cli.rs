@@ -1,6 +1,7 @@
 //! EIO on reads of archive data (injected: `RBDELTA_TEST_READ_EIO` fails
 //! every read of a file whose name contains the text) during a restore, a
-//! verify and through a mount: each says which file failed, none writes or
+//! verify, a synthetic full and through a mount: each says which file
+//! failed, none writes or
 //! returns a wrong byte, and revisions that do not need the file still
 //! read; once the disk reads again, everything passes.
 
@@ -111,7 +112,26 @@ fn eio_on_archive_reads_names_the_file_and_never_gives_wrong_bytes() {
         "the mount's log names the file: {log}"
     );
 
+    // a synthetic full of the second revision copies the first's full:
+    // with that file failing, it fails naming it, and nothing changes
+    let full = format!("{}.full", ids[0]);
+    let before = env.revisions("v");
+    let out = env
+        .cmd()
+        .env("RBDELTA_TEST_READ_EIO", &ids[0][..16])
+        .args(["synthetic-full", "v"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&full) && err.contains("Input/output error"),
+        "{err}"
+    );
+    assert_eq!(env.revisions("v"), before);
+
     // the disk reads again: all is well
+    env.ok(&["synthetic-full", "v"]);
     env.ok(&["verify", "v"]);
     env.ok(&["restore", "v", "--to-file", out_file.to_str().unwrap()]);
     assert!(std::fs::read(&out_file).unwrap() == second);

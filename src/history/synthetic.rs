@@ -26,7 +26,18 @@ pub fn stage(vol: &VolumeDir, s: &Revision) -> Result<(PathBuf, PathBuf)> {
     let size = s.manifest.size;
     let base = &chain.links[0];
     let full = TempFile::new_in(&vol.tmp_dir(), "synth")?;
-    copy_data_regions(&base.file, &full.file, base.size.min(size)).at(&full.path)?;
+    if let Some(e) = crate::fault::read_fault(&base.path) {
+        return Err(crate::error::Error::io(&base.path, e));
+    }
+    copy_data_regions(&base.file, &full.file, base.size.min(size)).map_err(|e| {
+        // a read error is the base full's (a bad sector); others (a full
+        // disk) are the copy's
+        let failed = match e.raw_os_error() {
+            Some(libc::EIO) => &base.path,
+            _ => &full.path,
+        };
+        crate::error::Error::io(failed, e)
+    })?;
     full.file.set_len(size).at(&full.path)?;
     crate::fault::point("synthetic: base copied");
     let index_tmp = TempFile::new_in(&vol.tmp_dir(), "synth-idx")?;
