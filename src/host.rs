@@ -17,6 +17,29 @@ pub fn host() -> String {
     }
 }
 
+/// What became of the process `pid` of host `host` that left something
+/// behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// A process of this host that no longer runs: its leftovers may go.
+    Gone,
+    /// It still runs here (this process included).
+    Running,
+    /// It ran on another host: from here, nobody can tell.
+    Elsewhere,
+}
+
+/// What became of process `pid` of `host`.
+pub fn owner(host_name: &str, pid: u32) -> Owner {
+    if host_name != host() {
+        Owner::Elsewhere
+    } else if alive(pid) {
+        Owner::Running
+    } else {
+        Owner::Gone
+    }
+}
+
 /// Whether process `pid` runs (on this host). A zombie does not: it is
 /// dead, only not yet reaped (by a parent that died too, or a subreaper
 /// that waits for something else).
@@ -57,5 +80,16 @@ mod tests {
         child.wait().unwrap();
         assert!(!alive(pid));
         assert!(alive(std::process::id()));
+    }
+
+    #[test]
+    fn owners_here_elsewhere_and_gone() {
+        let me = std::process::id();
+        assert_eq!(owner(&host(), me), Owner::Running);
+        assert_eq!(owner("another-host.example", me), Owner::Elsewhere);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(owner(&host(), pid), Owner::Gone);
     }
 }

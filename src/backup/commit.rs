@@ -268,7 +268,7 @@ fn remove_stale_snapshots(vol: &VolumeDir, image: &dyn SourceImage, keep: Option
 fn evict_dead_owner(vol: &VolumeDir, image: &dyn SourceImage, pending: &Pending) {
     let Some(o) = &pending.owner else { return };
     let Some(client) = &o.client else { return };
-    if o.host != crate::host::host() || o.pid == std::process::id() || crate::host::alive(o.pid) {
+    if crate::host::owner(&o.host, o.pid) != crate::host::Owner::Gone {
         return;
     }
     match image.evict(client) {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::ceph::IoCtx;
 use crate::error::{Error, Result};
-use crate::host::{alive, host};
+use crate::host::{alive, host, owner, Owner};
 
 /// The tag between a target's name and the host and pid of its restore.
 const RESTORING: &str = ".rbdelta-restoring-";
@@ -45,7 +45,6 @@ pub fn kept_file(dest: &Path) -> PathBuf {
 /// pool; errors if a restore into `name` still runs (here or elsewhere).
 pub fn clear_images(ioctx: &IoCtx, name: &str) -> Result<()> {
     let prefix = format!("{name}{RESTORING}");
-    let here = host();
     for image in ioctx.list_images()? {
         let Some((h, pid, client)) = image.strip_prefix(&prefix).and_then(|rest| {
             let mut it = rest.rsplitn(3, '-');
@@ -55,18 +54,21 @@ pub fn clear_images(ioctx: &IoCtx, name: &str) -> Result<()> {
             continue;
         };
         let what = format!("{}/{image}", ioctx.pool());
-        if h != here {
-            return Err(Error::Invalid(format!(
-                "{what} exists: a restore into {}/{name} runs on host {h} or was interrupted \
-                 there (remove it with `rbd rm {what}` if none runs)",
-                ioctx.pool()
-            )));
-        }
-        if alive(pid) {
-            return Err(Error::Invalid(format!(
-                "a restore into {}/{name} is already running (process {pid}, writing {what})",
-                ioctx.pool()
-            )));
+        match owner(h, pid) {
+            Owner::Elsewhere => {
+                return Err(Error::Invalid(format!(
+                    "{what} exists: a restore into {}/{name} runs on host {h} or was \
+                     interrupted there (remove it with `rbd rm {what}` if none runs)",
+                    ioctx.pool()
+                )))
+            }
+            Owner::Running => {
+                return Err(Error::Invalid(format!(
+                    "a restore into {}/{name} is already running (process {pid}, writing {what})",
+                    ioctx.pool()
+                )))
+            }
+            Owner::Gone => {}
         }
         // its dead client's watch would hold the removal off for 30 s
         ioctx
