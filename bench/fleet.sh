@@ -51,15 +51,8 @@ name() { printf 'fleet-%03d' "$1"; }
 echo "bench: creating $N images of $MIB MiB" >&2
 for i in $(seq 1 "$N"); do "$py" "$samples" random rbd "$(name "$i")" "$MIB" $((MIB / 4)) "$i"; done
 
-cat > "$work/config.yaml" <<YAML
-ceph:
-  conf: $CEPH_CONF
-archive: $work/archive
-volumes:
-  - pool: rbd
-    include: ["fleet-*"]
-YAML
-export RBDELTA_CONFIG="$work/config.yaml"
+bench_config '  - pool: rbd
+    include: ["fleet-*"]'
 
 echo "bench: first (full) backups" >&2
 measure fulls "$bin" --no-progress backup --all --jobs 4

@@ -18,6 +18,20 @@ bench_start() {
   export CEPH_CONF="$work/cluster/ceph.conf"
 }
 
+# bench_config VOLUMES_YAML: writes $work/config.yaml (the cluster, the
+# archive under $work, and the given `volumes:` entries) and exports
+# RBDELTA_CONFIG.
+bench_config() {
+  cat > "$work/config.yaml" <<YAML
+ceph:
+  conf: $CEPH_CONF
+archive: $work/archive
+volumes:
+$1
+YAML
+  export RBDELTA_CONFIG="$work/config.yaml"
+}
+
 # Runs bench_before_cleanup (if the script defines it), then stops the
 # cluster and removes the work directory.
 bench_cleanup() {

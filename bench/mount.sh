@@ -30,17 +30,10 @@ bench_before_cleanup() {
 # each delta round clones the objects it touches until the next backup
 # drops its snapshot, and a memstore OSD trims those clones slowly
 bench_start mount $((IMAGE_MIB * 2 / 1024 + 6))
-cat > "$work/config.yaml" <<YAML
-ceph:
-  conf: $CEPH_CONF
-archive: $work/archive
-volumes:
-  - pool: rbd
+bench_config '  - pool: rbd
     image: seq
   - pool: rbd
-    image: deep
-YAML
-export RBDELTA_CONFIG="$work/config.yaml"
+    image: deep'
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 secs() { /usr/bin/time -f %e "$@" 2>&1 >/dev/null | tail -n 1; }
 span() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk 'NR==1{mn=$1} {mx=$1} END{if (mn==mx) printf "%.2f", mn; else printf "%.2f-%.2f", mn, mx}'; }

@@ -49,15 +49,8 @@ size_mib=$((IMAGE_GIB * 1024))
 "$py" "$samples" random rbd bench "$size_mib" $((size_mib / 2)) 42
 rbd snap create rbd/bench@s1
 
-cat > "$work/config.yaml" <<YAML
-ceph:
-  conf: $CEPH_CONF
-archive: $work/archive
-volumes:
-  - pool: rbd
-    image: bench
-YAML
-export RBDELTA_CONFIG="$work/config.yaml"
+bench_config '  - pool: rbd
+    image: bench'
 
 for rep in $(seq "$REPS"); do
   rm -rf "$work/archive" "$work/export.raw"

@@ -37,15 +37,8 @@ PY
 
 rbd create --size "${GIB}G" rbd/sparse
 scatter 512 1
-cat > "$work/config.yaml" <<YAML
-ceph:
-  conf: $CEPH_CONF
-archive: $work/archive
-volumes:
-  - pool: rbd
-    image: sparse
-YAML
-export RBDELTA_CONFIG="$work/config.yaml"
+bench_config '  - pool: rbd
+    image: sparse'
 "$bin" --no-progress backup sparse >/dev/null
 base=$(rbd snap ls rbd/sparse --format json | "$py" -c 'import json,sys; print(json.load(sys.stdin)[-1]["name"])')
 

@@ -17,15 +17,8 @@ bench_start churn 4
 name() { printf 'churn-%03d' "$1"; }
 echo "churn: creating $N images of 16 MiB" >&2
 for i in $(seq 1 "$N"); do "$py" "$samples" random rbd "$(name "$i")" 16 4 "$i"; done
-cat > "$work/config.yaml" <<YAML
-ceph:
-  conf: $CEPH_CONF
-archive: $work/archive
-volumes:
-  - pool: rbd
-    include: ["churn-*"]
-YAML
-export RBDELTA_CONFIG="$work/config.yaml"
+bench_config '  - pool: rbd
+    include: ["churn-*"]'
 
 failed_runs=0
 for run in $(seq "$RUNS"); do
