@@ -11,7 +11,7 @@ use super::{Observer, Outcome};
 use crate::archive::oplog::{self, LogRecord};
 use crate::archive::{global, now_rfc3339, VolumeDir};
 use crate::backup::{backup, BackupOptions, Mode};
-use crate::ceph::Cluster;
+use crate::ceph::{Cluster, IoCtx};
 use crate::config::{Config, Resolved, Volume};
 use crate::error::{Error, Result};
 use crate::format::DEFAULT_BLOCK_SIZE;
@@ -171,21 +171,11 @@ pub fn backup_volume(
     // Whether the backup engine logged the attempt in the volume's own log
     // (it does once it holds the volume lock).
     let mut reached = false;
-    let mut handles = None;
-    let result = if fleet.cancelled() {
-        Err(Error::Cancelled(
-            "shutting down before the backup started".into(),
-        ))
+    let (result, handles) = if fleet.cancelled() {
+        let e = Error::Cancelled("shutting down before the backup started".into());
+        (Err(e), None)
     } else {
-        run_backup(
-            fleet,
-            vol,
-            full,
-            tags,
-            progress.as_ref(),
-            &mut reached,
-            &mut handles,
-        )
+        run_backup(fleet, vol, full, tags, progress.as_ref(), &mut reached)
     };
     let in_volume_log = reached && !matches!(result, Err(Error::Locked(_)));
     let result_revision = result.as_ref().map(|r| r.revision.clone()).map_err(|_| ());
@@ -225,6 +215,16 @@ pub fn backup_volume(
     outcome
 }
 
+/// What a backup keeps open until its outcome is reported: closing them
+/// can wait out a timeout when the cluster does not answer.
+struct Handles {
+    _image: RbdImage,
+    _ioctx: IoCtx,
+    _cluster: Arc<Cluster>,
+}
+
+/// Opens the image and backs it up; the result, and the handles to close
+/// once it is reported (none if the image never opened).
 fn run_backup(
     fleet: &Fleet,
     vol: &Volume,
@@ -232,15 +232,23 @@ fn run_backup(
     tags: &[String],
     progress: &dyn crate::progress::Progress,
     reached: &mut bool,
-    handles: &mut Option<Box<dyn std::any::Any>>,
-) -> Result<crate::backup::BackupReport> {
-    let cluster = fleet.client()?;
-    let ioctx = cluster
-        .ioctx(&vol.pool)
-        .map_err(|e| context(e, &format!("pool {}", vol.pool)))?;
-    let image = RbdImage::open(&ioctx, &vol.image)
-        .map_err(|e| context(e, &format!("image {}", vol.source_name())))?;
-    let dir = VolumeDir::open_or_create(&fleet.archive, &vol.name, DEFAULT_BLOCK_SIZE)?;
+) -> (Result<crate::backup::BackupReport>, Option<Handles>) {
+    let opened = fleet.client().and_then(|cluster| {
+        let ioctx = cluster
+            .ioctx(&vol.pool)
+            .map_err(|e| context(e, &format!("pool {}", vol.pool)))?;
+        let image = RbdImage::open(&ioctx, &vol.image)
+            .map_err(|e| context(e, &format!("image {}", vol.source_name())))?;
+        Ok((image, ioctx, cluster))
+    });
+    let (image, ioctx, cluster) = match opened {
+        Ok(o) => o,
+        Err(e) => return (Err(e), None),
+    };
+    let dir = match VolumeDir::open_or_create(&fleet.archive, &vol.name, DEFAULT_BLOCK_SIZE) {
+        Ok(d) => d,
+        Err(e) => return (Err(e), None),
+    };
     let mut throttles: Vec<_> = fleet.total.iter().cloned().collect();
     if let Some(r) = vol.settings.bandwidth {
         throttles.push(Arc::new(Throttle::new(r)));
@@ -265,8 +273,12 @@ fn run_backup(
     };
     *reached = true;
     let result = backup(&dir, &guarded, &opts, progress);
-    *handles = Some(Box::new((guarded.inner, ioctx, cluster)));
-    result
+    let handles = Handles {
+        _image: guarded.inner,
+        _ioctx: ioctx,
+        _cluster: cluster,
+    };
+    (result, Some(handles))
 }
 
 /// Verifies every revision of volume `name` in `archive` (only slice
