@@ -8,6 +8,7 @@ mod backup;
 mod check;
 mod config;
 mod daemon;
+mod export;
 mod fsck;
 mod list;
 mod log;
@@ -70,6 +71,9 @@ enum Command {
     Restore(restore::Args),
     /// Check a volume's archive: every block, every revision checksum.
     Verify(verify::Args),
+    /// Write a revision as a raw image: a sparse file, or stdout (`-o -`)
+    /// for `rbd import -` and `qemu-img convert`; every block verified.
+    Export(export::Args),
     /// Check the config file.
     Config(config::Args),
     /// Per volume: last backup, failures, revisions, size, last verify.
@@ -187,6 +191,7 @@ pub fn main() -> ExitCode {
         Command::List(a) => list::run(&ctx, a),
         Command::Restore(a) => restore::run(&ctx, a),
         Command::Verify(a) => verify::run(&ctx, a),
+        Command::Export(a) => export::run(&ctx, a),
         Command::Config(a) => config::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),

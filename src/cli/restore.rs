@@ -149,7 +149,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-fn refuse_inside_archive(path: &Path, archive: &Path) -> anyhow::Result<()> {
+pub(super) fn refuse_inside_archive(path: &Path, archive: &Path) -> anyhow::Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

@@ -10,6 +10,7 @@ pub mod file_target;
 pub mod partial;
 pub mod rbd_target;
 pub mod reader;
+pub mod stream_target;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};

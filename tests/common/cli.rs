@@ -80,6 +80,14 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `rbdelta -c CONFIG --no-progress` as a std Command (to spawn with
+    /// pipes).
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"));
+        c.arg("-c").arg(&self.config).arg("--no-progress");
+        c
+    }
+
     /// Starts `rbdelta ARGS` in the background, output discarded.
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
