@@ -15,6 +15,7 @@ pub mod checksum;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod export_diff;
 pub mod fault;
 pub mod fleet;
 pub mod format;

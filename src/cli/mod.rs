@@ -9,6 +9,7 @@ mod check;
 mod config;
 mod daemon;
 mod export;
+mod export_diff;
 mod fsck;
 mod list;
 mod log;
@@ -74,6 +75,9 @@ enum Command {
     /// Write a revision as a raw image: a sparse file, or stdout (`-o -`)
     /// for `rbd import -` and `qemu-img convert`; every block verified.
     Export(export::Args),
+    /// The changes between two revisions in Ceph's `rbd diff v1` format,
+    /// for `rbd import-diff`.
+    ExportDiff(export_diff::Args),
     /// Check the config file.
     Config(config::Args),
     /// Per volume: last backup, failures, revisions, size, last verify.
@@ -192,6 +196,7 @@ pub fn main() -> ExitCode {
         Command::Restore(a) => restore::run(&ctx, a),
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Export(a) => export::run(&ctx, a),
+        Command::ExportDiff(a) => export_diff::run(&ctx, a),
         Command::Config(a) => config::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),

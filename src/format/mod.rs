@@ -10,6 +10,7 @@ pub mod full_index;
 pub mod index;
 pub mod index_pages;
 pub mod manifest;
+pub mod rbd_diff;
 
 /// Version of the archive format written by this build.
 pub const FORMAT_VERSION: u32 = 1;
