@@ -90,6 +90,12 @@ impl Soak {
         // librbd 16.2 may abort a backup worker (README, "Known issues"):
         // rbdelta retries in a new worker; counted, not a failure
         let died = stderr.matches("backup worker died").count() as u32;
+        if died > 0 {
+            // what killed it, for the report
+            for l in stderr.lines().filter(|l| !l.starts_with("rbdelta: error:")) {
+                eprintln!("soak: worker death: {l}");
+            }
+        }
         let mut counts = self.counts.lock().unwrap();
         counts.entry("worker died, retried").or_default().0 += died;
         let c = counts.entry(op).or_default();

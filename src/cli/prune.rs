@@ -62,7 +62,7 @@ fn plan(
     dry_run: bool,
 ) -> anyhow::Result<Vec<String>> {
     let revisions = vol.revisions()?;
-    let decisions = prune_plan(vol, rules, now)?;
+    let decisions = prune_plan(vol, &revisions, rules, now)?;
     let mut rows = vec![["ID", "CREATED", "ACTION", "WHY"]
         .map(String::from)
         .to_vec()];

@@ -171,16 +171,17 @@ fn remove_one(
     intent::apply(vol, &i).map(|_| ())
 }
 
-/// What `rules` decide for every revision of `vol` at time `now`, newest
-/// first.
+/// What `rules` decide at time `now` for `revisions` (one listing of
+/// `vol`'s: a backup may add one at any moment, so callers that show the
+/// plan must use the same listing), newest first.
 pub fn prune_plan(
     vol: &VolumeDir,
+    revisions: &[Revision],
     rules: &crate::retention::Retention,
     now: i64,
 ) -> Result<Vec<crate::retention::Decision>> {
     let state = crate::archive::state::VolumeState::load(&vol.state_path())?;
-    let candidates: Vec<crate::retention::Candidate> = vol
-        .revisions()?
+    let candidates: Vec<crate::retention::Candidate> = revisions
         .iter()
         .map(|r| crate::retention::Candidate {
             id: r.id.clone(),
@@ -198,7 +199,7 @@ pub fn prune(vol: &VolumeDir, rules: &crate::retention::Retention, now: i64) -> 
     if rules.is_empty() {
         return Ok(0);
     }
-    let remove: Vec<String> = prune_plan(vol, rules, now)?
+    let remove: Vec<String> = prune_plan(vol, &vol.revisions()?, rules, now)?
         .into_iter()
         .filter(|d| !d.keep)
         .map(|d| d.id)
