@@ -1,6 +1,7 @@
 //! Fuzz targets, one per parser of on-disk data and user input: the volume
 //! header, manifests, full indexes, deltas, state.json, pending.json,
-//! operation.json, the operation logs and the config file. Each damages
+//! operation.json, the operation logs, the config file and `rbd diff v1`
+//! streams. Each damages
 //! real files made by rbdelta (see `fuzz/mod.rs`) and asserts no panic, no
 //! hang, an error that names the file, and for the checksummed formats
 //! that an accepted file reads as the original did. Binary files are also
@@ -38,11 +39,16 @@ struct Archive {
     ids: Vec<String>,
 }
 
-fn archive() -> Archive {
-    let dir = match Path::new("/dev/shm").is_dir() {
+/// A temp dir on tmpfs when there is one (millions of small writes).
+fn scratch() -> tempfile::TempDir {
+    match Path::new("/dev/shm").is_dir() {
         true => tempfile::tempdir_in("/dev/shm").unwrap(),
         false => tempfile::tempdir().unwrap(),
-    };
+    }
+}
+
+fn archive() -> Archive {
+    let dir = scratch();
     let image = FileImage::new(dir.path().join("img")).unwrap();
     let root = dir.path().join("archive");
     let vol = VolumeDir::open_or_create(&root, "vm", BS).unwrap();
@@ -414,6 +420,61 @@ fn operation_logs() {
 }
 
 #[test]
+fn rbd_diff_stream() {
+    use rbdelta::format::rbd_diff::{DiffReader, DiffWriter, Record};
+    let mut seeds = Vec::new();
+    for from in [
+        None,
+        Some("rbdelta-0123456789abcdef-20261129T101010Z-1a2b3c4d"),
+    ] {
+        let mut w = DiffWriter::new(Vec::new()).unwrap();
+        if let Some(f) = from {
+            w.from_snap(f).unwrap();
+        }
+        w.to_snap("rbdelta-0123456789abcdef-20261130T101010Z-5e6f7a8b")
+            .unwrap();
+        w.size(1 << 20).unwrap();
+        w.write(0, &[7; 300]).unwrap();
+        w.zero(4096, 8192).unwrap();
+        w.write(65536, &[9; 4096]).unwrap();
+        w.zero((1 << 20) - 512, 512).unwrap();
+        seeds.push(w.end().unwrap());
+    }
+    let tmp = scratch();
+    let file = tmp.path().join("chain-0001.diff");
+    fuzz::run("rbd-diff", &file, &seeds, SMOKE, |f| {
+        let name = f.display().to_string();
+        let read = |bytes: &[u8]| -> Result<(u64, Vec<Record>), String> {
+            let (mut r, first) = DiffReader::new(bytes, &name)?;
+            let mut out: Vec<Record> = first.into_iter().collect();
+            while let Some(rec) = r.next_record()? {
+                out.push(rec);
+            }
+            Ok((r.header.size, out))
+        };
+        match read(&std::fs::read(f).unwrap()) {
+            Ok((size, records)) => {
+                // what the reader lets through is in order inside the image
+                let mut pos = 0;
+                for rec in records {
+                    let (offset, len) = match rec {
+                        Record::Write { offset, data } => (offset, data.len() as u64),
+                        Record::Zero { offset, len } => (offset, len),
+                    };
+                    if offset < pos || offset + len > size {
+                        return Err(format!("record at {offset}+{len} accepted (size {size})"));
+                    }
+                    pos = offset + len;
+                }
+                Ok(true)
+            }
+            Err(e) if e.starts_with(&format!("{name}: ")) && e.lines().count() == 1 => Ok(false),
+            Err(e) => Err(format!("an error that does not name the stream: {e}")),
+        }
+    });
+}
+
+#[test]
 fn config() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(dir)
@@ -422,7 +483,7 @@ fn config() {
         .map(|e| read(&e.path()))
         .collect();
     seeds.sort();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     let file = tmp.path().join("config.yaml");
     fuzz::run("config", &file, &seeds, SMOKE, |f| match Config::load(f) {
         Ok(_) => Ok(true),
