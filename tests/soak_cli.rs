@@ -36,6 +36,9 @@ const REFUSALS: &[&str] = &[
     "is locked by another rbdelta process",
     "has no revision",
     "was removed (by a prune or merge)",
+    // librbd 16.2 aborted the worker, and its retry too (README, "Known
+    // issues"): the backup fails cleanly and the next one runs
+    "backup failed: backup worker died",
 ];
 
 /// Each revision's content hash, and that of the backup running now (its
