@@ -30,11 +30,7 @@ fn eio_on_archive_reads_names_the_file_and_never_gives_wrong_bytes() {
     img.write(6 * MIB, &pattern(2 * MIB as usize, 2)).unwrap();
     env.ok(&["backup", "v"]);
     let second = read_image(&io, &src.name, None);
-    let ids: Vec<String> = env
-        .revisions("v")
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = env.revision_ids("v");
     let delta = format!("{}.delta", ids[1]);
     let bad = || {
         let mut c = env.cmd();

@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
-
 use common::cli::{read_image, stderr, Env};
 use common::{flip_byte, pattern, test_conf, test_ioctx, unique_name, ScratchImage};
+use std::os::unix::fs::MetadataExt;
 
 const MIB: u64 = 1 << 20;
 
@@ -30,11 +28,7 @@ fn export_to_a_file_and_through_rbd_import_is_byte_exact_and_a_bad_block_stops_i
     img.write(MIB, &pattern(MIB as usize, 3)).unwrap();
     env.ok(&["backup", "v"]);
     let second = read_image(&io, &src.name, None);
-    let ids: Vec<String> = env
-        .revisions("v")
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = env.revision_ids("v");
 
     // a sparse file, refused when it exists unless --force
     let file = env.dir.path().join("v.raw");
@@ -55,20 +49,12 @@ fn export_to_a_file_and_through_rbd_import_is_byte_exact_and_a_bad_block_stops_i
     // a stream into `rbd import -` (client.admin: a fixture)
     let target = unique_name("imported");
     let _t = ScratchImage::adopt(&io, &target);
-    let mut export = env
-        .std_cmd()
-        .args(["export", "v", "--revision", &ids[0], "-o", "-"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let import = Command::new("rbd")
-        .arg("-c")
-        .arg(&conf)
-        .args(["import", "--no-progress", "-", &format!("rbd/{target}")])
-        .stdin(export.stdout.take().unwrap())
-        .output()
-        .unwrap();
-    assert!(export.wait().unwrap().success());
+    let (export, import) = env.pipe_to_rbd(
+        &["export", "v", "--revision", &ids[0], "-o", "-"],
+        &conf,
+        &["import", "--no-progress", "-", &format!("rbd/{target}")],
+    );
+    assert!(export.success());
     assert!(import.status.success(), "{}", stderr(&import));
     assert!(read_image(&io, &target, None) == first);
 

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::cli::{read_image, stderr, Env};
 use common::{pattern, test_conf, test_ioctx, unique_name, ScratchImage};
 
@@ -56,20 +54,12 @@ fn a_chain_of_export_diffs_applied_with_rbd_import_diff_reproduces_every_revisio
             prev = revs[i - 1]["id"].as_str().unwrap().to_string();
             args.extend(["--from", prev.as_str()]);
         }
-        let mut export = env
-            .std_cmd()
-            .args(&args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let import = Command::new("rbd")
-            .arg("-c")
-            .arg(&conf)
-            .args(["import-diff", "--no-progress", "-", &format!("rbd/{copy}")])
-            .stdin(export.stdout.take().unwrap())
-            .output()
-            .unwrap();
-        assert!(export.wait().unwrap().success(), "export-diff {i}");
+        let (export, import) = env.pipe_to_rbd(
+            &args,
+            &conf,
+            &["import-diff", "--no-progress", "-", &format!("rbd/{copy}")],
+        );
+        assert!(export.success(), "export-diff {i}");
         assert!(
             import.status.success(),
             "import-diff {i}: {}",

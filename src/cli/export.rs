@@ -67,12 +67,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         cancel,
     };
     let report = restore(&vol, &rev, target, &opts, progress.as_ref())?;
-    for r in &report.bad {
-        eprintln!(
-            "rbdelta: warning: revision {}: bytes {}..{} were corrupt and exported as zeros",
-            rev.id, r.start, r.end
-        );
-    }
+    super::restore::warn_zeroed(&rev, &report, "exported");
     // stdout may be the image: the summary goes to stderr
     eprintln!(
         "{}: exported revision {} ({}, {} of data) to {} in {:.1}s, {}",
@@ -89,7 +84,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         if report.bad.is_empty() {
             "every block verified"
         } else {
-            "NOT verified (corrupt ranges zeroed)"
+            super::restore::ZEROED
         }
     );
     Ok(())

@@ -127,12 +127,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         cancel,
     };
     let report = restore(&vol, &rev, target, &opts, progress.as_ref())?;
-    for r in &report.bad {
-        eprintln!(
-            "rbdelta: warning: revision {}: bytes {}..{} were corrupt and restored as zeros",
-            rev.id, r.start, r.end
-        );
-    }
+    warn_zeroed(&rev, &report, "restored");
     println!(
         "{}: restored revision {} (image {}, {} of data written) in {:.1}s, checksum {}",
         a.volume,
@@ -143,10 +138,28 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         if report.bad.is_empty() {
             "verified"
         } else {
-            "NOT verified (corrupt ranges zeroed)"
+            ZEROED
         }
     );
     Ok(())
+}
+
+/// The verdict of a restore or export that wrote zeros for corrupt blocks.
+pub(super) const ZEROED: &str = "NOT verified (corrupt ranges zeroed)";
+
+/// Warns about each range a restore or export (`how`) wrote as zeros
+/// because its blocks were corrupt (`--allow-inconsistent`).
+pub(super) fn warn_zeroed(
+    rev: &rbdelta::archive::Revision,
+    report: &rbdelta::restore::RestoreReport,
+    how: &str,
+) {
+    for r in &report.bad {
+        eprintln!(
+            "rbdelta: warning: revision {}: bytes {}..{} were corrupt and {how} as zeros",
+            rev.id, r.start, r.end
+        );
+    }
 }
 
 pub(super) fn refuse_inside_archive(path: &Path, archive: &Path) -> anyhow::Result<()> {

@@ -110,6 +110,38 @@ impl Env {
     pub fn revisions(&self, volume: &str) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.ok(&["list", volume, "--json"])).unwrap()
     }
+
+    /// The revision ids of `volume`, oldest first.
+    pub fn revision_ids(&self, volume: &str) -> Vec<String> {
+        self.revisions(volume)
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// `rbdelta ARGS` (writing to stdout) piped into `rbd RBD_ARGS` (as
+    /// client.admin, a fixture); rbdelta's status and rbd's output.
+    pub fn pipe_to_rbd(
+        &self,
+        args: &[&str],
+        conf: &Path,
+        rbd_args: &[&str],
+    ) -> (std::process::ExitStatus, Output) {
+        let mut rbdelta = self
+            .std_cmd()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let rbd = std::process::Command::new("rbd")
+            .arg("-c")
+            .arg(conf)
+            .args(rbd_args)
+            .stdin(rbdelta.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        (rbdelta.wait().unwrap(), rbd)
+    }
 }
 
 pub fn stderr(o: &Output) -> String {
