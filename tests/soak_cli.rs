@@ -193,15 +193,19 @@ fn backups(s: &Soak, io: IoCtx, name: &str, mirror: &mut [u8], deadline: Instant
             mirror[at..at + len].copy_from_slice(&data);
         }
         let hash = blake3::hash(mirror);
+        let before = s.revisions();
         s.expected.lock().unwrap().in_flight = Some(hash);
-        if s.run("backup", &["backup", "s"]).is_some() {
-            // the newest revision is this one: prunes keep the newest 3
-            // and merges never touch them
-            if let Some(id) = s.revisions().last() {
-                s.expected.lock().unwrap().by_id.insert(id.clone(), hash);
-            }
+        s.run("backup", &["backup", "s"]);
+        // Every revision that appeared meanwhile holds this content: the
+        // backup's, and one a worker committed before librbd aborted it
+        // (its retry then adds another). Prunes and merges only remove.
+        let after = s.revisions();
+        let mut e = s.expected.lock().unwrap();
+        for id in after.iter().filter(|id| !before.contains(id)) {
+            e.by_id.entry(id.clone()).or_insert(hash);
         }
-        s.expected.lock().unwrap().in_flight = None;
+        e.in_flight = None;
+        drop(e);
         rng.sleep(500);
     }
 }
