@@ -316,6 +316,17 @@ impl Chain {
     }
 }
 
+/// The error for bytes `range` of revision `revision` that fail their
+/// checksum in `path`: never returned as data.
+pub fn bad_block(revision: &str, range: std::ops::Range<u64>, path: &std::path::Path) -> Error {
+    Error::Corrupt(format!(
+        "revision {revision}: bytes {}..{} fail their checksum in {}",
+        range.start,
+        range.end,
+        path.display()
+    ))
+}
+
 /// Iterator over a chain's blocks in order (see [`Chain::blocks_as`]).
 pub struct Blocks<'c> {
     chain: &'c Chain,

@@ -13,14 +13,13 @@
 use std::io::Write;
 
 use crate::archive::{Revision, VolumeDir};
-use crate::chain::{Chain, Resolved, Source};
+use crate::buffers::BufferPool;
+use crate::chain::{bad_block, Chain, Resolved, Source};
 use crate::checksum::{block_hash, Hash, ZeroHashes};
 use crate::error::{Error, Result};
 use crate::format::rbd_diff::DiffWriter;
 use crate::progress::Progress;
-
-/// Largest `w` record rbdelta writes (back-to-back changed blocks join).
-const MAX_RECORD: usize = 4 << 20;
+use crate::restore::reader::{Coalescer, Piece};
 
 #[derive(Debug, Clone, Default)]
 pub struct DiffReport {
@@ -75,7 +74,23 @@ pub fn export_diff<W: Write>(
     let zero = chain.zero_hashes().clone();
     let mut theirs = base.as_ref().map(|b| b.blocks_as(size)).transpose()?;
     let mut report = DiffReport::default();
-    let mut pending = Pending::None;
+    // back-to-back changed blocks become one record, as a restore's pieces
+    let pool = BufferPool::new(2);
+    let mut emit = |piece: Piece| -> Result<()> {
+        match piece {
+            Piece::Data { offset, data } => {
+                report.data += data.len() as u64;
+                w.write(offset, &data).map_err(io)?;
+                pool.put(data);
+            }
+            Piece::Zero { offset, len } => {
+                report.zeroed += len;
+                w.zero(offset, len).map_err(io)?;
+            }
+        }
+        Ok(())
+    };
+    let mut records = Coalescer::new(&mut emit, &pool, true);
     let mut buf = Vec::new();
     progress.begin("export-diff", size);
     for r in chain.blocks()? {
@@ -88,98 +103,23 @@ pub fn export_diff<W: Write>(
         let new = content(&r, &zero);
         let offset = r.block * chain.block_size;
         if new == old && new != Content::Other {
-            pending.flush(&mut w, &mut report).map_err(io)?;
+            records.flush()?; // unchanged: the next record starts apart
             continue;
         }
         match (r.source, new) {
             (Source::Stored { link, entry }, Content::Hash(_) | Content::Other) => {
                 chain.read_entry(link, &entry, &mut buf)?;
                 if block_hash(&buf) != entry.hash {
-                    return Err(Error::Corrupt(format!(
-                        "revision {}: bytes {offset}..{} fail their checksum in {}",
-                        to.id,
-                        offset + r.len,
-                        chain.links[link].path.display()
-                    )));
+                    let end = offset + r.len;
+                    return Err(bad_block(&to.id, offset..end, &chain.links[link].path));
                 }
-                pending
-                    .data(offset, &buf, &mut w, &mut report)
-                    .map_err(io)?;
+                records.data(offset, &buf)?;
             }
-            _ => pending
-                .zero(offset, r.len, &mut w, &mut report)
-                .map_err(io)?,
+            _ => records.zero(offset, r.len)?,
         }
     }
-    pending.flush(&mut w, &mut report).map_err(io)?;
+    records.flush()?;
+    drop(records);
     progress.end();
     Ok((w.end().map_err(io)?, report))
-}
-
-/// The record being gathered: back-to-back blocks of one kind.
-enum Pending {
-    None,
-    Data { offset: u64, bytes: Vec<u8> },
-    Zero { offset: u64, len: u64 },
-}
-
-impl Pending {
-    fn data<W: Write>(
-        &mut self,
-        offset: u64,
-        block: &[u8],
-        w: &mut DiffWriter<W>,
-        report: &mut DiffReport,
-    ) -> std::io::Result<()> {
-        match self {
-            Pending::Data { offset: o, bytes }
-                if *o + bytes.len() as u64 == offset && bytes.len() + block.len() <= MAX_RECORD =>
-            {
-                bytes.extend_from_slice(block)
-            }
-            _ => {
-                self.flush(w, report)?;
-                *self = Pending::Data {
-                    offset,
-                    bytes: block.to_vec(),
-                };
-            }
-        }
-        Ok(())
-    }
-
-    fn zero<W: Write>(
-        &mut self,
-        offset: u64,
-        len: u64,
-        w: &mut DiffWriter<W>,
-        report: &mut DiffReport,
-    ) -> std::io::Result<()> {
-        match self {
-            Pending::Zero { offset: o, len: l } if *o + *l == offset => *l += len,
-            _ => {
-                self.flush(w, report)?;
-                *self = Pending::Zero { offset, len };
-            }
-        }
-        Ok(())
-    }
-
-    fn flush<W: Write>(
-        &mut self,
-        w: &mut DiffWriter<W>,
-        report: &mut DiffReport,
-    ) -> std::io::Result<()> {
-        match std::mem::replace(self, Pending::None) {
-            Pending::None => Ok(()),
-            Pending::Data { offset, bytes } => {
-                report.data += bytes.len() as u64;
-                w.write(offset, &bytes)
-            }
-            Pending::Zero { offset, len } => {
-                report.zeroed += len;
-                w.zero(offset, len)
-            }
-        }
-    }
 }

@@ -145,6 +145,19 @@ impl Soak {
             .collect()
     }
 
+    /// Restores revision `id` to `out` and checks its bytes (`how` names
+    /// it in a failure); whether it restored.
+    fn restore(&self, id: &str, out: &Path, how: &str) -> bool {
+        let _ = std::fs::remove_file(out);
+        let to = out.to_str().unwrap();
+        let args = ["restore", "s", "--revision", id, "--to-file", to];
+        let ok = self.run("restore", &args).is_some();
+        if ok {
+            self.check(how, id, &std::fs::read(out).unwrap());
+        }
+        ok
+    }
+
     /// Checks `bytes` against revision `id`'s expected content.
     fn check(&self, how: &str, id: &str, bytes: &[u8]) {
         let want = {
@@ -240,18 +253,7 @@ fn readers(s: &Soak, dir: &Path, deadline: Instant) {
         let Some(id) = pick(&revs, rng.next()) else {
             continue;
         };
-        let _ = std::fs::remove_file(&out);
-        let args = [
-            "restore",
-            "s",
-            "--revision",
-            id,
-            "--to-file",
-            out.to_str().unwrap(),
-        ];
-        if s.run("restore", &args).is_some() {
-            s.check("restore", id, &std::fs::read(&out).unwrap());
-        }
+        s.restore(id, &out, "restore");
     }
 }
 
@@ -349,20 +351,10 @@ fn concurrent_operators_lose_nothing_and_never_deadlock() {
     let kept = s.revisions();
     let out = s.env.dir.path().join("final.img");
     for id in &kept {
-        let _ = std::fs::remove_file(&out);
-        s.run(
-            "restore",
-            &[
-                "restore",
-                "s",
-                "--revision",
-                id,
-                "--to-file",
-                out.to_str().unwrap(),
-            ],
-        )
-        .expect("a kept revision restores");
-        s.check("the final restore", id, &std::fs::read(&out).unwrap());
+        assert!(
+            s.restore(id, &out, "the final restore"),
+            "{id} did not restore"
+        );
     }
     s.run("verify", &["verify", "s"]).expect("verify passes");
     let counts = s.counts.lock().unwrap();

@@ -48,6 +48,18 @@ pub struct TempFile {
 }
 
 impl TempFile {
+    /// The pid of the process that created temp file `name` for `stem`
+    /// (see [`TempFile::new_in`]), if `name` is one.
+    pub fn owner_pid(name: &str, stem: &str) -> Option<u32> {
+        let rest = name
+            .strip_prefix('.')?
+            .strip_prefix(stem)?
+            .strip_prefix(".tmp-")?;
+        let (pid, n) = rest.split_once('-')?;
+        n.parse::<u64>().ok()?;
+        pid.parse().ok()
+    }
+
     /// Creates `<dir>/.<stem>.tmp-<pid>-<n>` (0600, must not exist).
     pub fn new_in(dir: &Path, stem: &str) -> Result<TempFile> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);

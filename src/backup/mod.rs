@@ -260,13 +260,10 @@ fn undo(vol: &VolumeDir, image: &dyn SourceImage, snapshot: &str, e: Error) -> E
     if let Err(e2) = image.remove_snapshot(snapshot) {
         tracing::warn!("could not remove snapshot {snapshot}: {e2}");
     }
-    match vol.clear_pending() {
-        Ok(()) => e,
-        Err(e2) => {
-            tracing::warn!("could not remove the intent record: {e2}");
-            e
-        }
+    if let Err(e2) = vol.clear_pending() {
+        tracing::warn!("could not remove the intent record: {e2}");
     }
+    e
 }
 
 fn choose_mode(

@@ -33,6 +33,21 @@ pub struct Args {
     allow_inconsistent: bool,
 }
 
+/// Stdout, buffered, for a binary stream (`what`); refused when it is a
+/// terminal.
+pub(super) fn stdout_stream(
+    what: &str,
+) -> Result<std::io::BufWriter<std::io::StdoutLock<'static>>, Failure> {
+    let stdout = std::io::stdout();
+    if stdout.is_terminal() {
+        return Err(Failure {
+            code: 2,
+            error: anyhow!("refusing to write {what} to a terminal: give -o FILE, or pipe it"),
+        });
+    }
+    Ok(std::io::BufWriter::with_capacity(1 << 20, stdout.lock()))
+}
+
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     super::signals::stop_on_terminate(cancel.clone(), Some("the export ends"));
@@ -42,17 +57,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let size = rev.manifest.size;
     let to_stdout = a.output.as_os_str() == "-";
     let target: Box<dyn RestoreTarget> = if to_stdout {
-        let stdout = std::io::stdout();
-        if stdout.is_terminal() {
-            return Err(Failure {
-                code: 2,
-                error: anyhow!(
-                    "refusing to write a raw image to a terminal: give -o FILE, or pipe it"
-                ),
-            });
-        }
-        let out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-        Box::new(StreamTarget::new(out, size, "stdout"))
+        Box::new(StreamTarget::new(
+            stdout_stream("a raw image")?,
+            size,
+            "stdout",
+        ))
     } else {
         super::restore::refuse_inside_archive(&a.output, &cfg.archive)?;
         let topts = TargetOptions {

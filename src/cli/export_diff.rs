@@ -3,12 +3,12 @@
 //! `rbd import-diff` (an off-site chain in Ceph's own format). A file
 //! appears only once complete; needs no cluster.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
-use rbdelta::archive::atomic::TempFile;
 use rbdelta::export_diff::export_diff;
+use rbdelta::restore::file_target::temp_beside;
 
 use super::{human, open_volume, Ctx, Failure};
 
@@ -54,14 +54,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     }
     let progress = ctx.progress(&a.volume);
     let (report, shown) = if a.output.as_os_str() == "-" {
-        let stdout = std::io::stdout();
-        if stdout.is_terminal() {
-            return Err(Failure {
-                code: 2,
-                error: anyhow!("refusing to write a diff to a terminal: give -o FILE, or pipe it"),
-            });
-        }
-        let out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+        let out = super::export::stdout_stream("a diff")?;
         let (_, r) = export_diff(&vol, from.as_ref(), &to, out, progress.as_ref())?;
         (r, "stdout".to_string())
     } else {
@@ -100,18 +93,7 @@ fn to_file(
     force: bool,
     progress: &dyn rbdelta::progress::Progress,
 ) -> anyhow::Result<rbdelta::export_diff::DiffReport> {
-    if dest.exists() && !force {
-        anyhow::bail!(
-            "{} already exists (use --force to replace it)",
-            dest.display()
-        );
-    }
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let stem = dest.file_name().and_then(|n| n.to_str()).unwrap_or("diff");
-    let tmp = TempFile::new_in(dir, stem)?;
+    let tmp = temp_beside(dest, force)?;
     let out = std::io::BufWriter::with_capacity(1 << 20, &tmp.file);
     let (mut out, report) = export_diff(vol, from, to, out, progress)?;
     out.flush()?;

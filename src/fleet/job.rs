@@ -178,7 +178,7 @@ pub fn backup_volume(
         run_backup(fleet, vol, full, tags, progress.as_ref(), &mut reached)
     };
     let in_volume_log = reached && !matches!(result, Err(Error::Locked(_)));
-    let result_revision = result.as_ref().map(|r| r.revision.clone()).map_err(|_| ());
+    let committed = result.as_ref().ok().map(|r| r.revision.clone());
     drop(progress);
     let outcome = match result {
         Ok(r) => Outcome {
@@ -207,7 +207,7 @@ pub fn backup_volume(
     // process's client while the image was open).
     crate::fault::point("backup: reported, image still open");
     drop(handles);
-    if let (Ok(r), Ok(dir)) = (&result_revision, VolumeDir::open(&fleet.archive, &vol.name)) {
+    if let (Some(r), Ok(dir)) = (&committed, VolumeDir::open(&fleet.archive, &vol.name)) {
         if let Err(e) = crate::backup::release_intent(&dir, r) {
             tracing::warn!(volume = %vol.name, "could not remove the intent record: {e}");
         }

@@ -9,7 +9,7 @@
 //! offset and the file; it is never returned as bytes.
 
 use crate::archive::{Revision, VolumeDir};
-use crate::chain::{Chain, Index, Source};
+use crate::chain::{bad_block, Chain, Index, Source};
 use crate::checksum::{block_hash, Hash};
 use crate::error::{Error, Result};
 
@@ -136,13 +136,12 @@ impl RevisionImage {
         if block_hash(data) == hash {
             return Ok(());
         }
-        Err(Error::Corrupt(format!(
-            "revision {}: bytes {}..{} fail their checksum in {}",
-            self.revision.id,
-            start,
-            start + data.len() as u64,
-            self.chain.links[link].path.display()
-        )))
+        let end = start + data.len() as u64;
+        Err(bad_block(
+            &self.revision.id,
+            start..end,
+            &self.chain.links[link].path,
+        ))
     }
 
     /// Whether `block` holds data (a stored, non-zero block).

@@ -22,32 +22,38 @@ impl FileTarget {
     /// `dest` unless `opts.force`. With `opts.keep_partial`, a failed
     /// restore keeps what it wrote as `<dest>.partial`.
     pub fn create(dest: &Path, size: u64, opts: &TargetOptions) -> Result<FileTarget> {
-        if dest.exists() && !opts.force {
-            return Err(Error::Invalid(format!(
-                "{} already exists (use --force to replace it)",
-                dest.display()
-            )));
-        }
-        if dest.is_dir() {
-            return Err(Error::Invalid(format!("{} is a directory", dest.display())));
-        }
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let stem = dest
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("restore");
-        partial::clear_files(dir, stem);
-        let tmp = TempFile::new_in(dir, stem)?;
         Ok(FileTarget {
-            tmp,
+            tmp: temp_beside(dest, opts.force)?,
             dest: dest.to_path_buf(),
             size,
             keep_partial: opts.keep_partial,
         })
     }
+}
+
+/// A temp file beside `dest`, to be renamed over it once complete. Refuses
+/// an existing `dest` unless `force`, and first removes the temp files
+/// dead processes left for the same `dest`.
+pub fn temp_beside(dest: &Path, force: bool) -> Result<TempFile> {
+    if dest.exists() && !force {
+        return Err(Error::Invalid(format!(
+            "{} already exists (use --force to replace it)",
+            dest.display()
+        )));
+    }
+    if dest.is_dir() {
+        return Err(Error::Invalid(format!("{} is a directory", dest.display())));
+    }
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let stem = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("restore");
+    partial::clear_files(dir, stem);
+    TempFile::new_in(dir, stem)
 }
 
 impl RestoreTarget for FileTarget {

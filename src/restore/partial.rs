@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::archive::atomic::TempFile;
 use crate::ceph::IoCtx;
 use crate::error::{Error, Result};
 use crate::host::{alive, host, owner, Owner};
@@ -82,18 +83,12 @@ pub fn clear_images(ioctx: &IoCtx, name: &str) -> Result<()> {
 
 /// Removes the temporary files that dead restores into `dir/stem` left.
 pub fn clear_files(dir: &Path, stem: &str) {
-    let prefix = format!(".{stem}.tmp-");
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(p, n)| n.parse::<u64>().ok().and(p.parse::<u32>().ok()))
-        else {
+        let Some(pid) = name.to_str().and_then(|n| TempFile::owner_pid(n, stem)) else {
             continue;
         };
         if !alive(pid) && std::fs::remove_file(e.path()).is_ok() {

@@ -44,13 +44,7 @@ pub fn read_blocks(
     pool: &BufferPool,
     emit: &mut dyn FnMut(Piece) -> Result<()>,
 ) -> Result<ReadOutcome> {
-    let mut w = Coalescer {
-        emit,
-        pool,
-        send_zeros,
-        data: None,
-        zeros: None,
-    };
+    let mut w = Coalescer::new(emit, pool, send_zeros);
     let mut rd = Reader {
         chain,
         allow_bad,
@@ -177,8 +171,9 @@ impl Reader<'_> {
     }
 }
 
-/// Merges adjacent data (and zero) ranges into pieces of up to [`MAX_CHUNK`].
-struct Coalescer<'e> {
+/// Merges adjacent data (and zero) ranges into pieces of up to [`MAX_CHUNK`]
+/// (data buffers from `pool`), handed to `emit` in order.
+pub struct Coalescer<'e> {
     emit: &'e mut dyn FnMut(Piece) -> Result<()>,
     pool: &'e BufferPool,
     send_zeros: bool,
@@ -186,8 +181,23 @@ struct Coalescer<'e> {
     zeros: Option<(u64, u64)>,
 }
 
-impl Coalescer<'_> {
-    fn data(&mut self, offset: u64, d: &[u8]) -> Result<()> {
+impl<'e> Coalescer<'e> {
+    /// Zero ranges are dropped unless `send_zeros`.
+    pub fn new(
+        emit: &'e mut dyn FnMut(Piece) -> Result<()>,
+        pool: &'e BufferPool,
+        send_zeros: bool,
+    ) -> Coalescer<'e> {
+        Coalescer {
+            emit,
+            pool,
+            send_zeros,
+            data: None,
+            zeros: None,
+        }
+    }
+
+    pub fn data(&mut self, offset: u64, d: &[u8]) -> Result<()> {
         self.flush_zeros()?;
         if let Some((start, v)) = &mut self.data {
             if *start + v.len() as u64 == offset && v.len() + d.len() <= MAX_CHUNK {
@@ -202,7 +212,7 @@ impl Coalescer<'_> {
         Ok(())
     }
 
-    fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
+    pub fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
         self.flush_data()?;
         if !self.send_zeros {
             return Ok(());
@@ -231,7 +241,8 @@ impl Coalescer<'_> {
         }
     }
 
-    fn flush(&mut self) -> Result<()> {
+    /// Emits what is still gathered; call at the end.
+    pub fn flush(&mut self) -> Result<()> {
         self.flush_data()?;
         self.flush_zeros()
     }
