@@ -5,6 +5,7 @@ Fixtures may use Ceph's Python bindings; the product itself never does.
 Usage (CEPH_CONF names the cluster's ceph.conf):
   sample-images.py random POOL NAME SIZE_MIB DATA_MIB SEED   new image, DATA_MIB of data in 4 MiB pieces
   sample-images.py scatter POOL NAME COUNT SEED [FROM_MIB]   COUNT scattered 4 KiB..64 KiB writes (at or past FROM_MIB)
+  sample-images.py blocks POOL NAME COUNT SEED               COUNT distinct 64 KiB-aligned 64 KiB blocks rewritten anywhere
   sample-images.py resize POOL NAME SIZE_MIB
   sample-images.py from-file POOL NAME PATH                  new image holding PATH's bytes (sparse)
   sample-images.py overwrite POOL NAME PATH                  write PATH's non-zero 64 KiB blocks over NAME
@@ -63,6 +64,13 @@ def main(argv):
                         length = rng.choice([4096, 16384, 65536])
                         off = rng.randrange(start, size - length) // 4096 * 4096
                         img.write(rng.randbytes(length), off)
+            elif cmd == "blocks":
+                count, seed = int(argv[4]), int(argv[5])
+                rng = random.Random(seed)
+                with rbd.Image(io, name) as img:
+                    blocks = rng.sample(range(img.size() // 65536), count)
+                    for b in sorted(blocks):
+                        img.write(rng.randbytes(65536), b * 65536)
             elif cmd == "resize":
                 with rbd.Image(io, name) as img:
                     img.resize(int(argv[4]) * MIB)

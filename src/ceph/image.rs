@@ -171,7 +171,8 @@ impl Image {
         }
     }
 
-    /// The owners of the image's exclusive lock (`client.<id>`), if any.
+    /// The owners of the image's exclusive lock, by address
+    /// (`ip:port/nonce`, as its watch shows it), if any.
     pub fn lock_owners(&self) -> Result<Vec<String>> {
         let mut mode: sys::rbd_lock_mode_t = 0;
         let mut owners = [ptr::null_mut::<c_char>(); 8];
@@ -209,6 +210,26 @@ impl Image {
         check(|| format!("rbd_lock_break {} ({owner})", self.name), rc).map(drop)
     }
 
+    /// Takes the image's exclusive lock and keeps it until
+    /// [`Image::lock_release`] or close: librbd then refuses other clients'
+    /// requests for it, so nobody else writes meanwhile. Fails (EROFS or
+    /// EBUSY) when another client holds it and will not give it up, and
+    /// with EINVAL when the image has no exclusive-lock feature.
+    pub fn lock_acquire(&self) -> Result<()> {
+        // SAFETY: open handle.
+        let rc = unsafe {
+            sys::rbd_lock_acquire(self.handle, sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE)
+        };
+        check(|| format!("rbd_lock_acquire {}", self.name), rc).map(drop)
+    }
+
+    /// Releases a lock taken with [`Image::lock_acquire`].
+    pub fn lock_release(&self) -> Result<()> {
+        // SAFETY: open handle.
+        let rc = unsafe { sys::rbd_lock_release(self.handle) };
+        check(|| format!("rbd_lock_release {}", self.name), rc).map(drop)
+    }
+
     /// Cuts `client` (`client.<id>`, a dead process's connection) off the
     /// image: blocklists its watch (else every header change waits about
     /// 30 s for its acknowledgement) and breaks its lock. True if it had
@@ -220,14 +241,22 @@ impl Image {
         let mut evicted = false;
         let watchers = self.watchers()?;
         tracing::debug!("evict {client}: watchers {watchers:?}");
-        for (addr, _) in watchers.iter().filter(|w| Some(w.1) == id) {
+        let addrs: Vec<&String> = watchers
+            .iter()
+            .filter(|w| Some(w.1) == id)
+            .map(|w| &w.0)
+            .collect();
+        for addr in &addrs {
             // an hour, as librbd blocklists a lock owner it breaks
             self.ioctx.blocklist(addr, 3600)?;
             evicted = true;
         }
-        if self.lock_owners()?.iter().any(|o| o == client) {
-            self.break_lock(client)?;
-            evicted = true;
+        // librbd names a lock owner by its address
+        for owner in self.lock_owners()? {
+            if owner == client || addrs.contains(&&owner) {
+                self.break_lock(&owner)?;
+                evicted = true;
+            }
         }
         Ok(evicted)
     }
@@ -313,6 +342,25 @@ impl Image {
         // SAFETY: open handle.
         let rc = unsafe { sys::rbd_discard(self.handle, offset, len) };
         check(|| self.op("rbd_discard"), rc).map(drop)
+    }
+
+    /// Makes `[offset, offset + len)` read as zeros, whatever its
+    /// alignment (unlike `discard`, which may leave partial objects alone).
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        // One call per 1 GiB: the length is a `size_t` and the result an
+        // `ssize_t` of bytes.
+        const STEP: u64 = 1 << 30;
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(STEP);
+            // SAFETY: open handle.
+            let rc = unsafe { sys::rbd_write_zeroes(self.handle, at, n as usize, 0, 0) };
+            if rc < 0 {
+                return Err(ceph_error(self.op("rbd_write_zeroes"), rc as i64));
+            }
+            at += n;
+        }
+        Ok(())
     }
 
     /// Reads into `buf`, returning the byte count (short only at the end).

@@ -10,7 +10,7 @@
 //! ```text
 //! printf '#include <rados/librados.h>\n#include <rbd/librbd.h>\n' > /tmp/wrapper.h
 //! bindgen /tmp/wrapper.h \
-//!   --allowlist-function 'rados_(create|conf_read_file|conf_set|connect|shutdown|ioctx_create|ioctx_destroy|get_instance_id|blocklist_add)|rbd_(open|open_read_only|close|create4|image_options_(create|destroy|set_uint64)|list2|image_spec_list_cleanup|remove|rename|clone3|get_size|stat|get_features|snap_(create|remove|list|list_end|exists|protect|unprotect)|resize|write|discard|read|flush|diff_iterate2|lock_(get_owners|get_owners_cleanup|break)|watchers_list|watchers_list_cleanup|aio_(create_completion|read|write|wait_for_complete|get_return_value|release))' \
+//!   --allowlist-function 'rados_(create|conf_read_file|conf_set|connect|shutdown|ioctx_create|ioctx_destroy|get_instance_id|blocklist_add)|rbd_(open|open_read_only|close|create4|image_options_(create|destroy|set_uint64)|list2|image_spec_list_cleanup|remove|rename|clone3|get_size|stat|get_features|snap_(create|remove|list|list_end|exists|protect|unprotect)|resize|write|write_zeroes|discard|read|flush|diff_iterate2|lock_(acquire|release|get_owners|get_owners_cleanup|break)|watchers_list|watchers_list_cleanup|aio_(create_completion|read|write|wait_for_complete|get_return_value|release))' \
 //!   --allowlist-var 'RBD_FEATURE_.*|RBD_IMAGE_OPTION_.*' \
 //!   --blocklist-item 'RBD_FEATURE_NAME_.*' \
 //!   --no-doc-comments --use-core --rust-target 1.85 -o sys_body.rs
@@ -73,6 +73,9 @@ unsafe extern "C" {
     ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
+    pub fn rados_get_instance_id(cluster: rados_t) -> u64;
+}
+unsafe extern "C" {
     pub fn rados_ioctx_create(
         cluster: rados_t,
         pool_name: *const ::core::ffi::c_char,
@@ -81,6 +84,13 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn rados_ioctx_destroy(io: rados_ioctx_t);
+}
+unsafe extern "C" {
+    pub fn rados_blocklist_add(
+        cluster: rados_t,
+        client_address: *mut ::core::ffi::c_char,
+        expire_seconds: u32,
+    ) -> ::core::ffi::c_int;
 }
 pub type rbd_image_t = *mut ::core::ffi::c_void;
 pub type rbd_image_options_t = *mut ::core::ffi::c_void;
@@ -150,6 +160,9 @@ const _: () = {
     ["Offset of field: rbd_image_info_t::parent_name"]
         [::core::mem::offset_of!(rbd_image_info_t, parent_name) - 64usize];
 };
+pub const rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE: rbd_lock_mode_t = 0;
+pub const rbd_lock_mode_t_RBD_LOCK_MODE_SHARED: rbd_lock_mode_t = 1;
+pub type rbd_lock_mode_t = ::core::ffi::c_uint;
 pub const RBD_IMAGE_OPTION_FORMAT: _bindgen_ty_15 = 0;
 pub const RBD_IMAGE_OPTION_FEATURES: _bindgen_ty_15 = 1;
 pub const RBD_IMAGE_OPTION_ORDER: _bindgen_ty_15 = 2;
@@ -165,6 +178,24 @@ pub const RBD_IMAGE_OPTION_FLATTEN: _bindgen_ty_15 = 11;
 pub const RBD_IMAGE_OPTION_CLONE_FORMAT: _bindgen_ty_15 = 12;
 pub const RBD_IMAGE_OPTION_MIRROR_IMAGE_MODE: _bindgen_ty_15 = 13;
 pub type _bindgen_ty_15 = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct rbd_image_watcher_t {
+    pub addr: *mut ::core::ffi::c_char,
+    pub id: i64,
+    pub cookie: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of rbd_image_watcher_t"][::core::mem::size_of::<rbd_image_watcher_t>() - 24usize];
+    ["Alignment of rbd_image_watcher_t"][::core::mem::align_of::<rbd_image_watcher_t>() - 8usize];
+    ["Offset of field: rbd_image_watcher_t::addr"]
+        [::core::mem::offset_of!(rbd_image_watcher_t, addr) - 0usize];
+    ["Offset of field: rbd_image_watcher_t::id"]
+        [::core::mem::offset_of!(rbd_image_watcher_t, id) - 8usize];
+    ["Offset of field: rbd_image_watcher_t::cookie"]
+        [::core::mem::offset_of!(rbd_image_watcher_t, cookie) - 16usize];
+};
 unsafe extern "C" {
     pub fn rbd_image_options_create(opts: *mut rbd_image_options_t);
 }
@@ -209,57 +240,6 @@ unsafe extern "C" {
 unsafe extern "C" {
     pub fn rbd_remove(io: rados_ioctx_t, name: *const ::core::ffi::c_char) -> ::core::ffi::c_int;
 }
-pub type rbd_lock_mode_t = ::core::ffi::c_uint;
-pub const rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE: rbd_lock_mode_t = 0;
-pub const rbd_lock_mode_t_RBD_LOCK_MODE_SHARED: rbd_lock_mode_t = 1;
-unsafe extern "C" {
-    pub fn rados_get_instance_id(cluster: rados_t) -> u64;
-}
-unsafe extern "C" {
-    pub fn rados_blocklist_add(
-        cluster: rados_t,
-        client_address: *mut ::core::ffi::c_char,
-        expire_seconds: u32,
-    ) -> ::core::ffi::c_int;
-}
-#[repr(C)]
-#[derive(Debug, Copy, Clone)]
-pub struct rbd_image_watcher_t {
-    pub addr: *mut ::core::ffi::c_char,
-    pub id: i64,
-    pub cookie: u64,
-}
-unsafe extern "C" {
-    pub fn rbd_watchers_list(
-        image: rbd_image_t,
-        watchers: *mut rbd_image_watcher_t,
-        max_watchers: *mut usize,
-    ) -> ::core::ffi::c_int;
-}
-unsafe extern "C" {
-    pub fn rbd_watchers_list_cleanup(watchers: *mut rbd_image_watcher_t, num_watchers: usize);
-}
-unsafe extern "C" {
-    pub fn rbd_lock_get_owners(
-        image: rbd_image_t,
-        lock_mode: *mut rbd_lock_mode_t,
-        lock_owners: *mut *mut ::core::ffi::c_char,
-        max_lock_owners: *mut usize,
-    ) -> ::core::ffi::c_int;
-}
-unsafe extern "C" {
-    pub fn rbd_lock_get_owners_cleanup(
-        lock_owners: *mut *mut ::core::ffi::c_char,
-        lock_owner_count: usize,
-    );
-}
-unsafe extern "C" {
-    pub fn rbd_lock_break(
-        image: rbd_image_t,
-        lock_mode: rbd_lock_mode_t,
-        lock_owner: *const ::core::ffi::c_char,
-    ) -> ::core::ffi::c_int;
-}
 unsafe extern "C" {
     pub fn rbd_rename(
         src_io_ctx: rados_ioctx_t,
@@ -301,6 +281,33 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn rbd_get_features(image: rbd_image_t, features: *mut u64) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn rbd_lock_acquire(image: rbd_image_t, lock_mode: rbd_lock_mode_t) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn rbd_lock_release(image: rbd_image_t) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn rbd_lock_get_owners(
+        image: rbd_image_t,
+        lock_mode: *mut rbd_lock_mode_t,
+        lock_owners: *mut *mut ::core::ffi::c_char,
+        max_lock_owners: *mut usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn rbd_lock_get_owners_cleanup(
+        lock_owners: *mut *mut ::core::ffi::c_char,
+        lock_owner_count: usize,
+    );
+}
+unsafe extern "C" {
+    pub fn rbd_lock_break(
+        image: rbd_image_t,
+        lock_mode: rbd_lock_mode_t,
+        lock_owner: *const ::core::ffi::c_char,
+    ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
     pub fn rbd_snap_list(
@@ -382,6 +389,15 @@ unsafe extern "C" {
     pub fn rbd_discard(image: rbd_image_t, ofs: u64, len: u64) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
+    pub fn rbd_write_zeroes(
+        image: rbd_image_t,
+        ofs: u64,
+        len: usize,
+        zero_flags: ::core::ffi::c_int,
+        op_flags: ::core::ffi::c_int,
+    ) -> isize;
+}
+unsafe extern "C" {
     pub fn rbd_aio_write(
         image: rbd_image_t,
         off: u64,
@@ -417,4 +433,14 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn rbd_flush(image: rbd_image_t) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn rbd_watchers_list(
+        image: rbd_image_t,
+        watchers: *mut rbd_image_watcher_t,
+        max_watchers: *mut usize,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn rbd_watchers_list_cleanup(watchers: *mut rbd_image_watcher_t, num_watchers: usize);
 }

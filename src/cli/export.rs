@@ -74,6 +74,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let opts = RestoreOptions {
         allow_inconsistent: a.allow_inconsistent,
         cancel,
+        only: None,
     };
     let report = restore(&vol, &rev, target, &opts, progress.as_ref())?;
     super::restore::warn_zeroed(&rev, &report, "exported");

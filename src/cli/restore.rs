@@ -1,15 +1,18 @@
-//! `rbdelta restore VOLUME [--revision REV] (--to-image POOL/IMAGE | --to-file PATH)`.
+//! `rbdelta restore VOLUME [--revision REV] (--to-image POOL/IMAGE
+//! [--in-place] [--verify-target] | --to-file PATH)`.
 //!
 //! The safety belt lives here: an existing target is refused unless
-//! `--force`; the volume's own source image is refused unless `--force`; a
-//! file inside the archive root is refused always.
+//! `--force` (or `--in-place`, which wants one); the volume's own source
+//! image is refused unless `--force`; a file inside the archive root is
+//! refused always. An image in use is refused by [`in_place`].
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use rbdelta::restore::file_target::FileTarget;
 use rbdelta::restore::rbd_target::RbdTarget;
-use rbdelta::restore::{restore, RestoreOptions, RestoreTarget, TargetOptions};
+use rbdelta::restore::verify_target::verify_image;
+use rbdelta::restore::{in_place, restore, RestoreOptions, RestoreTarget, TargetOptions};
 use rbdelta::source::rbd::RbdImage;
 use rbdelta::source::{ImageLayout, SourceImage};
 
@@ -36,6 +39,20 @@ pub struct Args {
     /// Overwrite an existing target (or the volume's own source image).
     #[arg(long)]
     force: bool,
+    /// Roll the existing image back, writing only the blocks that differ
+    /// (found from a snapshot of an earlier backup that the image still
+    /// has, else by reading and hashing the image). Refused while another
+    /// client uses the image.
+    #[arg(long, requires = "to_image", conflicts_with = "keep_partial")]
+    in_place: bool,
+    /// With --in-place: ignore the image's snapshots and read and hash
+    /// every block to find the ones that differ.
+    #[arg(long, requires = "in_place")]
+    no_snapshot: bool,
+    /// Afterwards, read the whole image back and compare it with the
+    /// revision, block by block.
+    #[arg(long, requires = "to_image")]
+    verify_target: bool,
     /// Restore despite corrupt blocks, writing zeros there.
     #[arg(long)]
     allow_inconsistent: bool,
@@ -80,7 +97,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         keep_partial: a.keep_partial,
         retry_for: std::time::Duration::from_secs(a.retry_for),
     };
-    let cluster;
+    let progress = ctx.progress(&a.volume);
+    // The image restored into (for --verify-target) and an in-place plan.
+    let (mut target_io, mut plan) = (None, None);
     let target: Box<dyn RestoreTarget> = if let Some(spec) = &a.to_image {
         let (pool, image) = spec
             .split_once('/')
@@ -95,7 +114,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             )
             .into());
         }
-        cluster = ctx.connect(&cfg)?;
+        let cluster = ctx.connect(&cfg)?;
         let ioctx = cluster
             .ioctx(pool)
             .with_context(|| format!("pool {pool}"))?;
@@ -115,33 +134,93 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 .and_then(|img| img.layout().ok())
                 .unwrap_or_default()
         };
-        Box::new(RbdTarget::create(&ioctx, image, size, layout, &topts)?)
+        target_io = Some((ioctx.clone(), image.to_string()));
+        if a.in_place {
+            let (target, p) = in_place::prepare(
+                &vol,
+                &rev,
+                &ioctx,
+                image,
+                !a.no_snapshot,
+                &topts,
+                progress.as_ref(),
+            )?;
+            plan = Some(p);
+            Box::new(target)
+        } else {
+            Box::new(RbdTarget::create(&ioctx, image, size, layout, &topts)?)
+        }
     } else {
         let path = a.to_file.clone().expect("clap requires one target");
         refuse_inside_archive(&path, &cfg.archive)?;
         Box::new(FileTarget::create(&path, size, &topts)?)
     };
-    let progress = ctx.progress(&a.volume);
     let opts = RestoreOptions {
         allow_inconsistent: a.allow_inconsistent,
         cancel,
+        only: plan.as_ref().map(|p: &in_place::Plan| p.write.clone()),
     };
     let report = restore(&vol, &rev, target, &opts, progress.as_ref())?;
     warn_zeroed(&rev, &report, "restored");
-    println!(
-        "{}: restored revision {} (image {}, {} of data written) in {:.1}s, checksum {}",
-        a.volume,
-        rev.short(),
-        human(report.size),
-        human(report.bytes_written),
-        report.duration.as_secs_f64(),
-        if report.bad.is_empty() {
-            "verified"
-        } else {
-            ZEROED
-        }
-    );
+    if let Some(p) = &plan {
+        println!(
+            "{}: rolled {} back to revision {} in place: {} of {} blocks written ({}), {} of data in {:.1}s, checksum {}",
+            a.volume,
+            a.to_image.as_deref().unwrap_or_default(),
+            rev.short(),
+            p.write.len(),
+            p.blocks,
+            basis(&p.basis),
+            human(report.bytes_written),
+            report.duration.as_secs_f64(),
+            verdict(&report)
+        );
+    } else {
+        println!(
+            "{}: restored revision {} (image {}, {} of data written) in {:.1}s, checksum {}",
+            a.volume,
+            rev.short(),
+            human(report.size),
+            human(report.bytes_written),
+            report.duration.as_secs_f64(),
+            verdict(&report)
+        );
+    }
+    if let Some((ioctx, image)) = target_io.filter(|_| a.verify_target) {
+        let read = verify_image(&vol, &rev, &ioctx, &image, progress.as_ref())?;
+        println!(
+            "{}: {}/{image} read back ({} of data) and matches revision {} block by block",
+            a.volume,
+            ioctx.pool(),
+            human(read),
+            rev.short()
+        );
+    }
     Ok(())
+}
+
+/// How an in-place restore found its blocks, for the summary.
+fn basis(b: &in_place::Basis) -> String {
+    match b {
+        in_place::Basis::Snapshot { snapshot, revision } => format!(
+            "found from snapshot {snapshot} of revision {}",
+            &revision[..revision.len().min(12)]
+        ),
+        in_place::Basis::Hashed { bytes_read } => {
+            format!(
+                "found by reading and hashing {} of the image",
+                human(*bytes_read)
+            )
+        }
+    }
+}
+
+fn verdict(report: &rbdelta::restore::RestoreReport) -> &'static str {
+    if report.bad.is_empty() {
+        "verified"
+    } else {
+        ZEROED
+    }
 }
 
 /// The verdict of a restore or export that wrote zeros for corrupt blocks.

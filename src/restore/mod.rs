@@ -6,11 +6,14 @@
 //! a mismatch fails the restore (unless the caller allowed known-bad
 //! blocks, which then get reported instead).
 
+pub mod block_set;
 pub mod file_target;
+pub mod in_place;
 pub mod partial;
 pub mod rbd_target;
 pub mod reader;
 pub mod stream_target;
+pub mod verify_target;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +68,9 @@ pub struct RestoreOptions {
     /// Set (by a signal) to stop: the restore fails as interrupted and its
     /// target is removed (or kept, as the target was told).
     pub cancel: Arc<AtomicBool>,
+    /// Write only these blocks: the target holds the others already (an
+    /// in-place restore proved it, [`in_place`]).
+    pub only: Option<Arc<block_set::BlockSet>>,
 }
 
 /// Fails with `e`, after aborting `target` (whose note, if any, joins the
@@ -140,10 +146,18 @@ fn run(
     let (read, write) = std::thread::scope(|scope| {
         let (chain, pool) = (&chain, &pool);
         let reader = scope.spawn(move || {
-            read_blocks(chain, opts.allow_inconsistent, send_zeros, pool, &mut |p| {
-                tx.send(p)
-                    .map_err(|_| Error::Invalid("restore writer stopped".into()))
-            })
+            let only = opts.only.as_deref();
+            read_blocks(
+                chain,
+                opts.allow_inconsistent,
+                send_zeros,
+                only,
+                pool,
+                &mut |p| {
+                    tx.send(p)
+                        .map_err(|_| Error::Invalid("restore writer stopped".into()))
+                },
+            )
         });
         let mut write = Ok(());
         let mut done = 0u64;

@@ -1,7 +1,8 @@
 //! Restoring into an RBD image: a new image with the revision's size (and
 //! the source's object size and features when known), written with pipelined
 //! AIO. A new image reads as zeros, so only non-zero data is written; an
-//! existing image (with `--force`) gets its zero ranges discarded too.
+//! existing image (with `--force`, or in place) gets its zero ranges zeroed
+//! too (`write_zeroes`, which deallocates where whole objects allow).
 //! A new image is written under a name that says so and renamed into place
 //! once complete ([`super::partial`]); a failed restore removes it, or
 //! keeps it under a name that says it is partial.
@@ -46,6 +47,8 @@ pub struct RbdTarget {
     /// else a partial name renamed to `name` at the end.
     work: String,
     created: bool,
+    /// Rolled back where it stands ([`super::in_place`]).
+    in_place: bool,
     keep_partial: bool,
     writer: Option<AioWriter<Box<Image>>>,
 }
@@ -96,9 +99,24 @@ impl RbdTarget {
             name: name.to_string(),
             work,
             created: !exists,
+            in_place: false,
             keep_partial: opts.keep_partial,
             writer: Some(image.into_writer(DEPTH).with_retries(opts.retry_for)),
         })
+    }
+
+    /// Writes into `image` (image `name`, already open, sized and claimed
+    /// by an in-place restore) where it stands.
+    pub fn over(ioctx: &IoCtx, name: &str, image: Image, opts: &TargetOptions) -> RbdTarget {
+        RbdTarget {
+            ioctx: ioctx.clone(),
+            name: name.to_string(),
+            work: name.to_string(),
+            created: false,
+            keep_partial: false,
+            in_place: true,
+            writer: Some(image.into_writer(DEPTH).with_retries(opts.retry_for)),
+        }
     }
 
     fn writer(&mut self) -> &mut AioWriter<Box<Image>> {
@@ -121,7 +139,7 @@ impl RestoreTarget for RbdTarget {
         if self.created {
             return Ok(());
         }
-        self.writer().image().discard(offset, len)
+        self.writer().image().write_zeroes(offset, len)
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
@@ -166,6 +184,7 @@ impl RestoreTarget for RbdTarget {
     }
 
     fn describe(&self) -> String {
-        format!("image {}/{}", self.ioctx.pool(), self.name)
+        let how = if self.in_place { " (in place)" } else { "" };
+        format!("image {}/{}{how}", self.ioctx.pool(), self.name)
     }
 }

@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 
+use super::block_set::BlockSet;
 use crate::buffers::BufferPool;
 use crate::chain::{Chain, Resolved, Source};
 use crate::checksum::{block_hash, Hash, ImageChecksum};
@@ -37,10 +38,14 @@ pub struct ReadOutcome {
 
 /// Streams `chain`'s target through `emit`. A bad block is an error naming
 /// revision and range unless `allow_bad`, then it is written as zeros.
+/// With `only`, blocks outside it are neither read nor emitted: the caller
+/// has proven the target holds them already, so their hashes from the
+/// index go into the checksum.
 pub fn read_blocks(
     chain: &Chain,
     allow_bad: bool,
     send_zeros: bool,
+    only: Option<&BlockSet>,
     pool: &BufferPool,
     emit: &mut dyn FnMut(Piece) -> Result<()>,
 ) -> Result<ReadOutcome> {
@@ -56,6 +61,11 @@ pub fn read_blocks(
     };
     for r in chain.blocks()? {
         let r = r?;
+        if only.is_some_and(|set| !set.contains(r.block)) {
+            rd.flush_group(&mut w)?;
+            rd.sum.push(r.block, &chain.hash_of(&r)?);
+            continue;
+        }
         match stored(&r) {
             Some((link, e)) => {
                 if !rd.joins(link, &e) {

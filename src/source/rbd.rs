@@ -159,6 +159,17 @@ impl SourceSnapshot for RbdSnapshot {
 }
 
 impl RbdSnapshot {
+    /// Image `name` opened read-only at its head (its current content),
+    /// named `pool/image@head` in messages.
+    pub fn head(ioctx: &IoCtx, name: &str) -> Result<RbdSnapshot> {
+        let image = ioctx.open_image_read_only(name, None)?;
+        Ok(RbdSnapshot {
+            size: image.size()?,
+            image,
+            name: format!("{}/{name}@head", ioctx.pool()),
+        })
+    }
+
     /// One `diff_iterate2` over `[offset, offset + len)`, parent included.
     fn diff(&self, base: Option<&str>, offset: u64, len: u64, whole: bool) -> Result<Vec<Extent>> {
         let mut extents = Vec::new();

@@ -242,7 +242,7 @@ fn deep(
         }
         Ok(())
     };
-    match crate::restore::reader::read_blocks(chain, true, false, &pool, &mut emit) {
+    match crate::restore::reader::read_blocks(chain, true, false, None, &pool, &mut emit) {
         Ok(o) => {
             *bytes_read += o.bytes_read;
             let mut out: Vec<Problem> = o

@@ -4,15 +4,13 @@
 //! the image checksum of the snapshot with the manifest. This catches what
 //! no archive-internal check can: a backup that stored the wrong bytes.
 
-use std::iter::Peekable;
-
 use super::{Problem, VerifyReport};
 use crate::archive::state::{self, Trust};
 use crate::archive::{now_rfc3339, Revision, VolumeDir};
 use crate::backup::plan::reads_for;
 use crate::buffers::BufferPool;
-use crate::chain::{Blocks, Chain};
-use crate::checksum::{block_hash, to_hex, ImageChecksum};
+use crate::chain::{Chain, Resolved};
+use crate::checksum::{block_hash, to_hex, Hash, ImageChecksum};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::source::SourceSnapshot;
@@ -46,58 +44,21 @@ pub fn verify_source(
             ),
         ));
     } else {
-        let extents = snap.changed_extents(None, false)?;
-        let reads = reads_for(&extents, None, size, bs);
-        progress.begin("verify source", reads.iter().map(|e| e.len).sum());
-        let mut expected = chain.blocks()?.peekable();
         let mut sum = ImageChecksum::new(size, bs);
-        let pool = BufferPool::new(8);
-        let mut cmp = |block: u64,
-                       actual: [u8; 32],
-                       report: &mut VerifyReport,
-                       sum: &mut ImageChecksum|
-         -> Result<()> {
-            let r = expected
-                .next()
-                .ok_or_else(|| Error::Corrupt("chain has fewer blocks than the image".into()))??;
-            let want = chain.hash_of(&r)?;
-            sum.push(block, &actual);
-            if want != actual {
-                let start = block * bs;
+        let seen = |r: &Resolved, actual: Hash| -> Result<()> {
+            sum.push(r.block, &actual);
+            if chain.hash_of(r)? != actual {
+                let start = r.block * bs;
                 report.problems.push(bad(
                     Some((start, start + r.len)),
-                    format!("block {block} differs from snapshot {}", snap.name()),
+                    format!("block {} differs from snapshot {}", r.block, snap.name()),
                 ));
             }
             Ok(())
         };
-        let zeros = chain.zero_hashes().clone();
-        let mut next_block = 0u64;
-        snap.read_extents(&reads, 8, &pool, &mut |e, buf| {
-            let first = e.offset / bs;
-            while next_block < first {
-                let len = (size - next_block * bs).min(bs);
-                cmp(next_block, zeros.for_len(len), &mut report, &mut sum)?;
-                next_block += 1;
-            }
-            for (i, chunk) in buf.chunks(bs as usize).enumerate() {
-                cmp(first + i as u64, block_hash(chunk), &mut report, &mut sum)?;
-            }
-            next_block = first + buf.len().div_ceil(bs as usize) as u64;
-            report.bytes_read += buf.len() as u64;
-            report.blocks_checked += buf.len().div_ceil(bs as usize) as u64;
-            progress.advance(e.len);
-            pool.put(buf);
-            Ok(())
-        })?;
-        let blocks = crate::checksum::block_count(size, bs);
-        while next_block < blocks {
-            let len = (size - next_block * bs).min(bs);
-            cmp(next_block, zeros.for_len(len), &mut report, &mut sum)?;
-            next_block += 1;
-        }
-        drain(&mut expected)?;
-        progress.end();
+        let read = walk_image(&chain, snap, size, "verify source", progress, seen)?;
+        report.bytes_read += read.bytes;
+        report.blocks_checked += read.blocks;
         let actual = sum.finish();
         if actual != rev.manifest.checksum_bytes() {
             report.problems.push(bad(
@@ -127,9 +88,69 @@ pub fn verify_source(
     Ok(report)
 }
 
-fn drain(rest: &mut Peekable<Blocks<'_>>) -> Result<()> {
-    match rest.next() {
-        None => Ok(()),
+/// What [`walk_image`] read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Walked {
+    /// Bytes read from the image.
+    pub bytes: u64,
+    /// Blocks hashed from what was read (the rest are known zeros).
+    pub blocks: u64,
+}
+
+/// Walks the blocks of `chain`'s target alongside `image`, calling
+/// `seen(block, hash of the image's bytes there)` for each, in order.
+/// Only allocated ranges are read (in parallel); the rest, and everything
+/// at or past `readable`, count as zeros. A block cut short by `readable`
+/// is hashed as read, so it never matches a full-length block.
+pub fn walk_image(
+    chain: &Chain,
+    image: &dyn SourceSnapshot,
+    readable: u64,
+    label: &str,
+    progress: &dyn Progress,
+    mut seen: impl FnMut(&Resolved, Hash) -> Result<()>,
+) -> Result<Walked> {
+    let bs = chain.block_size;
+    let size = chain.size();
+    let readable = readable.min(size).min(image.size());
+    let extents = image.changed_extents(None, false)?;
+    let reads = reads_for(&extents, None, readable, bs);
+    progress.begin(label, reads.iter().map(|e| e.len).sum());
+    let mut expected = chain.blocks()?;
+    let zeros = chain.zero_hashes().clone();
+    let mut next = |actual: Option<&[u8]>| -> Result<()> {
+        let r = expected
+            .next()
+            .ok_or_else(|| Error::Corrupt("chain has fewer blocks than the image".into()))??;
+        let hash = match actual {
+            Some(d) => block_hash(d),
+            None => zeros.for_len(r.len),
+        };
+        seen(&r, hash)
+    };
+    let pool = BufferPool::new(8);
+    let mut walked = Walked::default();
+    let mut next_block = 0u64;
+    image.read_extents(&reads, 8, &pool, &mut |e, buf| {
+        for _ in next_block..e.offset / bs {
+            next(None)?;
+        }
+        for chunk in buf.chunks(bs as usize) {
+            next(Some(chunk))?;
+        }
+        next_block = e.offset / bs + buf.len().div_ceil(bs as usize) as u64;
+        walked.bytes += buf.len() as u64;
+        walked.blocks += buf.len().div_ceil(bs as usize) as u64;
+        progress.advance(e.len);
+        pool.put(buf);
+        Ok(())
+    })?;
+    for _ in next_block..crate::checksum::block_count(size, bs) {
+        next(None)?;
+    }
+    progress.end();
+    match expected.next() {
+        None => Ok(walked),
         Some(_) => Err(Error::Corrupt(
             "chain has more blocks than the image".into(),
         )),

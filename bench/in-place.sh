@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Benchmark: rolling an image back in place against a full restore.
+#
+# An image of IMAGE_GIB (default 16) with half of it written is backed up
+# (revision A); then CHANGE_PERMILLE/1000 (default 10, i.e. 1 %) of its
+# 64 KiB blocks are rewritten and backed up again (revision B). Measured,
+# REPS times each (default 3), with the change re-applied before each:
+#   in place (snapshot)   restore A --in-place: blocks changed since B's
+#                         snapshot, plus blocks whose hashes differ A..B
+#   in place (hashing)    restore A --in-place --no-snapshot: reads and
+#                         hashes every allocated block
+#   full restore          restore A into a new image (removed after)
+# Reported: the ratio of each in-place time to the full restore's, pair by
+# pair (the target is at most 0.05 for the snapshot case), and peak RSS.
+# Env: IMAGE_GIB, CHANGE_PERMILLE, REPS, MEMSTORE_GIB (default: room for
+# two copies of the data), BENCH_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IMAGE_GIB=${IMAGE_GIB:-16}
+CHANGE_PERMILLE=${CHANGE_PERMILLE:-10}
+REPS=${REPS:-3}
+MEMSTORE_GIB=${MEMSTORE_GIB:-$((IMAGE_GIB + 2))}
+
+. bench/lib.sh
+bench_start in-place "$MEMSTORE_GIB"
+rbd() { command rbd -c "$CEPH_CONF" "$@"; }
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+
+declare -A secs rss
+measure() {
+  local name=$1; shift
+  drop_caches
+  local out="$work/time.$name"
+  /usr/bin/time -f '%e %M' -o "$out" "$@" > "$work/out.$name"
+  read -r s m < "$out"
+  secs[$name]="${secs[$name]:-} $s"
+  if [[ -z ${rss[$name]:-} ]] || ((m > rss[$name])); then rss[$name]=$m; fi
+}
+
+size_mib=$((IMAGE_GIB * 1024))
+blocks=$((size_mib * 16 * CHANGE_PERMILLE / 1000))
+echo "bench: a ${IMAGE_GIB} GiB image with half of it written" >&2
+"$py" "$samples" random rbd bench "$size_mib" $((size_mib / 2)) 42
+bench_config '  - pool: rbd
+    image: bench'
+"$bin" --no-progress backup bench >/dev/null
+echo "bench: $blocks blocks of 64 KiB rewritten" >&2
+"$py" "$samples" blocks rbd bench "$blocks" 7
+"$bin" --no-progress backup bench >/dev/null
+read -r rev_a rev_b < <("$bin" list bench --json | "$py" -c 'import json,sys; print(" ".join(r["id"] for r in json.load(sys.stdin)))')
+
+for rep in $(seq "$REPS"); do
+  "$py" "$samples" blocks rbd bench "$blocks" 7   # the image at B's content again
+  measure snapshot "$bin" --no-progress restore bench --revision "$rev_a" --to-image rbd/bench --in-place --force
+  grep -q "found from snapshot" "$work/out.snapshot"
+  "$py" "$samples" blocks rbd bench "$blocks" 7
+  measure hashing "$bin" --no-progress restore bench --revision "$rev_a" --to-image rbd/bench --in-place --force --no-snapshot
+  rbd rm --no-progress rbd/restored >/dev/null 2>&1 || true
+  measure full "$bin" --no-progress restore bench --revision "$rev_a" --to-image rbd/restored
+  rbd rm --no-progress rbd/restored >/dev/null
+done
+"$bin" --no-progress restore bench --revision "$rev_a" --to-image rbd/bench --in-place --force --verify-target | tail -1
+
+mib() { awk "BEGIN{printf \"%.0f\", $1 / 1024}"; }
+span() { awk '{mn=$1; mx=$1; for (i=2;i<=NF;i++) {if ($i<mn) mn=$i; if ($i>mx) mx=$i}; if (mn==mx) printf "%.3f", mn; else printf "%.3f-%.3f", mn, mx}' <<<"$1"; }
+ratios() { awk -v a="$1" -v b="$2" 'BEGIN{n=split(a,x," "); split(b,y," "); for (i=1;i<=n;i++) printf "%s%.4f", (i>1?" ":""), x[i]/y[i]}'; }
+printf '\n%-22s %15s %17s %12s\n' "run" "seconds" "vs full restore" "peak RSS"
+row() { printf '%-22s %15s %17s %8s MiB\n' "$1" "$(span "${secs[$2]}")" "$(span "$(ratios "${secs[$2]}" "${secs[full]}")")" "$(mib "${rss[$2]}")"; }
+row "in place (snapshot)" snapshot
+row "in place (hashing)" hashing
+row "full restore" full
+echo "(image ${IMAGE_GIB} GiB, half written; $blocks of $((size_mib * 16)) blocks changed; $REPS pair(s); a ratio < 0.05 meets the target)"
+sed -n 1p "$work/out.snapshot"
+sed -n 1p "$work/out.hashing"
