@@ -140,7 +140,7 @@ fn new_manifest(
         volume: vol.name.clone(),
         source: opts.source_name.clone(),
         seq: parent.map_or(1, |p| p.manifest.seq + 1),
-        created: now_rfc3339(),
+        created: opts.created.clone().unwrap_or_else(now_rfc3339),
         size,
         block_size: vol.block_size,
         checksum: checksum::to_hex(&sum),
@@ -214,7 +214,7 @@ fn commit_manifest(vol: &VolumeDir, rev: &Revision, bytes: &[u8]) -> Result<()> 
 /// (if `clear`; see [`super::BackupOptions::leave_intent`]).
 pub(super) fn finish(
     vol: &VolumeDir,
-    image: &dyn SourceImage,
+    image: Option<&dyn SourceImage>,
     newest: &Revision,
     tags: &[String],
     clear: bool,
@@ -230,7 +230,9 @@ pub(super) fn finish(
         }
     })?;
     crate::fault::point("backup: state updated");
-    remove_stale_snapshots(vol, image, Some(&newest.manifest.snapshot));
+    if let Some(image) = image {
+        remove_stale_snapshots(vol, image, Some(&newest.manifest.snapshot));
+    }
     crate::fault::point("backup: old snapshots removed");
     if clear {
         vol.clear_pending()?;
@@ -300,7 +302,7 @@ pub fn recover(vol: &VolumeDir, image: &dyn SourceImage) -> Result<()> {
                 "finishing interrupted backup of revision {}",
                 committed.short()
             );
-            finish(vol, image, committed, &[], true)?;
+            finish(vol, Some(image), committed, &[], true)?;
         }
         None => {
             tracing::info!("undoing interrupted backup (snapshot {})", pending.snapshot);

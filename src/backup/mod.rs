@@ -10,6 +10,7 @@
 //! the interrupted one ([`recover`]).
 
 mod commit;
+pub mod import;
 pub mod pipeline;
 pub mod plan;
 pub mod policy;
@@ -51,6 +52,8 @@ pub struct BackupOptions {
     /// cuts that client off instead of waiting about 30 s for Ceph to time
     /// it out. A record left behind is finished like any interrupted backup.
     pub leave_intent: bool,
+    /// The revision's time, when it is not now (an imported backup's).
+    pub created: Option<String>,
 }
 
 impl Default for BackupOptions {
@@ -64,6 +67,7 @@ impl Default for BackupOptions {
             tags: Vec::new(),
             synthetic_fulls: false,
             leave_intent: false,
+            created: None,
         }
     }
 }
@@ -224,7 +228,7 @@ fn backup_locked(
         Err(e) => return Err(undo(vol, image, &snapshot, e)),
     };
     let t = Instant::now();
-    commit::finish(vol, image, &revision, &opts.tags, !opts.leave_intent)?;
+    commit::finish(vol, Some(image), &revision, &opts.tags, !opts.leave_intent)?;
     tracing::info!(volume = %vol.name, "old snapshots removed in {:?}", t.elapsed());
     if let Some(why) = &synthesize {
         // The delta is committed; the full is an optimisation of its storage.

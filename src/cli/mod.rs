@@ -11,6 +11,7 @@ mod daemon;
 mod export;
 mod export_diff;
 mod fsck;
+mod import;
 mod list;
 mod log;
 mod mount;
@@ -78,6 +79,9 @@ enum Command {
     /// The changes between two revisions in Ceph's `rbd diff v1` format,
     /// for `rbd import-diff`.
     ExportDiff(export_diff::Args),
+    /// Adopt backups another tool made: a raw image becomes a full, a
+    /// chain of `rbd export-diff` files on it becomes deltas.
+    Import(import::Args),
     /// Check the config file.
     Config(config::Args),
     /// Per volume: last backup, failures, revisions, size, last verify.
@@ -197,6 +201,7 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Export(a) => export::run(&ctx, a),
         Command::ExportDiff(a) => export_diff::run(&ctx, a),
+        Command::Import(a) => import::run(&ctx, a),
         Command::Config(a) => config::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),

@@ -160,6 +160,11 @@ impl<R: Read> DiffReader<R> {
         }
     }
 
+    /// The stream being read (positioned after the last record returned).
+    pub fn input(&self) -> &R {
+        &self.input
+    }
+
     /// The next data record; None after `e`.
     pub fn next_record(&mut self) -> Result<Option<Record>, String> {
         if self.done {

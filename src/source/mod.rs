@@ -19,7 +19,9 @@
 //!   and may keep several reads in flight; its memory use is bounded by
 //!   `depth × largest extent`.
 
+pub mod diff_file;
 pub mod file;
+pub mod raw;
 pub mod rbd;
 
 use crate::buffers::BufferPool;
