@@ -3,6 +3,9 @@
 # any raw file use) and a throwaway cluster, all removed on exit.
 
 # bench_start NAME MEMSTORE_GIB: sets bin, py, samples, work, CEPH_CONF.
+# With BENCH_BLUESTORE_GIB set, the OSD is bluestore on a sparse file of
+# that size in the work directory instead (data larger than memory; its
+# writes then go to this disk).
 bench_start() {
   rbd-fixtures/install-deps.sh
   command -v /usr/bin/time >/dev/null ||
@@ -14,7 +17,11 @@ bench_start() {
   work=${BENCH_DIR:-$(mktemp -d "/var/tmp/rbdelta-$1.XXXXXX")}
   mkdir -p "$work"
   trap bench_cleanup EXIT
-  rbd-fixtures/cluster.sh start "$work/cluster" --memstore-gib "$2"
+  if [[ -n ${BENCH_BLUESTORE_GIB:-} ]]; then
+    rbd-fixtures/cluster.sh start "$work/cluster" --bluestore-gib "$BENCH_BLUESTORE_GIB"
+  else
+    rbd-fixtures/cluster.sh start "$work/cluster" --memstore-gib "$2"
+  fi
   export CEPH_CONF="$work/cluster/ceph.conf"
 }
 

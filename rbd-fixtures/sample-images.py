@@ -5,7 +5,7 @@ Fixtures may use Ceph's Python bindings; the product itself never does.
 Usage (CEPH_CONF names the cluster's ceph.conf):
   sample-images.py random POOL NAME SIZE_MIB DATA_MIB SEED   new image, DATA_MIB of data in 4 MiB pieces
   sample-images.py scatter POOL NAME COUNT SEED [FROM_MIB]   COUNT scattered 4 KiB..64 KiB writes (at or past FROM_MIB)
-  sample-images.py blocks POOL NAME COUNT SEED               COUNT distinct 64 KiB-aligned 64 KiB blocks rewritten anywhere
+  sample-images.py blocks POOL NAME COUNT SEED [RUN]         COUNT distinct 64 KiB blocks rewritten, in runs of RUN (default 1) anywhere
   sample-images.py resize POOL NAME SIZE_MIB
   sample-images.py from-file POOL NAME PATH                  new image holding PATH's bytes (sparse)
   sample-images.py overwrite POOL NAME PATH                  write PATH's non-zero 64 KiB blocks over NAME
@@ -66,11 +66,12 @@ def main(argv):
                         img.write(rng.randbytes(length), off)
             elif cmd == "blocks":
                 count, seed = int(argv[4]), int(argv[5])
+                run = int(argv[6]) if len(argv) > 6 else 1
                 rng = random.Random(seed)
                 with rbd.Image(io, name) as img:
-                    blocks = rng.sample(range(img.size() // 65536), count)
-                    for b in sorted(blocks):
-                        img.write(rng.randbytes(65536), b * 65536)
+                    runs = rng.sample(range(img.size() // (65536 * run)), count // run)
+                    for r in sorted(runs):
+                        img.write(rng.randbytes(65536 * run), r * run * 65536)
             elif cmd == "resize":
                 with rbd.Image(io, name) as img:
                     img.resize(int(argv[4]) * MIB)

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Benchmark: how close a restore comes to the limits of where it writes.
+#
+#   into a new image   rbdelta restore --to-image  vs  rbd bench --io-type
+#                      write --io-size <object size> --io-threads 16 of the
+#                      same bytes (what the cluster takes), and vs
+#                      rbd import of the same raw image
+#   into a file        rbdelta restore --to-file   vs  dd of the same bytes
+#                      into a file, buffered, then fsync (what the disk takes)
+#
+# Workload: an image of IMAGE_GIB (default 4) with half of it written in
+# 4 MiB pieces, backed up once (a full). Each comparison runs REPS times
+# (default 3), the two sides back to back; every pair's ratio counts.
+# Reported: rates in MiB/s of data written, ratios pair by pair, peak RSS.
+# Env: IMAGE_GIB, REPS, MEMSTORE_GIB (default 14), BENCH_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IMAGE_GIB=${IMAGE_GIB:-4}
+REPS=${REPS:-3}
+MEMSTORE_GIB=${MEMSTORE_GIB:-14}
+
+. bench/lib.sh
+bench_start restore "$MEMSTORE_GIB"
+rbd() { command rbd -c "$CEPH_CONF" "$@"; }
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+
+declare -A secs rss
+measure() {
+  local name=$1; shift
+  drop_caches
+  local out="$work/time.$name"
+  /usr/bin/time -f '%e %M' -o "$out" "$@" >/dev/null 2>"$work/err.$name" || { cat "$work/err.$name" >&2; exit 1; }
+  read -r s m < "$out"
+  secs[$name]="${secs[$name]:-} $s"
+  if [[ -z ${rss[$name]:-} ]] || ((m > rss[$name])); then rss[$name]=$m; fi
+}
+
+size_mib=$((IMAGE_GIB * 1024))
+data_mib=$((size_mib / 2))
+echo "bench: a ${IMAGE_GIB} GiB image with ${data_mib} MiB of data" >&2
+"$py" "$samples" random rbd bench "$size_mib" "$data_mib" 42
+bench_config '  - pool: rbd
+    image: bench'
+"$bin" --no-progress backup bench >/dev/null
+rbd export --no-progress rbd/bench "$work/bench.raw"
+obj=$(rbd info rbd/bench --format json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["object_size"])')
+
+for rep in $(seq "$REPS"); do
+  rbd rm --no-progress rbd/target >/dev/null 2>&1 || true
+  rbd create --size "${size_mib}M" rbd/target
+  measure rbd_bench rbd bench --io-type write --io-size "$obj" --io-threads 16 \
+    --io-total "${data_mib}M" --io-pattern seq rbd/target
+  rbd rm --no-progress rbd/target >/dev/null
+  measure restore "$bin" --no-progress restore bench --to-image rbd/target
+  rbd rm --no-progress rbd/target >/dev/null
+  measure import rbd import --no-progress "$work/bench.raw" rbd/target
+  rbd rm --no-progress rbd/target >/dev/null
+  rm -f "$work/file.raw" "$work/dd.raw"
+  measure dd dd if=/dev/zero of="$work/dd.raw" bs=4M count=$((data_mib / 4)) conv=fsync status=none
+  rm -f "$work/dd.raw"
+  measure file "$bin" --no-progress restore bench --to-file "$work/file.raw"
+  rm -f "$work/file.raw"
+done
+
+mib() { awk "BEGIN{printf \"%.0f\", $1 / 1024}"; }
+rates() { awk -v t="$1" -v m="$data_mib" 'BEGIN{n=split(t,x," "); mn=1e18; mx=0; for (i=1;i<=n;i++) {r=m/x[i]; if (r<mn) mn=r; if (r>mx) mx=r}; printf "%.0f-%.0f", mn, mx}'; }
+ratios() { awk -v a="$1" -v b="$2" 'BEGIN{n=split(a,x," "); split(b,y," "); mn=1e18; mx=0; for (i=1;i<=n;i++) {r=x[i]/y[i]; if (r<mn) mn=r; if (r>mx) mx=r}; printf "%.2f-%.2f", mn, mx}'; }
+printf '\n%-34s %14s %12s\n' "run" "MiB/s" "peak RSS"
+for n in restore rbd_bench import file dd; do
+  printf '%-34s %14s %8s MiB\n' "$n" "$(rates "${secs[$n]}")" "$(mib "${rss[$n]}")"
+done
+echo
+echo "restore rate / rbd bench rate (target >= 0.80): $(ratios "${secs[rbd_bench]}" "${secs[restore]}")"
+echo "restore time / rbd import time (target <= 0.60): $(ratios "${secs[restore]}" "${secs[import]}")"
+echo "restore-to-file rate / dd+fsync rate (target >= 0.80): $(ratios "${secs[dd]}" "${secs[file]}")"
+echo "(image ${IMAGE_GIB} GiB, ${data_mib} MiB of data, object size $obj; $REPS pair(s) each; rates are data MiB over wall time)"
