@@ -32,18 +32,7 @@ export BENCH_BLUESTORE_GIB=${BENCH_BLUESTORE_GIB:-$((IMAGE_GIB * 3))}
 . bench/lib.sh
 bench_start in-place 0
 rbd() { command rbd -c "$CEPH_CONF" "$@"; }
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 
-declare -A secs rss
-measure() {
-  local name=$1; shift
-  drop_caches
-  local out="$work/time.$name"
-  /usr/bin/time -f '%e %M' -o "$out" "$@" > "$work/out.$name"
-  read -r s m < "$out"
-  secs[$name]="${secs[$name]:-} $s"
-  if [[ -z ${rss[$name]:-} ]] || ((m > rss[$name])); then rss[$name]=$m; fi
-}
 
 size_mib=$((IMAGE_GIB * 1024))
 blocks=$((size_mib * 16 * CHANGE_PERMILLE / 1000))

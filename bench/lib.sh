@@ -46,3 +46,19 @@ bench_cleanup() {
   rbd-fixtures/cluster.sh stop "$work/cluster" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
+
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+
+# measure NAME CMD...: drops the page cache, runs CMD under GNU time (its
+# stdout kept in $work/out.NAME, its stderr shown), appends its seconds to
+# secs[NAME] and keeps the peak RSS (KiB) over all runs in rss[NAME].
+declare -A secs rss
+measure() {
+  local name=$1; shift
+  drop_caches
+  local out="$work/time.$name"
+  /usr/bin/time -f '%e %M' -o "$out" "$@" > "$work/out.$name"
+  read -r s m < "$out"
+  secs[$name]="${secs[$name]:-} $s"
+  if [[ -z ${rss[$name]:-} ]] || ((m > rss[$name])); then rss[$name]=$m; fi
+}

@@ -34,7 +34,6 @@ bench_config '  - pool: rbd
     image: seq
   - pool: rbd
     image: deep'
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 secs() { /usr/bin/time -f %e "$@" 2>&1 >/dev/null | tail -n 1; }
 span() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk 'NR==1{mn=$1} {mx=$1} END{if (mn==mx) printf "%.2f", mn; else printf "%.2f-%.2f", mn, mx}'; }
 

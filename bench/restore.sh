@@ -22,18 +22,7 @@ MEMSTORE_GIB=${MEMSTORE_GIB:-14}
 . bench/lib.sh
 bench_start restore "$MEMSTORE_GIB"
 rbd() { command rbd -c "$CEPH_CONF" "$@"; }
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 
-declare -A secs rss
-measure() {
-  local name=$1; shift
-  drop_caches
-  local out="$work/time.$name"
-  /usr/bin/time -f '%e %M' -o "$out" "$@" >/dev/null 2>"$work/err.$name" || { cat "$work/err.$name" >&2; exit 1; }
-  read -r s m < "$out"
-  secs[$name]="${secs[$name]:-} $s"
-  if [[ -z ${rss[$name]:-} ]] || ((m > rss[$name])); then rss[$name]=$m; fi
-}
 
 size_mib=$((IMAGE_GIB * 1024))
 data_mib=$((size_mib / 2))

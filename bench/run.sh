@@ -29,20 +29,7 @@ MEMSTORE_GIB=${MEMSTORE_GIB:-14}
 bench_start bench "$MEMSTORE_GIB"
 rbd() { command rbd -c "$CEPH_CONF" "$@"; }
 
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 
-# measure NAME CMD...: runs CMD under GNU time; appends its seconds to
-# secs[NAME] and keeps the peak RSS (KiB) over all runs in rss[NAME]
-declare -A secs rss
-measure() {
-  local name=$1; shift
-  drop_caches
-  local out="$work/time.$name"
-  /usr/bin/time -f '%e %M' -o "$out" "$@" >/dev/null
-  read -r s m < "$out"
-  secs[$name]="${secs[$name]:-} $s"
-  if [[ -z ${rss[$name]:-} ]] || ((m > rss[$name])); then rss[$name]=$m; fi
-}
 
 echo "bench: creating a ${IMAGE_GIB} GiB image with about half of it written" >&2
 size_mib=$((IMAGE_GIB * 1024))

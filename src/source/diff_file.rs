@@ -139,15 +139,8 @@ impl SourceSnapshot for DiffOverBase {
         sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
     ) -> Result<()> {
         let spans = &self.diff.spans;
+        super::check_within(extents, self.size(), &self.diff.path.display())?;
         for &e in extents {
-            if e.end() > self.size() {
-                return Err(Error::Invalid(format!(
-                    "extent {}+{} lies beyond the end of {}",
-                    e.offset,
-                    e.len,
-                    self.diff.path.display()
-                )));
-            }
             let mut buf = pool.get(e.len as usize);
             // the base, cut to this image's size (past it: zeros)...
             let from_base = match &self.base {

@@ -141,10 +141,8 @@ impl SourceSnapshot for FileSnapshot {
         pool: &BufferPool,
         sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
     ) -> Result<()> {
+        super::check_within(extents, self.size(), &self.name)?;
         for e in extents {
-            if e.end() > self.size() {
-                return Err(Error::Invalid(format!("read beyond snapshot end: {e:?}")));
-            }
             let mut buf = pool.get(e.len as usize);
             buf.copy_from_slice(&self.data[e.offset as usize..e.end() as usize]);
             sink(*e, buf)?;

@@ -52,6 +52,18 @@ pub struct ImageLayout {
     pub features: u64,
 }
 
+/// Errors unless every extent lies within `size` bytes of `what`: the
+/// [`SourceSnapshot::read_extents`] contract, checked by each source.
+pub fn check_within(extents: &[Extent], size: u64, what: &dyn std::fmt::Display) -> Result<()> {
+    match extents.iter().find(|e| e.end() > size) {
+        Some(e) => Err(crate::error::Error::Invalid(format!(
+            "extent {}+{} lies beyond the end ({size}) of {what}",
+            e.offset, e.len
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// An image that can be snapshotted: the live side of a backup.
 pub trait SourceImage: Send {
     /// Creates snapshot `name` of the image as it is now and opens it.

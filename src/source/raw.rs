@@ -75,15 +75,8 @@ impl SourceSnapshot for RawFile {
         pool: &BufferPool,
         sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
     ) -> Result<()> {
+        super::check_within(extents, self.size, &self.path.display())?;
         for &e in extents {
-            if e.end() > self.size {
-                return Err(Error::Invalid(format!(
-                    "extent {}+{} lies beyond the end of {}",
-                    e.offset,
-                    e.len,
-                    self.path.display()
-                )));
-            }
             let mut buf = pool.get(e.len as usize);
             self.file.read_exact_at(&mut buf, e.offset).at(&self.path)?;
             sink(e, buf)?;

@@ -139,15 +139,7 @@ impl SourceSnapshot for RbdSnapshot {
         pool: &BufferPool,
         sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
     ) -> Result<()> {
-        if let Some(e) = extents.iter().find(|e| e.end() > self.size) {
-            return Err(Error::Invalid(format!(
-                "extent {}+{} lies beyond the end ({}) of {}",
-                e.offset,
-                e.len,
-                self.size,
-                self.image.name()
-            )));
-        }
+        super::check_within(extents, self.size, &self.image.name())?;
         let pairs: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.len)).collect();
         self.image.read_pipelined(
             &pairs,
