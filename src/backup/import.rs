@@ -28,12 +28,7 @@ pub fn import_revision(
 ) -> Result<BackupReport> {
     let _lock = vol.lock()?;
     let op = Operation::start(vol.log_path(), "import", None, Some(what.to_string()))?;
-    op.end(import_locked(vol, snap, opts, progress), |r, rec| {
-        rec.revision = Some(r.revision.id.clone());
-        rec.kind = Some(r.kind().into());
-        rec.bytes_read = Some(r.bytes_read);
-        rec.bytes_written = Some(r.bytes_written);
-    })
+    op.end(import_locked(vol, snap, opts, progress), BackupReport::log)
 }
 
 fn import_locked(

@@ -132,15 +132,20 @@ pub fn backup(
         None,
         Some(opts.source_name.clone()),
     )?;
-    op.end(backup_locked(vol, image, opts, progress), |r, rec| {
-        rec.revision = Some(r.revision.id.clone());
-        rec.kind = Some(r.kind().into());
-        rec.bytes_read = Some(r.bytes_read);
-        rec.bytes_written = Some(r.bytes_written);
-        if let Mode::Compare { reason } = &r.mode {
+    op.end(backup_locked(vol, image, opts, progress), BackupReport::log)
+}
+
+impl BackupReport {
+    /// Fills the volume log's end record of the operation that made it.
+    fn log(&self, rec: &mut crate::archive::oplog::LogRecord) {
+        rec.revision = Some(self.revision.id.clone());
+        rec.kind = Some(self.kind().into());
+        rec.bytes_read = Some(self.bytes_read);
+        rec.bytes_written = Some(self.bytes_written);
+        if let Mode::Compare { reason } = &self.mode {
             rec.detail = Some(reason.clone());
         }
-    })
+    }
 }
 
 fn backup_locked(

@@ -45,8 +45,6 @@ pub struct Plan {
     pub write: Arc<BlockSet>,
     /// Blocks of the revision.
     pub blocks: u64,
-    /// The image's size before the restore resized it.
-    pub old_size: u64,
 }
 
 /// Claims image `name`, finds the blocks that differ from `rev` and
@@ -99,7 +97,6 @@ pub fn prepare(
         basis,
         write: Arc::new(write),
         blocks: block_count(size, chain.block_size),
-        old_size,
     };
     Ok((RbdTarget::over(ioctx, name, image, topts), plan))
 }
