@@ -31,12 +31,31 @@ const READAHEAD_STEP: u64 = 4 << 20;
 #[derive(Debug, Default, Clone)]
 pub struct Readahead {
     advised: u64,
+    /// Where the last read ended (None before the first).
+    last_end: Option<u64>,
 }
 
+/// A read that starts within this distance of where the last one ended
+/// counts as sequential (FUSE may reorder a few requests; a restore skips
+/// zero blocks).
+const SEQUENTIAL_SLACK: u64 = 8 << 20;
+
 impl Readahead {
-    /// Call before reading `[offset, offset + len)` of `file`.
+    /// Call before reading `[offset, offset + len)` of `file`. Only a
+    /// reader that goes on from where it was gets the kernel reading
+    /// ahead: scattered reads (random reads through a mount, an in-place
+    /// restore's few blocks) would only make the disk read what nobody
+    /// wants.
     pub fn before(&mut self, file: &File, offset: u64, len: u64) {
         use std::os::unix::io::AsRawFd;
+        let sequential = self
+            .last_end
+            .is_some_and(|end| offset.abs_diff(end) <= SEQUENTIAL_SLACK);
+        self.last_end = Some(offset + len);
+        if !sequential {
+            self.advised = offset + len;
+            return;
+        }
         self.advised = self.advised.max(offset);
         let want = offset + len + READAHEAD_WINDOW;
         while self.advised < want {

@@ -20,21 +20,16 @@ use crate::error::{Error, Result};
 pub struct RevisionImage {
     pub revision: Revision,
     chain: Chain,
-    /// Per link: where the last read ended, and the kernel's readahead
-    /// for a reader that goes on from there.
-    ahead: Mutex<Vec<(u64, Readahead)>>,
+    /// Per link: the kernel's readahead for a sequential reader.
+    ahead: Mutex<Vec<Readahead>>,
 }
-
-/// A read that starts within this distance of where the last one on the
-/// same file ended counts as sequential (FUSE may reorder a few requests).
-const SEQUENTIAL_SLACK: u64 = 8 << 20;
 
 impl RevisionImage {
     pub fn open(vol: &VolumeDir, revision: &Revision) -> Result<RevisionImage> {
         let chain = Chain::open(vol, revision)?;
         Ok(RevisionImage {
             revision: revision.clone(),
-            ahead: Mutex::new(vec![(u64::MAX, Readahead::default()); chain.links.len()]),
+            ahead: Mutex::new(vec![Readahead::default(); chain.links.len()]),
             chain,
         })
     }
@@ -142,14 +137,11 @@ impl RevisionImage {
     /// reading ahead of it ([`Readahead`]); random reads do not.
     fn pread(&self, link: usize, data: &mut [u8], at: u64) -> Result<()> {
         let l = &self.chain.links[link];
-        {
-            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-            let (last_end, ra) = &mut ahead[link];
-            if *last_end != u64::MAX && at.abs_diff(*last_end) <= SEQUENTIAL_SLACK {
-                ra.before(&l.file, at, data.len() as u64);
-            }
-            *last_end = at + data.len() as u64;
-        }
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner())[link].before(
+            &l.file,
+            at,
+            data.len() as u64,
+        );
         crate::archive::read::read_at(&l.file, &l.path, data, at)
     }
 
