@@ -13,12 +13,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An I/O error on a local file, with the path it concerns.
-    #[error("{path}: {source}")]
+    /// An I/O error on a local file, with the path it concerns. (Not a
+    /// `#[source]`: the message already says it, and the CLI prints the
+    /// whole chain.)
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A librados/librbd call failed.
     #[error("ceph: {op}: {msg} (errno {errno})")]
@@ -51,7 +52,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 
@@ -59,8 +60,8 @@ impl Error {
     /// hiccups, a full disk that someone may clean up).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Io { source, .. } => matches!(
-                source.raw_os_error(),
+            Error::Io { error, .. } => matches!(
+                error.raw_os_error(),
                 Some(libc::ENOSPC | libc::EAGAIN | libc::EINTR | libc::EIO | libc::EDQUOT)
             ),
             Error::Ceph { errno, .. } => matches!(
@@ -96,7 +97,7 @@ impl Error {
 
     /// Whether this is a file that does not exist (or no longer does).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        matches!(self, Error::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound)
     }
 }
 
