@@ -10,6 +10,8 @@ bench_start() {
   rbd-fixtures/install-deps.sh
   command -v /usr/bin/time >/dev/null ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+  command -v fio >/dev/null ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null
   cargo build --release --quiet
   bin="$PWD/target/release/rbdelta"
   py=/usr/bin/python3

@@ -15,13 +15,20 @@
 //! write a file.
 
 #[cfg(feature = "fault-injection")]
-pub use imp::{job_fault, pause, point, read_fault};
+pub use imp::{direct_refused, job_fault, pause, point, read_fault};
 
 /// An injected read error for archive file `path` (none here).
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn read_fault(_path: &std::path::Path) -> Option<std::io::Error> {
     None
+}
+
+/// Whether direct I/O is refused as a filesystem would (never here).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn direct_refused() -> bool {
+    false
 }
 
 /// A place where a crash must leave the archive consistent (no-op here).
@@ -109,6 +116,13 @@ mod imp {
         text.as_deref()
             .filter(|t| !t.is_empty() && name.contains(t))
             .map(|_| std::io::Error::from_raw_os_error(libc::EIO))
+    }
+
+    /// With `RBDELTA_TEST_NO_DIRECT` set, every `O_DIRECT` open is refused
+    /// with EINVAL, as tmpfs and some FUSE filesystems refuse it.
+    pub fn direct_refused() -> bool {
+        static SET: OnceLock<bool> = OnceLock::new();
+        *SET.get_or_init(|| std::env::var_os("RBDELTA_TEST_NO_DIRECT").is_some())
     }
 
     /// A place where a test holds the process, to run something else at a

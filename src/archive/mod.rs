@@ -6,6 +6,8 @@
 //! interrupted backup is recognised). It never talks to Ceph.
 
 pub mod atomic;
+pub mod direct;
+pub mod direct_write;
 pub mod global;
 pub mod lock;
 pub mod oplog;

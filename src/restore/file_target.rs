@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::{partial, RestoreTarget, TargetOptions};
 use crate::archive::atomic::TempFile;
+use crate::archive::direct_write::DirectWriter;
 use crate::error::{Error, IoContext, Result};
 
 pub struct FileTarget {
@@ -16,6 +17,8 @@ pub struct FileTarget {
     dest: PathBuf,
     size: u64,
     keep_partial: bool,
+    /// Direct writes, where the filesystem takes them; else the page cache.
+    direct: Option<DirectWriter>,
     /// Writeback started up to here, and waited for up to here.
     started: u64,
     waited: u64,
@@ -30,11 +33,21 @@ impl FileTarget {
     /// `dest` unless `opts.force`. With `opts.keep_partial`, a failed
     /// restore keeps what it wrote as `<dest>.partial`.
     pub fn create(dest: &Path, size: u64, opts: &TargetOptions) -> Result<FileTarget> {
+        let tmp = temp_beside(dest, opts.force)?;
+        let direct = DirectWriter::new(&tmp.file, &tmp.path)
+            .inspect_err(|e| {
+                tracing::debug!(
+                    "{}: no direct writes ({e}); writing through the page cache",
+                    tmp.path.display()
+                )
+            })
+            .ok();
         Ok(FileTarget {
-            tmp: temp_beside(dest, opts.force)?,
+            tmp,
             dest: dest.to_path_buf(),
             size,
             keep_partial: opts.keep_partial,
+            direct,
             started: 0,
             waited: 0,
         })
@@ -104,6 +117,10 @@ impl RestoreTarget for FileTarget {
     }
 
     fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        if let Some(d) = self.direct.as_mut().filter(|_| DirectWriter::takes(offset)) {
+            d.write(offset, &data)?;
+            return Ok(Some(data));
+        }
         self.tmp
             .file
             .write_all_at(&data, offset)
@@ -117,12 +134,19 @@ impl RestoreTarget for FileTarget {
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
-        let this = *self;
+        let mut this = *self;
+        if let Some(d) = this.direct.take() {
+            d.finish()?;
+        }
+        // (also cuts the zeros a direct write padded its last block with)
         this.tmp.file.set_len(this.size).at(&this.tmp.path)?;
         this.tmp.persist(&this.dest)
     }
 
-    fn abort(self: Box<Self>) -> Option<String> {
+    fn abort(mut self: Box<Self>) -> Option<String> {
+        if let Some(d) = self.direct.take() {
+            let _ = d.finish(); // what was queued is written, or failed
+        }
         if !self.keep_partial {
             return None; // dropping the TempFile removes it
         }

@@ -1,0 +1,101 @@
+//! Restores and exports to a file go around the page cache (`O_DIRECT`,
+//! several writes in flight) where the filesystem takes it, and through
+//! the cache where it does not: both byte-exact for an image of an odd
+//! size with holes, both leaving the holes as holes. No cluster: the
+//! revision comes from `rbdelta import --raw`.
+
+mod common;
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use common::cli::{stderr, Env};
+use common::pattern;
+
+const MIB: u64 = 1 << 20;
+
+/// Whether the filesystem of `dir` takes `O_DIRECT` writes.
+fn takes_direct(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("probe");
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .is_ok();
+    let _ = std::fs::remove_file(&path);
+    ok
+}
+
+#[test]
+fn odd_sized_sparse_images_restore_byte_exact_with_and_without_direct_io() {
+    common::require_fault_injection();
+    let env = Env::with_yaml(
+        Path::new("/nonexistent/ceph.conf"),
+        "volumes:\n  - name: v\n    pool: rbd\n    image: v\n",
+    );
+    let dir = env.dir.path();
+    // 40 MiB + 12345 bytes: data at the start, a run longer than one
+    // 4 MiB write, scattered blocks, a long hole, and the partial last block
+    let raw = dir.join("disk.raw");
+    let size = 40 * MIB + 12345;
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(size).unwrap();
+    f.write_all_at(&pattern(70_000, 1), 0).unwrap();
+    f.write_all_at(&pattern(9 * MIB as usize, 2), 3 * MIB)
+        .unwrap();
+    for i in 0..20u64 {
+        f.write_all_at(&pattern(4096, 10 + i), 14 * MIB + i * 300_000)
+            .unwrap();
+    }
+    f.write_all_at(&pattern(20_000, 3), size - 20_000).unwrap();
+    drop(f);
+    let data = 70_000 + 9 * MIB + 20 * 65536 + 65536 + 20_000;
+    env.ok(&["import", "v", "--raw", raw.to_str().unwrap()]);
+    let want = std::fs::read(&raw).unwrap();
+
+    for (name, refuse) in [("direct", false), ("cached", true)] {
+        let out_file = dir.join(format!("{name}.raw"));
+        let exported = dir.join(format!("{name}-export.raw"));
+        let mut cmd = env.cmd();
+        cmd.env("RBDELTA_LOG", "debug");
+        if refuse {
+            cmd.env("RBDELTA_TEST_NO_DIRECT", "1");
+        }
+        let out = cmd
+            .args(["restore", "v", "--to-file", out_file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let fell_back = stderr(&out).contains("no direct writes");
+        assert_eq!(
+            fell_back,
+            refuse || !takes_direct(dir),
+            "{name}: {}",
+            stderr(&out)
+        );
+        let mut cmd = env.cmd();
+        if refuse {
+            cmd.env("RBDELTA_TEST_NO_DIRECT", "1");
+        }
+        let out = cmd
+            .args(["export", "v", "-o", exported.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        for path in [&out_file, &exported] {
+            let got = std::fs::read(path).unwrap();
+            assert_eq!(got.len(), want.len(), "{}", path.display());
+            assert!(got == want, "{} differs", path.display());
+            // holes stay holes: what is allocated is about the data
+            let allocated = std::fs::metadata(path).unwrap().blocks() * 512;
+            assert!(
+                allocated <= data + 2 * MIB,
+                "{}: {allocated} bytes allocated for {data} of data",
+                path.display()
+            );
+        }
+    }
+}
