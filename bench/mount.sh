@@ -12,13 +12,13 @@
 #                sparse image whose newest revision sits on a full plus
 #                DEEP_CHAIN deltas
 #
-# Env: IMAGE_MIB (default 2048), RUNS (default 3: every run counts, ranges
-# reported), DEEP_CHAIN (default 30), BENCH_DIR (default under /var/tmp,
+# Env: IMAGE_MIB (default 2048), RUNS (default 9: every run counts, ranges
+# and medians reported), DEEP_CHAIN (default 30), BENCH_DIR (default under /var/tmp,
 # the same disk for archive and raw file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE_MIB=${IMAGE_MIB:-2048}
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-9}
 DEEP=${DEEP_CHAIN:-30}
 
 . bench/lib.sh
@@ -35,6 +35,7 @@ bench_config '  - pool: rbd
   - pool: rbd
     image: deep'
 secs() { /usr/bin/time -f %e "$@" 2>&1 >/dev/null | tail -n 1; }
+median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{r[NR]=$1} END{printf "%.2f", (NR%2 ? r[(NR+1)/2] : (r[NR/2]+r[NR/2+1])/2)}'; }
 span() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk 'NR==1{mn=$1} {mx=$1} END{if (mn==mx) printf "%.2f", mn; else printf "%.2f-%.2f", mn, mx}'; }
 
 echo "bench: a ${IMAGE_MIB} MiB image, fully written, then 5 deltas" >&2
@@ -65,9 +66,13 @@ for _ in $(seq 100); do [ -e "$work/mnt/deep/latest.img" ] && break; sleep 0.1; 
 echo "bench: the mount's readahead is $(cat "/sys/class/bdi/$(mountpoint -d "$work/mnt")/read_ahead_kb") KiB" >&2
 
 declare -A t
+# pairs back to back, in turn raw first and mount first: this disk's
+# speed drifts by 2x from one minute to the next
 for run in $(seq "$RUNS"); do
-  drop_caches; t[raw]+=" $(secs dd if="$work/raw.img" of=/dev/null bs=4M)"
-  drop_caches; t[mnt]+=" $(secs dd if="$work/mnt/seq/latest.img" of=/dev/null bs=4M)"
+  for side in $( ((run % 2)) && echo raw mnt || echo mnt raw); do
+    [ "$side" = raw ] && f="$work/raw.img" || f="$work/mnt/seq/latest.img"
+    drop_caches; t[$side]+=" $(secs dd if="$f" of=/dev/null bs=4M)"
+  done
 done
 cmp "$work/raw.img" "$work/mnt/seq/latest.img"
 # warm: the archive's files (and the raw file) in the page cache, but not
@@ -138,7 +143,8 @@ pct=$(awk -v a="${t[raw]}" -v b="${t[mnt]}" 'BEGIN{n=split(a,x," "); split(b,y,"
   sort -g | awk '{r[NR]=$1} END{m=(NR%2 ? r[(NR+1)/2] : (r[NR/2]+r[NR/2+1])/2); printf "median %.0f %% (runs %.0f-%.0f %%)", m, r[1], r[NR]}')
 echo
 echo "sequential, cold, dd bs=4M of ${IMAGE_MIB} MiB (full + 5 deltas), $RUNS run(s):"
-echo "  raw file ${raw} s, through the mount ${mnt} s: the mount reads at ${pct} of the raw file's speed"
+echo "  raw file ${raw} s (median $(median "${t[raw]}")), through the mount ${mnt} s (median $(median "${t[mnt]}")):"
+echo "  the mount reads at ${pct} of the raw file's speed"
 echo "sequential, warm (archive in the page cache): raw file $(span "${t[rawwarm]}") s, through the mount $(span "${t[mntwarm]}") s"
 echo "random 4 KiB preads, warm, 20000: p50 ${p50} ms, p99 ${p99} ms, max ${pmax} ms"
 read -r walked walk_s <<<"$walk"
