@@ -97,7 +97,7 @@ pub struct RestoreReport {
     pub duration: std::time::Duration,
 }
 
-const QUEUE: usize = 8;
+const QUEUE: usize = 4;
 
 /// Restores `rev` of `vol` into `target`. Takes no lock: the chain is
 /// opened as one snapshot ([`Chain::open`]) and reads as it was, whatever a
