@@ -8,7 +8,9 @@
 #   into a file        rbdelta restore --to-file   vs  fio writing as many
 #                      bytes (random, not zeros) into a file: buffered and
 #                      then fsync, and with O_DIRECT at queue depth 16
-#                      (what the disk takes either way)
+#                      (what the disk takes either way); and vs dd copying
+#                      the raw image file into another, sparse, then fsync
+#                      (the same reading and writing on the same disk)
 #
 # Workload: an image of IMAGE_GIB (default 4) with half of it written in
 # 4 MiB pieces, backed up once (a full). Each comparison runs REPS times
@@ -55,13 +57,15 @@ for rep in $(seq "$REPS"); do
   rm -f "$work/fio.raw"
   measure file "$bin" --no-progress restore bench --to-file "$work/file.raw"
   rm -f "$work/file.raw"
+  measure copy dd if="$work/bench.raw" of="$work/copy.raw" bs=4M conv=sparse,fsync status=none
+  rm -f "$work/copy.raw"
 done
 
 mib() { awk "BEGIN{printf \"%.0f\", $1 / 1024}"; }
 rates() { awk -v t="$1" -v m="$data_mib" 'BEGIN{n=split(t,x," "); mn=1e18; mx=0; for (i=1;i<=n;i++) {r=m/x[i]; if (r<mn) mn=r; if (r>mx) mx=r}; printf "%.0f-%.0f", mn, mx}'; }
 ratios() { awk -v a="$1" -v b="$2" 'BEGIN{n=split(a,x," "); split(b,y," "); mn=1e18; mx=0; for (i=1;i<=n;i++) {r=x[i]/y[i]; if (r<mn) mn=r; if (r>mx) mx=r}; printf "%.2f-%.2f", mn, mx}'; }
 printf '\n%-34s %14s %12s\n' "run" "MiB/s" "peak RSS"
-for n in restore rbd_bench import file fio_buffered fio_direct; do
+for n in restore rbd_bench import file fio_buffered fio_direct copy; do
   printf '%-34s %14s %8s MiB\n' "$n" "$(rates "${secs[$n]}")" "$(mib "${rss[$n]}")"
 done
 echo
@@ -69,4 +73,5 @@ echo "restore rate / rbd bench rate (target >= 0.80): $(ratios "${secs[rbd_bench
 echo "restore time / rbd import time (target <= 0.60): $(ratios "${secs[restore]}" "${secs[import]}")"
 echo "restore-to-file rate / buffered write+fsync rate (target >= 0.80): $(ratios "${secs[fio_buffered]}" "${secs[file]}")"
 echo "restore-to-file rate / O_DIRECT QD16 write rate (issue 14: >= 0.80): $(ratios "${secs[fio_direct]}" "${secs[file]}")"
+echo "restore-to-file rate / dd copy of the raw image (same reads and writes): $(ratios "${secs[copy]}" "${secs[file]}")"
 echo "(image ${IMAGE_GIB} GiB, ${data_mib} MiB of data, object size $obj; $REPS pair(s) each; rates are data MiB over wall time)"
