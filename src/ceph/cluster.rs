@@ -125,7 +125,8 @@ impl Cluster {
         cluster.conf_set("rbd_cache", "false")?;
         // (Tried: `rbd_disable_zero_copy_writes=false`, which spares librbd
         // a copy of each write buffer; a write past the end of the image
-        // then never completed, and waiting for it hung. 2026-11-30.)
+        // then never completed, and waiting for it hung. 2026-11-30. Measured
+        // again: restore peak RSS 148 MiB instead of 224 MiB, the same time.)
         // SAFETY: configured, unconnected client.
         let rc = unsafe { sys::rados_connect(cluster.handle) };
         check(|| "rados_connect".into(), rc)?;
