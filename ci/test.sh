@@ -19,6 +19,9 @@ if grep -q -a 'RBDELTA_TEST_' target/release/rbdelta; then
     exit 1
 fi
 
+# the Debian package: builds, unpacks where it belongs, runs, renders
+dist/deb/test.sh
+
 dir=$(mktemp -d /tmp/rbdelta-test.XXXXXX)
 cleanup() { rbd-fixtures/cluster.sh stop "$dir" || true; }
 trap cleanup EXIT

@@ -11,6 +11,7 @@ PACKAGES=(
     librbd-dev librados-dev
     fuse3 e2fsprogs xfsprogs btrfs-progs dosfstools fdisk
     python3-rbd python3-rados
+    man-db
 )
 
 missing=()

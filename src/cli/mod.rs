@@ -15,6 +15,7 @@ mod import;
 mod list;
 mod log;
 mod mount;
+mod package;
 mod progress;
 mod prune;
 mod repair;
@@ -110,6 +111,11 @@ enum Command {
     /// Check the filesystems inside revisions (journals replayed in a
     /// throwaway overlay; the archive is never written).
     Fsck(fsck::Args),
+    /// Print the completion script for a shell (bash, zsh, fish, ...).
+    Completions(package::CompletionsArgs),
+    /// Write the man pages into a directory (for packagers).
+    #[command(hide = true)]
+    Man(package::ManArgs),
     /// Internal: run the backups a parent rbdelta sends on stdin.
     #[command(hide = true)]
     BackupWorker,
@@ -215,6 +221,8 @@ pub fn main() -> ExitCode {
         Command::Repair(a) => repair::run(&ctx, a),
         Command::Mount(a) => mount::run(&ctx, a),
         Command::Fsck(a) => fsck::run(&ctx, a),
+        Command::Completions(a) => package::completions(&ctx, a),
+        Command::Man(a) => package::man(&ctx, a),
         Command::BackupWorker => backup_worker(),
     };
     match result {
