@@ -25,7 +25,7 @@ dist/deb/test.sh
 dir=$(mktemp -d /tmp/rbdelta-test.XXXXXX)
 cleanup() { rbd-fixtures/cluster.sh stop "$dir" || true; }
 trap cleanup EXIT
-rbd-fixtures/cluster.sh start "$dir" --memstore-gib 4 --cephx
+rbd-fixtures/cluster.sh start "$dir" --memstore-gib 4 --cephx --cephfs
 
 # fixtures use client.admin (ceph.conf names its keyring); every command
 # line test runs rbdelta as the least-privileged client.rbdelta
@@ -45,3 +45,13 @@ for a in "$@"; do
 done
 cargo test --release --all-targets --features fault-injection "${cargo_args[@]}" \
     -- --include-ignored "${test_args[@]}"
+
+# The CephFS tier (issue 13): end-to-end tests again with every temp dir,
+# and so every archive, on the cluster's ceph-fuse mount. Skipped when
+# arguments narrow the run.
+if [[ $# -eq 0 ]]; then
+    mkdir -p "$dir/cephfs/tmp"
+    TMPDIR="$dir/cephfs/tmp" cargo test --release --features fault-injection \
+        --test cluster_cli --test import_cli --test direct_io_cli --test in_place_cli \
+        --test readers_cli --test scrub_cli -- --include-ignored
+fi

@@ -3,8 +3,11 @@
 # no mgr) for tests. Everything lives in one directory; several clusters may run
 # at once in different directories.
 #
-#   cluster.sh start DIR [--memstore-gib N | --bluestore-gib N] [--cephx]
-#                                             bring up; writes DIR/ceph.conf
+#   cluster.sh start DIR [--memstore-gib N | --bluestore-gib N] [--cephx] [--cephfs]
+#                                             bring up; writes DIR/ceph.conf;
+#                                             --cephfs adds an MDS and a
+#                                             CephFS mounted at DIR/cephfs
+#                                             through ceph-fuse
 #   cluster.sh stop DIR                       kill the daemons, remove DIR
 #   cluster.sh status DIR                     show daemon pids and cluster health
 #   cluster.sh pause|resume|kill|restart DIR osd|mon
@@ -114,6 +117,13 @@ log file = $DIR/log/\$name.log
 osd data = $DIR/osd/\$id
 osd journal = $DIR/osd/\$id/journal
 keyring = $DIR/osd/\$id/keyring
+
+[mds]
+admin socket = $DIR/run/\$name.asok
+pid file = $DIR/run/\$name.pid
+log file = $DIR/log/\$name.log
+mds data = $DIR/mds/\$id
+keyring = $DIR/mds/\$id/keyring
 EOF
 }
 
@@ -151,6 +161,9 @@ fail_start() {
         log "---- tail of $f ----"
         tail -n 25 "$f" >&2 || true
     done
+    if mountpoint -q "$DIR/cephfs" 2>/dev/null; then
+        fusermount3 -u "$DIR/cephfs" 2>/dev/null || umount -l "$DIR/cephfs" 2>/dev/null || true
+    fi
     kill_daemons
     rm -rf "$DIR"
     exit 1
@@ -188,7 +201,7 @@ sys.exit(0 if ok else 1)
 }
 
 cmd_start() {
-    local gib=2 auth=none store=memstore
+    local gib=2 auth=none store=memstore cephfs=0
     [[ $# -ge 1 ]] || usage
     DIR=$1
     shift
@@ -196,6 +209,10 @@ cmd_start() {
         case $1 in
         --cephx)
             auth=cephx
+            shift
+            ;;
+        --cephfs)
+            cephfs=1
             shift
             ;;
         --memstore-gib | --bluestore-gib)
@@ -264,8 +281,35 @@ cmd_start() {
             fail_start "ceph auth get-or-create client.rbdelta failed"
         chmod 600 "$DIR/rbdelta.keyring"
     fi
+    ((cephfs)) && start_cephfs "$deadline" "$auth"
     trap - ERR INT TERM
     log "ready in ${SECONDS}s: $DIR/ceph.conf"
+}
+
+# An MDS (mds.a) and a file system on two new pools, mounted at DIR/cephfs
+# by ceph-fuse as client.admin.
+start_cephfs() {
+    local deadline=$1 auth=$2
+    for tool in ceph-mds ceph-fuse fusermount3; do
+        command -v "$tool" >/dev/null || fail_start "$tool not found (run rbd-fixtures/install-deps.sh)"
+    done
+    mkdir -p "$DIR/mds/a" "$DIR/cephfs"
+    cephc osd pool create cephfs_meta 8 >/dev/null 2>&1 || fail_start "pool create cephfs_meta failed"
+    cephc osd pool create cephfs_data 8 >/dev/null 2>&1 || fail_start "pool create cephfs_data failed"
+    cephc fs new cephfs cephfs_meta cephfs_data >>"$DIR/log/mkfs.log" 2>&1 || fail_start "ceph fs new failed"
+    if [[ $auth == cephx ]]; then
+        cephc auth get-or-create mds.a mon 'allow profile mds' osd 'allow rwx' mds 'allow' \
+            -o "$DIR/mds/a/keyring" >>"$DIR/log/mkfs.log" 2>&1 || fail_start "ceph auth mds key failed"
+    fi
+    ceph-mds --id a -c "$DIR/ceph.conf" >>"$DIR/log/daemons.log" 2>&1 || fail_start "ceph-mds did not start"
+    until cephc mds stat 2>/dev/null | grep -q 'up:active'; do
+        ((SECONDS < deadline)) || fail_start "the MDS did not become active (log: $DIR/log/mds.a.log)"
+        sleep 0.5
+    done
+    ceph-fuse -c "$DIR/ceph.conf" --id admin "$DIR/cephfs" >>"$DIR/log/daemons.log" 2>&1 ||
+        fail_start "ceph-fuse did not mount $DIR/cephfs"
+    mountpoint -q "$DIR/cephfs" || fail_start "$DIR/cephfs is not mounted"
+    log "CephFS mounted at $DIR/cephfs (mds.a, ceph-fuse)"
 }
 
 cmd_stop() {
@@ -276,6 +320,11 @@ cmd_stop() {
         return 0
     fi
     [[ -f $DIR/ceph.conf || -d $DIR/run ]] || die "$DIR does not look like a cluster dir"
+    # first the mount: rm -rf must not reach into CephFS, and a killed
+    # ceph-fuse would leave a dead mount point behind
+    if mountpoint -q "$DIR/cephfs" 2>/dev/null; then
+        fusermount3 -u "$DIR/cephfs" 2>/dev/null || umount -l "$DIR/cephfs" 2>/dev/null || true
+    fi
     kill_daemons
     rm -rf "$DIR"
     log "stopped and removed $DIR"

@@ -12,6 +12,7 @@ PACKAGES=(
     fuse3 e2fsprogs xfsprogs btrfs-progs dosfstools fdisk
     python3-rbd python3-rados
     man-db
+    ceph-mds ceph-fuse
 )
 
 missing=()

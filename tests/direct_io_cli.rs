@@ -53,6 +53,15 @@ fn odd_sized_sparse_images_restore_byte_exact_with_and_without_direct_io() {
     f.write_all_at(&pattern(20_000, 3), size - 20_000).unwrap();
     drop(f);
     let data = 70_000 + 9 * MIB + 20 * 65536 + 65536 + 20_000;
+    // CephFS (ceph-fuse) keeps holes but reports none, and counts every
+    // byte as allocated: the allocation is only judged where it tells
+    let tells_holes = {
+        use std::os::unix::io::AsRawFd;
+        let f = std::fs::File::open(&raw).unwrap();
+        // SAFETY: lseek on an open descriptor.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+        hole >= 0 && (hole as u64) < size
+    };
     env.ok(&["import", "v", "--raw", raw.to_str().unwrap()]);
     let want = std::fs::read(&raw).unwrap();
 
@@ -92,7 +101,7 @@ fn odd_sized_sparse_images_restore_byte_exact_with_and_without_direct_io() {
             // holes stay holes: what is allocated is about the data
             let allocated = std::fs::metadata(path).unwrap().blocks() * 512;
             assert!(
-                allocated <= data + 2 * MIB,
+                !tells_holes || allocated <= data + 2 * MIB,
                 "{}: {allocated} bytes allocated for {data} of data",
                 path.display()
             );
