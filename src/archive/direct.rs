@@ -4,12 +4,9 @@
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
-use std::path::Path;
 use std::ptr::NonNull;
-
-use crate::error::{Error, Result};
 
 /// The alignment of buffers, offsets and lengths for direct reads: the
 /// logical block size of any disk rbdelta expects to sit on.
@@ -27,90 +24,6 @@ pub fn reopen(file: &File, write: bool) -> std::io::Result<File> {
         .write(write)
         .custom_flags(libc::O_DIRECT)
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
-}
-
-/// Reads `len` bytes at `offset` of `file` (a direct descriptor from
-/// [`reopen`], at `path`) into `buf`, which ends up `len` long. From an
-/// aligned offset they go straight in, whatever `len` (the read is rounded
-/// up into the buffer's capacity and may end at the end of the file).
-pub fn read_into(
-    file: &File,
-    path: &Path,
-    buf: &mut AlignedBuf,
-    offset: u64,
-    len: usize,
-) -> Result<()> {
-    let rounded = len.div_ceil(ALIGN) * ALIGN;
-    if offset % ALIGN as u64 != 0 || rounded > buf.capacity() {
-        buf.set_len(len.min(buf.capacity()));
-        if buf.len() < len {
-            *buf = AlignedBuf::zeroed(len);
-        }
-        return read_at(file, path, buf, offset);
-    }
-    if let Some(e) = crate::fault::read_fault(path) {
-        return Err(Error::io(path, e));
-    }
-    buf.set_len(rounded);
-    fill(file, path, buf, offset, len)?;
-    buf.set_len(len);
-    Ok(())
-}
-
-/// Fills `buf` from `file` (a descriptor from [`reopen`], at `path`) at
-/// `offset`. An aligned request goes straight into `buf`; any other
-/// bounces through an aligned copy of the enclosing aligned range.
-pub fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
-    if let Some(e) = crate::fault::read_fault(path) {
-        return Err(Error::io(path, e));
-    }
-    let a = ALIGN as u64;
-    if (buf.as_ptr() as usize) % ALIGN == 0 && offset % a == 0 && buf.len() % ALIGN == 0 {
-        return fill(file, path, buf, offset, buf.len());
-    }
-    let lo = offset / a * a;
-    let hi = (offset + buf.len() as u64).div_ceil(a) * a;
-    let mut bounce = AlignedBuf::zeroed((hi - lo) as usize);
-    let skip = (offset - lo) as usize;
-    // the aligned range may run past the end of the file: only the
-    // requested part must be there
-    fill(file, path, &mut bounce, lo, skip + buf.len())?;
-    buf.copy_from_slice(&bounce[skip..skip + buf.len()]);
-    Ok(())
-}
-
-/// Reads into `buf` at `offset` until at least `need` bytes are in (the
-/// rest may lie past the end of the file).
-fn fill(file: &File, path: &Path, buf: &mut [u8], offset: u64, need: usize) -> Result<()> {
-    let mut got = 0;
-    while got < need {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => {
-                return Err(Error::io(
-                    path,
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("the file ends before byte {}", offset + need as u64),
-                    ),
-                ))
-            }
-            // a short direct read ends at the end of the file; asking
-            // again at an unaligned offset would be refused
-            Ok(n) if n % ALIGN != 0 && got + n < need => {
-                return Err(Error::io(
-                    path,
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("the file ends before byte {}", offset + need as u64),
-                    ),
-                ))
-            }
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(path, e)),
-        }
-    }
-    Ok(())
 }
 
 /// A zero-initialised heap buffer aligned to [`ALIGN`], for direct I/O.
@@ -185,42 +98,5 @@ mod tests {
             b.set_len(b.capacity());
             b[0] = 1;
         }
-    }
-
-    /// Aligned and unaligned reads, and ones that end at an unaligned end
-    /// of the file, return the file's bytes; one past the end is an error.
-    #[test]
-    fn direct_reads_return_the_files_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..3 * ALIGN + 123).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        let file = File::open(&path).unwrap();
-        let Ok(direct) = reopen(&file, false) else {
-            return; // refused here: callers read through the cache
-        };
-        let mut b = AlignedBuf::zeroed(4 * ALIGN);
-        for (off, len) in [
-            (ALIGN, 2 * ALIGN),
-            (0, 3 * ALIGN + 123),
-            (2 * ALIGN, ALIGN + 100),
-            (5, 300),
-        ] {
-            read_into(&direct, &path, &mut b, off as u64, len).unwrap();
-            assert_eq!(&b[..], &data[off..off + len], "at {off}+{len}");
-        }
-        for (off, len) in [
-            (1, 10),
-            (ALIGN - 3, 9),
-            (3 * ALIGN, 123),
-            (100, 3 * ALIGN + 23),
-        ] {
-            let mut buf = vec![0u8; len];
-            read_at(&direct, &path, &mut buf, off as u64).unwrap();
-            assert_eq!(buf, data[off..off + len], "at {off}+{len}");
-        }
-        assert!(read_into(&direct, &path, &mut b, 3 * ALIGN as u64, 200).is_err());
-        let mut buf = vec![0u8; 200];
-        assert!(read_at(&direct, &path, &mut buf, 3 * ALIGN as u64).is_err());
     }
 }

@@ -8,7 +8,6 @@
 
 pub mod block_set;
 pub mod file_target;
-mod group_reads;
 pub mod in_place;
 pub mod partial;
 pub mod rbd_target;

@@ -2,18 +2,15 @@
 //! block's hash, and turns them into write pieces for a restore target.
 //!
 //! Contiguous blocks stored contiguously in the same file are read with one
-//! `pread` (up to 4 MiB), several at once ([`super::group_reads`]); each
-//! byte is read once; zero blocks are never read.
+//! `pread` (up to 4 MiB); each byte is read once; zero blocks are never read.
 
-use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::Arc;
 
 use super::block_set::BlockSet;
-use super::group_reads::{self, GroupReads, Slot, DEPTH};
+use crate::archive::read::Readahead;
 use crate::buffers::BufferPool;
 use crate::chain::{Chain, Resolved, Source};
-use crate::checksum::{Hash, ImageChecksum};
+use crate::checksum::{block_hash, Hash, ImageChecksum};
 use crate::error::{Error, Result};
 use crate::format::index::BlockEntry;
 
@@ -53,47 +50,43 @@ pub fn read_blocks(
     pool: &BufferPool,
     emit: &mut dyn FnMut(Piece) -> Result<()>,
 ) -> Result<ReadOutcome> {
-    std::thread::scope(|scope| {
-        let mut w = Coalescer::new(emit, pool, send_zeros);
-        let mut rd = Reader {
-            chain,
-            allow_bad,
-            sum: ImageChecksum::new(chain.size(), chain.block_size),
-            bad: Vec::new(),
-            bytes_read: 0,
-            group: Vec::new(),
-            queue: VecDeque::new(),
-            in_flight: 0,
-            reads: GroupReads::start(scope, chain),
-        };
-        for r in chain.blocks()? {
-            let r = r?;
-            if only.is_some_and(|set| !set.contains(r.block)) {
-                rd.end_group(&mut w)?;
-                rd.push(Item::Known(r), &mut w)?;
-                continue;
+    let mut w = Coalescer::new(emit, pool, send_zeros);
+    let mut rd = Reader {
+        chain,
+        allow_bad,
+        sum: ImageChecksum::new(chain.size(), chain.block_size),
+        bad: Vec::new(),
+        bytes_read: 0,
+        buf: Vec::new(),
+        group: Vec::new(),
+        ahead: vec![Readahead::default(); chain.links.len()],
+    };
+    for r in chain.blocks()? {
+        let r = r?;
+        if only.is_some_and(|set| !set.contains(r.block)) {
+            rd.flush_group(&mut w)?;
+            rd.sum.push(r.block, &chain.hash_of(&r)?);
+            continue;
+        }
+        match stored(&r) {
+            Some((link, e)) => {
+                if !rd.joins(link, &e) {
+                    rd.flush_group(&mut w)?;
+                }
+                rd.group.push(r);
             }
-            match stored(&r) {
-                Some((link, e)) => {
-                    if !rd.joins(link, &e) {
-                        rd.end_group(&mut w)?;
-                    }
-                    rd.group.push(r);
-                }
-                None => {
-                    rd.end_group(&mut w)?;
-                    rd.push(Item::Zero(r), &mut w)?;
-                }
+            None => {
+                rd.flush_group(&mut w)?;
+                rd.zero_block(&mut w, &r)?;
             }
         }
-        rd.end_group(&mut w)?;
-        rd.drain(0, &mut w)?;
-        w.flush()?;
-        Ok(ReadOutcome {
-            checksum: rd.sum.finish(),
-            bad: rd.bad,
-            bytes_read: rd.bytes_read,
-        })
+    }
+    rd.flush_group(&mut w)?;
+    w.flush()?;
+    Ok(ReadOutcome {
+        checksum: rd.sum.finish(),
+        bad: rd.bad,
+        bytes_read: rd.bytes_read,
     })
 }
 
@@ -105,36 +98,17 @@ fn stored(r: &Resolved) -> Option<(usize, BlockEntry)> {
     }
 }
 
-/// What the reader has yet to hand out, in image order.
-enum Item {
-    /// Blocks stored back to back in one file, being read.
-    Group {
-        blocks: Vec<Resolved>,
-        link: usize,
-        slot: Arc<Slot>,
-    },
-    /// A block that reads as zeros.
-    Zero(Resolved),
-    /// A block the target is known to hold already (`only`).
-    Known(Resolved),
-}
-
-/// Items waiting behind groups still being read, at most: a bound on
-/// memory where a few groups lie far apart in a sparse image.
-const MAX_QUEUED: usize = 4096;
-
 struct Reader<'c> {
     chain: &'c Chain,
     allow_bad: bool,
     sum: ImageChecksum,
     bad: Vec<Range<u64>>,
     bytes_read: u64,
-    /// Blocks stored back to back in one file, gathered for one read.
+    buf: Vec<u8>,
+    /// Blocks stored back to back in one file, read together.
     group: Vec<Resolved>,
-    queue: VecDeque<Item>,
-    /// Groups in `queue`.
-    in_flight: usize,
-    reads: GroupReads,
+    /// Per link: the kernel reads ahead of us.
+    ahead: Vec<Readahead>,
 }
 
 impl Reader<'_> {
@@ -149,76 +123,41 @@ impl Reader<'_> {
             && e.offset + e.len as u64 - fe.offset <= MAX_CHUNK as u64
     }
 
-    /// Sends the gathered group off to be read.
-    fn end_group(&mut self, w: &mut Coalescer) -> Result<()> {
-        if self.group.is_empty() {
+    fn flush_group(&mut self, w: &mut Coalescer) -> Result<()> {
+        let Some(first) = self.group.first() else {
             return Ok(());
-        }
-        // a buffer for it: fewer than DEPTH groups unclaimed
-        self.drain(DEPTH - 1, w)?;
-        let blocks = std::mem::take(&mut self.group);
-        let (link, fe) = stored(&blocks[0]).expect("stored");
-        let lens = blocks
-            .iter()
-            .map(|r| stored(r).expect("stored").1.len)
-            .collect();
-        let slot = self.reads.submit(link, fe.offset, lens)?;
-        self.queue.push_back(Item::Group { blocks, link, slot });
-        self.in_flight += 1;
-        Ok(())
-    }
-
-    fn push(&mut self, item: Item, w: &mut Coalescer) -> Result<()> {
-        self.queue.push_back(item);
-        self.drain(DEPTH, w)
-    }
-
-    /// Hands out items from the front until at most `groups` groups are
-    /// left unclaimed, nothing but groups waits at the front, and the
-    /// queue is within [`MAX_QUEUED`].
-    fn drain(&mut self, groups: usize, w: &mut Coalescer) -> Result<()> {
-        while let Some(front) = self.queue.front() {
-            let is_group = matches!(front, Item::Group { .. });
-            if is_group && self.in_flight <= groups && self.queue.len() <= MAX_QUEUED {
-                break;
-            }
-            match self.queue.pop_front().expect("a front item") {
-                Item::Group { blocks, link, slot } => {
-                    self.in_flight -= 1;
-                    let read = self.reads.wait(&slot)?;
-                    self.hand_out(w, blocks, link, read)?;
-                }
-                Item::Zero(r) => self.zero_block(w, &r)?,
-                Item::Known(r) => self.sum.push(r.block, &self.chain.hash_of(&r)?),
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks a group's blocks and hands them to `w`.
-    fn hand_out(
-        &mut self,
-        w: &mut Coalescer,
-        group: Vec<Resolved>,
-        link: usize,
-        (buf, hashes): group_reads::Read,
-    ) -> Result<()> {
-        self.bytes_read += buf.len() as u64;
-        // When all are good and back to back in the image too (always so
-        // in a full), the group is one piece.
-        let mut whole = true;
-        for (i, (r, h)) in group.iter().zip(&hashes).enumerate() {
+        };
+        let (link, fe) = stored(first).expect("stored");
+        let (_, le) = stored(self.group.last().unwrap()).expect("stored");
+        let span = BlockEntry {
+            len: (le.offset + le.len as u64 - fe.offset) as u32,
+            ..fe
+        };
+        let mut buf = std::mem::take(&mut self.buf);
+        let file = &self.chain.links[link].file;
+        self.ahead[link].before(file, span.offset, span.len.into());
+        self.chain.read_entry(link, &span, &mut buf)?;
+        self.bytes_read += span.len as u64;
+        let group = std::mem::take(&mut self.group);
+        // Hash every block; when all are good and back to back in the
+        // image too (always so in a full), the read buffer itself is the
+        // piece: no copy.
+        let (mut at, mut whole) = (0usize, true);
+        let mut hashes = Vec::with_capacity(group.len());
+        for (i, r) in group.iter().enumerate() {
             let (_, e) = stored(r).expect("stored");
+            let h = block_hash(&buf[at..at + e.len as usize]);
+            at += e.len as usize;
             whole &=
-                *h == e.hash && u64::from(e.len) == r.len && r.block == group[0].block + i as u64;
+                h == e.hash && u64::from(e.len) == r.len && r.block == group[0].block + i as u64;
+            hashes.push(h);
         }
         if whole {
             for (r, h) in group.iter().zip(&hashes) {
                 self.sum.push(r.block, h);
             }
-            let mut data = w.spare();
-            data.extend_from_slice(&buf);
-            w.data_owned(group[0].block * self.chain.block_size, data)?;
+            w.data_owned(group[0].block * self.chain.block_size, buf)?;
+            buf = w.spare();
         } else {
             let mut at = 0usize;
             for (r, h) in group.iter().zip(&hashes) {
@@ -228,7 +167,9 @@ impl Reader<'_> {
                 self.data_block(w, r, link, &e, d, h)?;
             }
         }
-        self.reads.recycle(buf);
+        self.group = group;
+        self.group.clear();
+        self.buf = buf;
         Ok(())
     }
 
