@@ -153,6 +153,14 @@ make_keys() {
 }
 
 # On a failed start: show why, then leave nothing behind.
+# Unmounts DIR/cephfs if mounted: rm -rf must not reach into CephFS, and a
+# killed ceph-fuse would leave a dead mount point behind.
+unmount_cephfs() {
+    if mountpoint -q "$DIR/cephfs" 2>/dev/null; then
+        fusermount3 -u "$DIR/cephfs" 2>/dev/null || umount -l "$DIR/cephfs" 2>/dev/null || true
+    fi
+}
+
 fail_start() {
     local f
     log "start failed: $*"
@@ -161,9 +169,7 @@ fail_start() {
         log "---- tail of $f ----"
         tail -n 25 "$f" >&2 || true
     done
-    if mountpoint -q "$DIR/cephfs" 2>/dev/null; then
-        fusermount3 -u "$DIR/cephfs" 2>/dev/null || umount -l "$DIR/cephfs" 2>/dev/null || true
-    fi
+    unmount_cephfs
     kill_daemons
     rm -rf "$DIR"
     exit 1
@@ -320,11 +326,7 @@ cmd_stop() {
         return 0
     fi
     [[ -f $DIR/ceph.conf || -d $DIR/run ]] || die "$DIR does not look like a cluster dir"
-    # first the mount: rm -rf must not reach into CephFS, and a killed
-    # ceph-fuse would leave a dead mount point behind
-    if mountpoint -q "$DIR/cephfs" 2>/dev/null; then
-        fusermount3 -u "$DIR/cephfs" 2>/dev/null || umount -l "$DIR/cephfs" 2>/dev/null || true
-    fi
+    unmount_cephfs # first
     kill_daemons
     rm -rf "$DIR"
     log "stopped and removed $DIR"

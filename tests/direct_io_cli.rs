@@ -68,32 +68,21 @@ fn odd_sized_sparse_images_restore_byte_exact_with_and_without_direct_io() {
     for (name, refuse) in [("direct", false), ("cached", true)] {
         let out_file = dir.join(format!("{name}.raw"));
         let exported = dir.join(format!("{name}-export.raw"));
-        let mut cmd = env.cmd();
-        cmd.env("RBDELTA_LOG", "debug");
-        if refuse {
-            cmd.env("RBDELTA_TEST_NO_DIRECT", "1");
-        }
-        let out = cmd
-            .args(["restore", "v", "--to-file", out_file.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{name}: {}", stderr(&out));
-        let fell_back = stderr(&out).contains("no direct writes");
-        assert_eq!(
-            fell_back,
-            refuse || !takes_direct(dir),
-            "{name}: {}",
+        // rbdelta with debug logs, where direct I/O is refused if `refuse`
+        let run = |args: &[&str]| {
+            let mut cmd = env.cmd();
+            cmd.env("RBDELTA_LOG", "debug");
+            if refuse {
+                cmd.env("RBDELTA_TEST_NO_DIRECT", "1");
+            }
+            let out = cmd.args(args).output().unwrap();
+            assert!(out.status.success(), "{name}: {args:?}: {}", stderr(&out));
             stderr(&out)
-        );
-        let mut cmd = env.cmd();
-        if refuse {
-            cmd.env("RBDELTA_TEST_NO_DIRECT", "1");
-        }
-        let out = cmd
-            .args(["export", "v", "-o", exported.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        };
+        let err = run(&["restore", "v", "--to-file", out_file.to_str().unwrap()]);
+        let fell_back = err.contains("no direct writes");
+        assert_eq!(fell_back, refuse || !takes_direct(dir), "{name}: {err}");
+        run(&["export", "v", "-o", exported.to_str().unwrap()]);
         for path in [&out_file, &exported] {
             let got = std::fs::read(path).unwrap();
             assert_eq!(got.len(), want.len(), "{}", path.display());

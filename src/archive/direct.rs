@@ -13,15 +13,14 @@ use std::ptr::NonNull;
 pub const ALIGN: usize = 4096;
 
 /// A second descriptor of `file` (the same inode, even if its name has
-/// since been unlinked) that reads, or with `write` writes, with
-/// `O_DIRECT`; or the filesystem's refusal.
-pub fn reopen(file: &File, write: bool) -> std::io::Result<File> {
+/// since been unlinked) that writes with `O_DIRECT`; or the filesystem's
+/// refusal.
+pub fn reopen(file: &File) -> std::io::Result<File> {
     if crate::fault::direct_refused() {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
     OpenOptions::new()
-        .read(!write)
-        .write(write)
+        .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }

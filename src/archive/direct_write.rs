@@ -12,7 +12,6 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -45,21 +44,12 @@ impl DirectWriter {
     /// it; the filesystem's refusal (tmpfs, some FUSE filesystems) is the
     /// caller's cue to write through the cache.
     pub fn new(file: &File, path: &Path) -> std::io::Result<DirectWriter> {
-        let direct = Arc::new(super::direct::reopen(file, true)?);
+        let direct = Arc::new(super::direct::reopen(file)?);
         // a filesystem may take the flag at open and refuse the writes:
         // one aligned write of zeros at the start of the (new) file finds
-        // out, and the hole is punched back
+        // out, and the hole is punched back (zeros either way)
         direct.write_all_at(&AlignedBuf::zeroed(ALIGN), 0)?;
-        // SAFETY: an open descriptor; a failure leaves 4 KiB of zeros
-        // allocated, which read the same.
-        unsafe {
-            libc::fallocate(
-                direct.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                0,
-                ALIGN as libc::off_t,
-            );
-        }
+        let _ = super::sparse::punch_hole(file, 0, ALIGN as u64);
         let (jobs, rx) = bounded::<(u64, AlignedBuf)>(BUFFERS);
         let (free_tx, free) = bounded(BUFFERS);
         let failed = Arc::new(Mutex::new(None));
@@ -112,11 +102,16 @@ impl DirectWriter {
     /// Waits for every write; the first error of any. The data is on the
     /// disk but not yet durable: the caller's fsync makes it so.
     pub fn finish(mut self) -> Result<()> {
+        self.stop();
+        self.check()
+    }
+
+    /// Closes the queue and waits for the threads to write what is in it.
+    fn stop(&mut self) {
         self.jobs = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        self.check()
     }
 
     /// An idle buffer, or a new one while fewer than [`BUFFERS`] exist.
@@ -132,7 +127,7 @@ impl DirectWriter {
     }
 
     fn check(&self) -> Result<()> {
-        match self.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        match lock(&self.failed).take() {
             Some(e) => Err(Error::io(&self.path, e)),
             None => Ok(()),
         }
@@ -147,10 +142,7 @@ impl DirectWriter {
 
 impl Drop for DirectWriter {
     fn drop(&mut self) {
-        self.jobs = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
@@ -163,15 +155,19 @@ fn write_loop(
     failed: &Mutex<Option<std::io::Error>>,
 ) {
     for (at, buf) in jobs {
-        let broken = failed.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        let broken = lock(failed).is_some();
         if !broken {
             if let Err(e) = file.write_all_at(&buf, at) {
-                let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-                f.get_or_insert(e);
+                lock(failed).get_or_insert(e);
             }
         }
         let _ = free.try_send(buf);
     }
+}
+
+/// The first error, whatever a panicking writer left.
+fn lock(m: &Mutex<Option<std::io::Error>>) -> std::sync::MutexGuard<'_, Option<std::io::Error>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -58,28 +58,23 @@ impl Readahead {
         }
         self.advised = self.advised.max(offset);
         let want = offset + len + READAHEAD_WINDOW;
-        let fd = file.as_raw_fd();
         while self.advised < want {
             // Only the file's data: advice over a hole of a sparse full
             // makes the kernel allocate and zero pages nobody reads.
             // (a filesystem that cannot tell says all is data)
-            let data = match seek(fd, self.advised, libc::SEEK_DATA) {
-                Some(Ok(d)) if d < want => d.max(self.advised),
-                Some(Err(_)) => self.advised,
+            let (data, hole) = match crate::archive::sparse::next_data(file, self.advised, want) {
+                Ok(Some((d, h))) if d < want && h > d => (d.max(self.advised), h),
+                Err(_) => (self.advised, want),
                 _ => {
                     self.advised = want; // no data before `want`
                     break;
                 }
             };
-            let hole = match seek(fd, data, libc::SEEK_HOLE) {
-                Some(Ok(h)) if h > data => h,
-                _ => want,
-            };
-            let end = hole.min(want).min(data + READAHEAD_STEP);
+            let end = hole.min(data + READAHEAD_STEP);
             // SAFETY: an open descriptor; advice only, failures ignored.
             unsafe {
                 libc::posix_fadvise(
-                    fd,
+                    file.as_raw_fd(),
                     data as libc::off_t,
                     (end - data) as libc::off_t,
                     libc::POSIX_FADV_WILLNEED,
@@ -87,22 +82,5 @@ impl Readahead {
             }
             self.advised = end;
         }
-    }
-}
-
-/// `lseek(fd, offset, whence)` for SEEK_DATA/SEEK_HOLE: None past the last
-/// data (ENXIO), `Some(Err)` where the filesystem cannot tell.
-fn seek(
-    fd: std::os::unix::io::RawFd,
-    offset: u64,
-    whence: i32,
-) -> Option<std::result::Result<u64, ()>> {
-    // SAFETY: lseek on an open descriptor; it only moves this
-    // descriptor's offset, which every archive read ignores (pread).
-    let r = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
-    match u64::try_from(r) {
-        Ok(at) => Some(Ok(at)),
-        Err(_) if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => None,
-        Err(_) => Some(Err(())),
     }
 }
