@@ -51,16 +51,23 @@ bench_cleanup() {
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 
+cached_kib() { awk '/^Cached:/ {print $2}' /proc/meminfo; }
+
 # measure NAME CMD...: drops the page cache, runs CMD under GNU time (its
 # stdout kept in $work/out.NAME, its stderr shown), appends its seconds to
-# secs[NAME] and keeps the peak RSS (KiB) over all runs in rss[NAME].
-declare -A secs rss
+# secs[NAME], keeps the peak RSS (KiB) over all runs in rss[NAME] and the
+# largest growth of the page cache (`Cached` in /proc/meminfo, KiB) over
+# a run in cached[NAME].
+declare -A secs rss cached
 measure() {
   local name=$1; shift
   drop_caches
-  local out="$work/time.$name"
+  local out="$work/time.$name" before
+  before=$(cached_kib)
   /usr/bin/time -f '%e %M' -o "$out" "$@" > "$work/out.$name"
+  local grew=$(( $(cached_kib) - before ))
   read -r s m < "$out"
   secs[$name]="${secs[$name]:-} $s"
   if [[ -z ${rss[$name]:-} ]] || ((m > rss[$name])); then rss[$name]=$m; fi
+  if [[ -z ${cached[$name]:-} ]] || ((grew > cached[$name])); then cached[$name]=$grew; fi
 }

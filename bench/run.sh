@@ -3,9 +3,14 @@
 # one run, reported as ratios (machines are noisy; absolute times are not
 # comparable between runs, ratios mostly are).
 #
-#   full backup      rbdelta backup (first)    vs  rbd export  + sync
+#   full backup      rbdelta backup (first)    vs  rbd snap create + rbd export
+#                                                  + sync
+#   page cache       growth of `Cached` during the full backup, against the
+#                    bytes it wrote (issue 14: under 10 %)
 #   incremental      rbdelta backup (delta)    vs  rbd export-diff + sync
 #   restore          rbdelta restore --to-image vs rbd import
+#   restore to file  rbdelta restore --to-file  vs  fio writing as many bytes
+#                    with O_DIRECT at queue depth 16, then fsync
 #   synthetic full   rbdelta synthetic-full    vs  rbdelta backup --full (from Ceph)
 #   merge            MiB/s of delta folded by rbdelta merge
 #
@@ -44,8 +49,11 @@ for rep in $(seq "$REPS"); do
   for s in $(rbd snap ls rbd/bench --format json | "$py" -c 'import json,sys; print(" ".join(x["name"] for x in json.load(sys.stdin) if x["name"].startswith("rbdelta-")))'); do
     rbd snap rm "rbd/bench@$s" >/dev/null 2>&1
   done
-  measure export sh -c "rbd -c '$CEPH_CONF' export --no-progress rbd/bench@s1 '$work/export.raw' && sync"
+  measure export sh -c "rbd -c '$CEPH_CONF' snap create rbd/bench@e$rep >/dev/null &&
+    rbd -c '$CEPH_CONF' export --no-progress rbd/bench@e$rep '$work/export.raw' && sync"
+  rbd snap rm rbd/bench@e$rep >/dev/null 2>&1
   measure full "$bin" --no-progress backup bench
+  full_bytes=$(du -B1 "$work/archive/bench/data/"*.full | awk '{print $1}')
 done
 
 echo "bench: scattered writes and a grow" >&2
@@ -64,6 +72,12 @@ for rep in $(seq "$REPS"); do
   rbd rm rbd/restored >/dev/null 2>&1 || true
   measure import rbd import --no-progress "$work/export.raw" rbd/imported
   measure restore "$bin" --no-progress restore bench --revision "$full_rev" --to-image rbd/restored
+  rm -f "$work/fio.raw" "$work/file.raw"
+  measure fio_direct fio --name=w --filename="$work/fio.raw" --rw=write --bs=4M \
+    --size="$((full_bytes / 1048576))M" --ioengine=libaio --direct=1 --iodepth=16 --end_fsync=1
+  rm -f "$work/fio.raw"
+  measure file "$bin" --no-progress restore bench --revision "$full_rev" --to-file "$work/file.raw"
+  rm -f "$work/file.raw"
 done
 
 "$bin" --no-progress verify bench >/dev/null
@@ -93,9 +107,15 @@ row() { printf '%-14s %13s %13s %11s %11s MiB %10s MiB\n' "$1" "$(span "${secs[$
 row "full backup" full export
 row "incremental" incremental export_diff
 row "restore" restore import
+row "file restore" file fio_direct
 row "synthetic full" synthetic ceph_full
 echo "(ranges over $REPS pair(s) for full and restore, one for the rest; RSS: peak over all runs)"
 echo "(synthetic full: rbdelta synthetic-full vs rbdelta backup --full reading the image from Ceph)"
+echo "(file restore: rbdelta restore --to-file vs fio writing the full's $((full_bytes / 1048576)) MiB of data with O_DIRECT, 16 in flight, then fsync)"
+echo "restore-to-file rate / fio rate, pair by pair (issue 14: >= 0.80): $(ratios "${secs[fio_direct]}" "${secs[file]}")"
+pct() { awk "BEGIN{printf \"%.1f\", 100 * $1 * 1024 / $2}"; }
+echo "page cache growth (Cached): full backup $(mib "${cached[full]}") MiB = $(pct "${cached[full]}" "$full_bytes") % of the $((full_bytes / 1048576)) MiB it wrote (issue 14: < 10 %);" \
+  "rbd export + sync $(mib "${cached[export]}") MiB; restore to a file $(mib "${cached[file]}") MiB; restore to an image $(mib "${cached[restore]}") MiB"
 merge_s=$(span "${secs[merge]}")
 echo "merge: folded a $((merged_bytes / 1048576)) MiB delta in $merge_s s: $(awk "BEGIN{printf \"%.0f\", $merged_bytes / 1048576 / $merge_s}") MiB/s"
 echo

@@ -1,16 +1,18 @@
-//! Restores and exports to a file go around the page cache (`O_DIRECT`,
-//! several writes in flight) where the filesystem takes it, and through
-//! the cache where it does not: both byte-exact for an image of an odd
-//! size with holes, both leaving the holes as holes. No cluster: the
-//! revision comes from `rbdelta import --raw`.
+//! Archive files (fulls and deltas of a backup) and restores and exports
+//! to a file go around the page cache (`O_DIRECT`, several writes in
+//! flight) where the filesystem takes it, and through the cache where it
+//! does not: both byte-exact for an image of an odd size with holes, both
+//! leaving the holes as holes. The restore test needs no cluster (the
+//! revision comes from `rbdelta import --raw`); the backup test reads a
+//! real image.
 
 mod common;
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-use common::cli::{stderr, Env};
-use common::pattern;
+use common::cli::{read_image, stderr, Env};
+use common::{pattern, test_conf, test_ioctx, ScratchImage};
 
 const MIB: u64 = 1 << 20;
 
@@ -27,6 +29,33 @@ fn takes_direct(dir: &Path) -> bool {
         .is_ok();
     let _ = std::fs::remove_file(&path);
     ok
+}
+
+/// Whether `path`'s filesystem reports holes (CephFS through ceph-fuse
+/// keeps them but reports none, and counts every byte as allocated).
+fn tells_holes(path: &Path, size: u64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: lseek on an open descriptor.
+    let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    hole >= 0 && (hole as u64) < size
+}
+
+/// Runs rbdelta in `env` with debug logs, direct I/O refused if `refuse`;
+/// its stderr.
+fn run(env: &Env, refuse: bool, args: &[&str]) -> String {
+    let mut cmd = env.cmd();
+    cmd.env("RBDELTA_LOG", "debug");
+    if refuse {
+        cmd.env("RBDELTA_TEST_NO_DIRECT", "1");
+    }
+    let out = cmd.args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} (refuse {refuse}): {}",
+        stderr(&out)
+    );
+    stderr(&out)
 }
 
 #[test]
@@ -53,32 +82,14 @@ fn odd_sized_sparse_images_restore_byte_exact_with_and_without_direct_io() {
     f.write_all_at(&pattern(20_000, 3), size - 20_000).unwrap();
     drop(f);
     let data = 70_000 + 9 * MIB + 20 * 65536 + 65536 + 20_000;
-    // CephFS (ceph-fuse) keeps holes but reports none, and counts every
-    // byte as allocated: the allocation is only judged where it tells
-    let tells_holes = {
-        use std::os::unix::io::AsRawFd;
-        let f = std::fs::File::open(&raw).unwrap();
-        // SAFETY: lseek on an open descriptor.
-        let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
-        hole >= 0 && (hole as u64) < size
-    };
+    let tells_holes = tells_holes(&raw, size);
     env.ok(&["import", "v", "--raw", raw.to_str().unwrap()]);
     let want = std::fs::read(&raw).unwrap();
 
     for (name, refuse) in [("direct", false), ("cached", true)] {
         let out_file = dir.join(format!("{name}.raw"));
         let exported = dir.join(format!("{name}-export.raw"));
-        // rbdelta with debug logs, where direct I/O is refused if `refuse`
-        let run = |args: &[&str]| {
-            let mut cmd = env.cmd();
-            cmd.env("RBDELTA_LOG", "debug");
-            if refuse {
-                cmd.env("RBDELTA_TEST_NO_DIRECT", "1");
-            }
-            let out = cmd.args(args).output().unwrap();
-            assert!(out.status.success(), "{name}: {args:?}: {}", stderr(&out));
-            stderr(&out)
-        };
+        let run = |args: &[&str]| run(&env, refuse, args);
         let err = run(&["restore", "v", "--to-file", out_file.to_str().unwrap()]);
         let fell_back = err.contains("no direct writes");
         assert_eq!(fell_back, refuse || !takes_direct(dir), "{name}: {err}");
@@ -94,6 +105,79 @@ fn odd_sized_sparse_images_restore_byte_exact_with_and_without_direct_io() {
                 "{}: {allocated} bytes allocated for {data} of data",
                 path.display()
             );
+        }
+    }
+}
+
+/// Fulls and deltas of a sparse image of an odd size (a partial last
+/// block), written direct and through the cache: every revision restores
+/// byte-exact, and the full keeps the image's holes.
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn backups_write_fulls_and_deltas_byte_exact_with_and_without_direct_io() {
+    common::require_fault_injection();
+    let (conf, io) = (test_conf(), test_ioctx());
+    let size = 350 * MIB + 12345;
+    for (name, refuse) in [("direct", false), ("cached", true)] {
+        let src = ScratchImage::create(&io, &format!("dio-{name}"), size);
+        let img = io.open_image(&src.name).unwrap();
+        let env = Env::new(&conf, &[("v", &src.name)]);
+        let mut want = Vec::new();
+        let steps: [&dyn Fn(); 2] = [
+            &|| {
+                img.write(0, &pattern(70_000, 1)).unwrap();
+                img.write(3 * MIB, &pattern(9 * MIB as usize, 2)).unwrap();
+                img.write(size - 20_000, &pattern(20_000, 3)).unwrap();
+            },
+            &|| {
+                for i in 0..20u64 {
+                    img.write(100 * MIB + i * 3_000_000, &pattern(4096, 10 + i))
+                        .unwrap();
+                }
+                img.write(5 * MIB + 100, &pattern(MIB as usize, 4)).unwrap();
+                img.write(size - 5000, &pattern(5000, 5)).unwrap();
+            },
+        ];
+        for step in steps {
+            step();
+            let err = run(&env, refuse, &["backup", "v"]);
+            let fell_back = err.contains("no direct writes");
+            assert_eq!(
+                fell_back,
+                refuse || !takes_direct(env.dir.path()),
+                "{name}: {err}"
+            );
+            want.push(read_image(&io, &src.name, None));
+        }
+        for (id, want) in env.revision_ids("v").iter().zip(&want) {
+            let out = env.dir.path().join(format!("{id}.raw"));
+            run(
+                &env,
+                refuse,
+                &[
+                    "restore",
+                    "v",
+                    "--revision",
+                    id,
+                    "--to-file",
+                    out.to_str().unwrap(),
+                ],
+            );
+            assert!(
+                std::fs::read(&out).unwrap() == *want,
+                "{name}: revision {id} differs"
+            );
+            std::fs::remove_file(&out).unwrap();
+        }
+        run(&env, refuse, &["verify", "v"]);
+        // the full keeps the image's holes: 9.1 MiB of data in 350 MiB
+        let data = env.archive().join("v/data");
+        for e in std::fs::read_dir(&data).unwrap().flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "full") && tells_holes(&path, size) {
+                let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+                assert!(allocated <= 12 * MIB, "{name}: {allocated} bytes allocated");
+            }
         }
     }
 }

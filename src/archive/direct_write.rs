@@ -1,14 +1,16 @@
 //! Writing a large file around the page cache (`O_DIRECT`), several writes
-//! in flight, for the bulk writers whose speed is the disk's: restores to
-//! a file today.
+//! in flight, for the bulk writers whose speed is the disk's: fulls and
+//! deltas of a backup, restores and exports to a file.
 //!
 //! This project's disk takes 288 MiB/s of buffered writes ended by an
 //! fsync and 806 MiB/s of direct writes 16 at a time (fio, 2026-11); and
 //! buffered writes fill the backup host's page cache with pages nobody
-//! reads again. The caller hands in bytes at aligned offsets; they are
-//! copied into aligned buffers and written by a few threads. A write whose
-//! length is not aligned is padded with zeros: it must be the file's last,
-//! and the caller sets the file's length afterwards.
+//! reads again. The caller hands in bytes at aligned offsets, in ascending
+//! order; they are copied into aligned buffers (a write that continues the
+//! one before fills the same buffer, up to 4 MiB) and written by a few
+//! threads. A buffer whose length is not aligned is padded with zeros when
+//! it goes out: whatever lies past its end is the caller's to write after
+//! [`DirectWriter::finish`], or to cut with `set_len`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -37,6 +39,8 @@ pub struct DirectWriter {
     failed: Arc<Mutex<Option<std::io::Error>>>,
     /// Buffers made so far (at most [`BUFFERS`]).
     made: usize,
+    /// The buffer being filled, and the file offset of its first byte.
+    pending: Option<(u64, AlignedBuf)>,
 }
 
 impl DirectWriter {
@@ -70,38 +74,79 @@ impl DirectWriter {
             threads,
             failed,
             made: 0,
+            pending: None,
         })
     }
 
-    /// Whether a write of `len` bytes at `offset` can go this way: at an
-    /// aligned offset (any length; see the module's note on the last write).
-    pub fn takes(offset: u64) -> bool {
+    /// A writer for `file` (at `path`), or None where the filesystem
+    /// refuses direct I/O: the caller then writes through the page cache.
+    /// The first refusal in a process is said at debug level.
+    pub fn or_cache(file: &File, path: &Path) -> Option<DirectWriter> {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        DirectWriter::new(file, path)
+            .inspect_err(|e| {
+                SAID.call_once(|| {
+                    tracing::debug!(
+                        "{}: no direct writes ({e}); writing through the page cache",
+                        path.display()
+                    )
+                })
+            })
+            .ok()
+    }
+
+    /// Whether a write at `offset` can go this way: at an aligned offset,
+    /// or right after the bytes written last (any length; see the module's
+    /// note on padding).
+    pub fn takes(&self, offset: u64) -> bool {
         offset % ALIGN as u64 == 0
+            || matches!(&self.pending, Some((at, b)) if at + b.len() as u64 == offset)
     }
 
     /// Queues `data` for writing at `offset` (see [`DirectWriter::takes`]);
     /// waits while every buffer is in flight. An earlier write's error is
     /// returned here or by [`DirectWriter::finish`].
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+    pub fn write(&mut self, mut offset: u64, mut data: &[u8]) -> Result<()> {
         self.check()?;
-        for (i, piece) in data.chunks(PIECE).enumerate() {
-            let mut buf = self.buffer()?;
-            let padded = piece.len().div_ceil(ALIGN) * ALIGN;
-            buf.set_len(padded);
-            buf[..piece.len()].copy_from_slice(piece);
-            buf[piece.len()..].fill(0);
-            let at = offset + (i * PIECE) as u64;
-            let jobs = self.jobs.as_ref().expect("jobs open until finish");
-            if jobs.send((at, buf)).is_err() {
-                return Err(self.stopped());
+        while !data.is_empty() {
+            let follows = matches!(&self.pending,
+                Some((at, b)) if at + b.len() as u64 == offset && b.len() < PIECE);
+            if !follows {
+                self.send_pending()?;
+                let mut buf = self.buffer()?;
+                buf.set_len(0);
+                self.pending = Some((offset, buf));
+            }
+            let (_, buf) = self.pending.as_mut().expect("a buffer being filled");
+            let have = buf.len();
+            let n = (PIECE - have).min(data.len());
+            buf.set_len(have + n);
+            buf[have..].copy_from_slice(&data[..n]);
+            (offset, data) = (offset + n as u64, &data[n..]);
+            if have + n == PIECE {
+                self.send_pending()?;
             }
         }
         Ok(())
     }
 
+    /// Sends the buffer being filled to the writers, padded with zeros to
+    /// the alignment.
+    fn send_pending(&mut self) -> Result<()> {
+        let Some((at, mut buf)) = self.pending.take() else {
+            return Ok(());
+        };
+        let len = buf.len();
+        buf.set_len(len.div_ceil(ALIGN) * ALIGN);
+        buf[len..].fill(0);
+        let jobs = self.jobs.as_ref().expect("jobs open until finish");
+        jobs.send((at, buf)).map_err(|_| self.stopped())
+    }
+
     /// Waits for every write; the first error of any. The data is on the
     /// disk but not yet durable: the caller's fsync makes it so.
     pub fn finish(mut self) -> Result<()> {
+        self.send_pending()?;
         self.stop();
         self.check()
     }

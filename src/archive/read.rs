@@ -28,12 +28,24 @@ const READAHEAD_STEP: u64 = 4 << 20;
 /// about one request in flight; a virtual disk often serves several at
 /// once far faster: a cold 2 GiB full read in 1.5 s instead of 3 to 5.6 s
 /// on this project's machines.
+///
+/// A bulk reader that reads each byte once (restore, verify, export) also
+/// drops what it left [`DROP_LAG`] behind from the cache
+/// (`POSIX_FADV_DONTNEED`, [`Readahead::dropping_behind`]), so reading a
+/// 2 GiB revision does not evict the backup host's working set.
 #[derive(Debug, Default, Clone)]
 pub struct Readahead {
     advised: u64,
     /// Where the last read ended (None before the first).
     last_end: Option<u64>,
+    /// Whether pages behind the reader are dropped, and up to where.
+    drop_behind: bool,
+    dropped: u64,
 }
+
+/// How far behind a forward reader its pages are dropped: reads a little
+/// out of order still find theirs.
+const DROP_LAG: u64 = 16 << 20;
 
 /// A read that starts within this distance of where the last one ended
 /// counts as sequential (FUSE may reorder a few requests; a restore skips
@@ -41,13 +53,21 @@ pub struct Readahead {
 const SEQUENTIAL_SLACK: u64 = 8 << 20;
 
 impl Readahead {
+    /// For a reader that reads each byte once: also drops the pages it
+    /// left behind.
+    pub fn dropping_behind() -> Readahead {
+        Readahead {
+            drop_behind: true,
+            ..Readahead::default()
+        }
+    }
+
     /// Call before reading `[offset, offset + len)` of `file`. Only a
     /// reader that goes on from where it was gets the kernel reading
     /// ahead: scattered reads (random reads through a mount, an in-place
     /// restore's few blocks) would only make the disk read what nobody
     /// wants.
     pub fn before(&mut self, file: &File, offset: u64, len: u64) {
-        use std::os::unix::io::AsRawFd;
         let sequential = self
             .last_end
             .is_some_and(|end| offset.abs_diff(end) <= SEQUENTIAL_SLACK);
@@ -57,6 +77,11 @@ impl Readahead {
             return;
         }
         self.advised = self.advised.max(offset);
+        let behind = offset.saturating_sub(DROP_LAG);
+        if self.drop_behind && behind >= self.dropped + READAHEAD_STEP {
+            advise(file, self.dropped, behind, libc::POSIX_FADV_DONTNEED);
+            self.dropped = behind;
+        }
         let want = offset + len + READAHEAD_WINDOW;
         while self.advised < want {
             // Only the file's data: advice over a hole of a sparse full
@@ -71,16 +96,22 @@ impl Readahead {
                 }
             };
             let end = hole.min(data + READAHEAD_STEP);
-            // SAFETY: an open descriptor; advice only, failures ignored.
-            unsafe {
-                libc::posix_fadvise(
-                    file.as_raw_fd(),
-                    data as libc::off_t,
-                    (end - data) as libc::off_t,
-                    libc::POSIX_FADV_WILLNEED,
-                );
-            }
+            advise(file, data, end, libc::POSIX_FADV_WILLNEED);
             self.advised = end;
         }
+    }
+}
+
+/// Gives the kernel `advice` about `[from, to)` of `file`; failures ignored.
+fn advise(file: &File, from: u64, to: u64, advice: libc::c_int) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: an open descriptor; advice only.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            from as libc::off_t,
+            (to - from) as libc::off_t,
+            advice,
+        );
     }
 }

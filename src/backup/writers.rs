@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::pipeline::{BlockWriter, Chunk};
 use crate::archive::atomic::TempFile;
+use crate::archive::direct_write::DirectWriter;
 use crate::checksum::{block_count, block_len, Hash, ImageChecksum, ZeroHashes};
 use crate::error::{IoContext, Result};
 use crate::format::delta::DeltaWriter;
@@ -16,6 +17,8 @@ use crate::format::full_index::FullIndexWriter;
 /// memory does not grow with the image.
 pub struct FullWriter {
     data: TempFile,
+    /// Direct writes to `data`, where the filesystem takes them.
+    direct: Option<DirectWriter>,
     index_tmp: TempFile,
     index: FullIndexWriter,
     sum: ImageChecksum,
@@ -30,11 +33,13 @@ pub struct FullWriter {
 impl FullWriter {
     pub fn new(tmp_dir: &Path, size: u64, block_size: u64) -> Result<FullWriter> {
         let data = TempFile::new_in(tmp_dir, "full")?;
+        let direct = DirectWriter::or_cache(&data.file, &data.path);
         let index_tmp = TempFile::new_in(tmp_dir, "fidx")?;
         let file = index_tmp.file.try_clone().at(&index_tmp.path)?;
         let index = FullIndexWriter::new(file, index_tmp.path.clone())?;
         Ok(FullWriter {
             data,
+            direct,
             index_tmp,
             index,
             sum: ImageChecksum::new(size, block_size),
@@ -69,7 +74,11 @@ impl FullWriter {
     }
 
     /// Completes both files for `revision` and renames them into place.
-    pub fn persist(self, revision: Hash, full: &Path, index: &Path) -> Result<()> {
+    pub fn persist(mut self, revision: Hash, full: &Path, index: &Path) -> Result<()> {
+        if let Some(d) = self.direct.take() {
+            d.finish()?;
+        }
+        // (also cuts the zeros a direct write padded the last block with)
         self.data.file.set_len(self.size).at(&self.data.path)?;
         self.index.finish(self.block_size, self.size, revision)?;
         self.data.persist(full)?;
@@ -94,10 +103,15 @@ impl BlockWriter for FullWriter {
             let from = blocks[start].at;
             let to = blocks[i - 1].at + blocks[i - 1].len;
             let offset = chunk.extent.offset + from as u64;
-            self.data
-                .file
-                .write_all_at(&chunk.data[from..to], offset)
-                .at(&self.data.path)?;
+            let data = &chunk.data[from..to];
+            match self.direct.as_mut().filter(|d| d.takes(offset)) {
+                Some(d) => d.write(offset, data)?,
+                None => self
+                    .data
+                    .file
+                    .write_all_at(data, offset)
+                    .at(&self.data.path)?,
+            }
             self.bytes_written += (to - from) as u64;
         }
         Ok(())

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::index::{check_sorted, BlockEntry};
 use super::*;
+use crate::archive::direct_write::DirectWriter;
 use crate::checksum::{block_count, Hash};
 use crate::error::{Error, IoContext, Result};
 
@@ -31,6 +32,8 @@ pub struct DeltaHeader {
 /// Writes a delta sequentially; blocks must be added in ascending order.
 pub struct DeltaWriter {
     file: File,
+    /// Direct writes of the block data, where the filesystem takes them.
+    direct: Option<DirectWriter>,
     path: PathBuf,
     block_size: u64,
     pos: u64,
@@ -43,6 +46,7 @@ const WRITE_BUF: usize = 4 << 20;
 impl DeltaWriter {
     pub fn new(file: File, path: PathBuf, block_size: u64) -> Self {
         DeltaWriter {
+            direct: DirectWriter::or_cache(&file, &path),
             file,
             path,
             block_size,
@@ -102,7 +106,10 @@ impl DeltaWriter {
 
     fn flush_buf(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
-            self.file.write_all_at(&self.buf, self.pos).at(&self.path)?;
+            match self.direct.as_mut().filter(|d| d.takes(self.pos)) {
+                Some(d) => d.write(self.pos, &self.buf)?,
+                None => self.file.write_all_at(&self.buf, self.pos).at(&self.path)?,
+            }
             self.pos += self.buf.len() as u64;
             self.buf.clear();
         }
@@ -121,6 +128,9 @@ impl DeltaWriter {
     /// Writes index, trailer and header, then fsyncs. Returns the file.
     pub fn finish(mut self, header: &DeltaHeader) -> Result<File> {
         self.flush_buf()?;
+        if let Some(d) = self.direct.take() {
+            d.finish()?; // its last block, padded with zeros, is cut below
+        }
         let index_offset = self.pos;
         let mut head = vec![0u8; DELTA_HEADER_LEN];
         head[0..8].copy_from_slice(&DELTA_MAGIC);
@@ -139,6 +149,8 @@ impl DeltaWriter {
         let mut tail = index;
         tail.extend_from_slice(trailer.finalize().as_bytes());
         self.file.write_all_at(&tail, index_offset).at(&self.path)?;
+        let end = index_offset + tail.len() as u64;
+        self.file.set_len(end).at(&self.path)?;
         self.file.write_all_at(&head, 0).at(&self.path)?;
         self.file.flush().at(&self.path)?;
         self.file.sync_all().at(&self.path)?;

@@ -34,14 +34,7 @@ impl FileTarget {
     /// restore keeps what it wrote as `<dest>.partial`.
     pub fn create(dest: &Path, size: u64, opts: &TargetOptions) -> Result<FileTarget> {
         let tmp = temp_beside(dest, opts.force)?;
-        let direct = DirectWriter::new(&tmp.file, &tmp.path)
-            .inspect_err(|e| {
-                tracing::debug!(
-                    "{}: no direct writes ({e}); writing through the page cache",
-                    tmp.path.display()
-                )
-            })
-            .ok();
+        let direct = DirectWriter::or_cache(&tmp.file, &tmp.path);
         Ok(FileTarget {
             tmp,
             dest: dest.to_path_buf(),
@@ -117,7 +110,7 @@ impl RestoreTarget for FileTarget {
     }
 
     fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
-        if let Some(d) = self.direct.as_mut().filter(|_| DirectWriter::takes(offset)) {
+        if let Some(d) = self.direct.as_mut().filter(|d| d.takes(offset)) {
             d.write(offset, &data)?;
             return Ok(Some(data));
         }

@@ -59,7 +59,7 @@ pub fn read_blocks(
         bytes_read: 0,
         buf: Vec::new(),
         group: Vec::new(),
-        ahead: vec![Readahead::default(); chain.links.len()],
+        ahead: vec![Readahead::dropping_behind(); chain.links.len()],
     };
     for r in chain.blocks()? {
         let r = r?;
