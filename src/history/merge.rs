@@ -15,6 +15,7 @@
 use std::path::PathBuf;
 
 use crate::archive::atomic::TempFile;
+use crate::archive::read::Readahead;
 use crate::archive::{Revision, VolumeDir};
 use crate::checksum::{block_count, ZeroHashes};
 use crate::error::{IoContext, Result};
@@ -40,6 +41,9 @@ pub fn stage(vol: &VolumeDir, r: &Revision, s: &Revision) -> Result<PathBuf> {
     let mut w = DeltaWriter::new(file, tmp.path.clone(), bs);
     let zeros = ZeroHashes::new(bs);
     let mut buf = Vec::new();
+    // both deltas are read forward: the kernel reads ahead of each, and
+    // what was copied leaves the page cache
+    let (mut ahead_r, mut ahead_s) = (Readahead::dropping_behind(), Readahead::dropping_behind());
     let (mut i, mut j) = (0usize, 0usize);
     let (re, se) = (&rd.entries, &sd.entries);
     let mut block = 0u64;
@@ -55,9 +59,9 @@ pub fn stage(vol: &VolumeDir, r: &Revision, s: &Revision) -> Result<PathBuf> {
             break;
         }
         if next_s == Some(n) {
-            put(&mut w, &sd, &se[j], &mut buf)?;
+            put(&mut w, &sd, &se[j], &mut ahead_s, &mut buf)?;
         } else if next_r == Some(n) {
-            put(&mut w, &rd, &re[i], &mut buf)?;
+            put(&mut w, &rd, &re[i], &mut ahead_r, &mut buf)?;
         } else {
             let len = (s_size - n * bs).min(bs);
             w.add_zero(n, len, zeros.for_len(len))?;
@@ -80,11 +84,18 @@ pub fn stage(vol: &VolumeDir, r: &Revision, s: &Revision) -> Result<PathBuf> {
     tmp.keep()
 }
 
-fn put(w: &mut DeltaWriter, from: &DeltaFile, e: &BlockEntry, buf: &mut Vec<u8>) -> Result<()> {
+fn put(
+    w: &mut DeltaWriter,
+    from: &DeltaFile,
+    e: &BlockEntry,
+    ahead: &mut Readahead,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
     if e.zero {
         return w.add_zero(e.block, e.len as u64, e.hash);
     }
     buf.resize(e.len as usize, 0);
+    ahead.before(&from.file, e.offset, e.len.into());
     crate::archive::read::read_at(&from.file, &from.path, buf, e.offset)?;
     w.add(e.block, buf, e.hash)
 }
