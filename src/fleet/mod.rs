@@ -8,6 +8,7 @@
 //! retry may help; the caller decides how to report it and with which exit
 //! code. The CLI's `backup` and the daemon both run jobs through here.
 
+pub mod assign;
 pub mod guarded;
 pub mod hooks;
 mod job;
