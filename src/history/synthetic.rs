@@ -1,12 +1,15 @@
 //! Synthetic fulls: a full of revision S built from the archive alone (the
 //! chain's full plus its deltas), with no read from Ceph.
 //!
-//! The chain's full is copied region by region with `copy_file_range`
-//! (which shares extents on file systems that can, such as XFS and btrfs,
-//! and copies in the kernel elsewhere), only its data regions, so the copy
-//! stays sparse. Then every block S reads from a later link is written in
-//! place, every block S reads as zeros but the copy holds is punched out,
-//! and the index is written from the resolved block hashes.
+//! The chain's full is cloned where the file system shares extents
+//! (`FICLONE`: XFS, btrfs; no data moves). Elsewhere its data regions
+//! are copied, so the copy stays sparse: read forward with the kernel
+//! reading ahead and dropping what was copied, written around the page
+//! cache ([`DirectWriter`]); `copy_file_range` would copy through the
+//! page cache (ext4 has no copy offload), flooding it and writing at the
+//! buffered rate. Then every block S reads from a later link is written
+//! in place, every block S reads as zeros but the copy holds is punched
+//! out, and the index is written from the resolved block hashes.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -14,6 +17,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
 use crate::archive::atomic::TempFile;
+use crate::archive::direct_write::DirectWriter;
+use crate::archive::read::Readahead;
 use crate::archive::{Revision, VolumeDir};
 use crate::chain::{Chain, Source};
 use crate::error::{IoContext, Result};
@@ -29,15 +34,7 @@ pub fn stage(vol: &VolumeDir, s: &Revision) -> Result<(PathBuf, PathBuf)> {
     if let Some(e) = crate::fault::read_fault(&base.path) {
         return Err(crate::error::Error::io(&base.path, e));
     }
-    copy_data_regions(&base.file, &full.file, base.size.min(size)).map_err(|e| {
-        // a read error is the base full's (a bad sector); others (a full
-        // disk) are the copy's
-        let failed = match e.raw_os_error() {
-            Some(libc::EIO) => &base.path,
-            _ => &full.path,
-        };
-        crate::error::Error::io(failed, e)
-    })?;
+    copy_base(&base.file, &base.path, &full, base.size.min(size))?;
     full.file.set_len(size).at(&full.path)?;
     crate::fault::point("synthetic: base copied");
     let index_tmp = TempFile::new_in(&vol.tmp_dir(), "synth-idx")?;
@@ -69,61 +66,40 @@ pub fn stage(vol: &VolumeDir, s: &Revision) -> Result<(PathBuf, PathBuf)> {
     Ok((full.keep()?, index_tmp.keep()?))
 }
 
-/// Copies the data regions of `from` below `len` to the same offsets of `to`.
-fn copy_data_regions(from: &File, to: &File, len: u64) -> std::io::Result<()> {
-    let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
+/// Copies the data regions of the full `from` (at `path`) below `len` to
+/// the same offsets of `to` (new and empty); by cloning the whole file
+/// where the file system can (the caller cuts it to length).
+fn copy_base(from: &File, path: &std::path::Path, to: &TempFile, len: u64) -> Result<()> {
+    // SAFETY: two open descriptors; FICLONE reads its argument as an fd.
+    if unsafe { libc::ioctl(to.file.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    let mut direct = DirectWriter::or_cache(&to.file, &to.path);
+    let mut ahead = Readahead::dropping_behind();
+    let mut buf = vec![0u8; COPY_PIECE];
     let mut pos = 0u64;
     while pos < len {
-        let Some((start, end)) = crate::archive::sparse::next_data(from, pos, len)? else {
+        let Some((start, end)) = crate::archive::sparse::next_data(from, pos, len).at(path)? else {
             break;
         };
-        if start >= len {
-            break;
-        }
-        let (mut off_in, mut off_out) = (start as i64, start as i64);
-        while (off_in as u64) < end {
-            // SAFETY: valid descriptors and offset pointers; the kernel
-            // copies at most the requested length.
-            let n = unsafe {
-                libc::copy_file_range(
-                    src,
-                    &mut off_in,
-                    dst,
-                    &mut off_out,
-                    (end - off_in as u64) as usize,
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
-                ) {
-                    copy_plain(from, to, off_in as u64, end)?;
-                    break;
-                }
-                return Err(e);
+        let (mut at, end) = (start, end.min(len));
+        while at < end {
+            let n = ((end - at) as usize).min(COPY_PIECE);
+            ahead.before(from, at, n as u64);
+            crate::archive::read::read_at(from, path, &mut buf[..n], at)?;
+            match direct.as_mut().filter(|d| d.takes(at)) {
+                Some(d) => d.write(at, &buf[..n])?,
+                None => to.file.write_all_at(&buf[..n], at).at(&to.path)?,
             }
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "full shorter than its index says",
-                ));
-            }
+            at += n as u64;
         }
         pos = end;
     }
-    Ok(())
+    match direct {
+        Some(d) => d.finish(),
+        None => Ok(()),
+    }
 }
 
-fn copy_plain(from: &File, to: &File, mut at: u64, end: u64) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    while at < end {
-        let n = ((end - at) as usize).min(buf.len());
-        from.read_exact_at(&mut buf[..n], at)?;
-        to.write_all_at(&buf[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
-}
+/// Bytes per read of the base full's copy.
+const COPY_PIECE: usize = 4 << 20;
