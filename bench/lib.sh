@@ -13,7 +13,7 @@ bench_start() {
   command -v fio >/dev/null ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null
   cargo build --release --quiet
-  bin="$PWD/target/release/rbdelta"
+  bin="${CARGO_TARGET_DIR:-$PWD/target}/release/rbdelta"  # where cargo just built it
   py=/usr/bin/python3
   samples="$PWD/rbd-fixtures/sample-images.py"
   work=${BENCH_DIR:-$(mktemp -d "/var/tmp/rbdelta-$1.XXXXXX")}
