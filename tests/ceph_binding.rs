@@ -407,3 +407,73 @@ fn missing_conf_file_is_an_error() {
         "{err}"
     );
 }
+
+/// Leases (cls_lock with a duration): one exclusive holder at a time, who
+/// renews under its cookie; a holder that stops renewing loses the lease
+/// when its time is up, with nobody breaking it; a shared lease lists
+/// every holder whose time is not up, which is how backup hosts will see
+/// which of them are alive.
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn leases_exclude_renew_and_lapse() {
+    use rbdelta::ceph::LeaseKind::{Exclusive, Shared};
+    let a = test_ioctx();
+    let b = Cluster::connect(&common::test_options(common::test_conf()))
+        .unwrap()
+        .ioctx(&common::test_pool())
+        .unwrap();
+    let oid = unique_name("lease");
+    let d = Duration::from_secs(3);
+    let busy = |r: rbdelta::error::Result<()>| matches!(r, Err(Error::Ceph { errno, .. }) if errno == libc::EBUSY);
+    let cookies = |io: &IoCtx, name: &str| -> Vec<String> {
+        let mut c: Vec<String> = io
+            .lease_holders(&oid, name)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.cookie)
+            .collect();
+        c.sort();
+        c
+    };
+    assert!(b.lease_holders(&oid, "job").unwrap().is_empty());
+
+    a.lease(&oid, "job", "a", Exclusive, d).unwrap();
+    assert!(busy(b.lease(&oid, "job", "b", Exclusive, d)));
+    let start = Instant::now();
+    for _ in 0..20 {
+        a.lease(&oid, "job", "a", Exclusive, d).unwrap(); // renewals
+    }
+    eprintln!("a lease renewal took {:?} on average", start.elapsed() / 20);
+    let held = b.lease_holders(&oid, "job").unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (held[0].cookie.as_str(), &held[0].client),
+        ("a", &a.client())
+    );
+
+    // a stops renewing: once its time is up, b takes the lease, and a
+    // cannot take it back
+    std::thread::sleep(d + Duration::from_secs(1));
+    b.lease(&oid, "job", "b", Exclusive, d).unwrap();
+    assert_eq!(cookies(&a, "job"), ["b"]);
+    assert!(busy(a.lease(&oid, "job", "a", Exclusive, d)));
+    b.release_lease(&oid, "job", "b").unwrap();
+    assert!(cookies(&a, "job").is_empty());
+
+    // shared: both are listed; the one that stops renewing drops out
+    a.lease(&oid, "nodes", "n1", Shared, d).unwrap();
+    b.lease(&oid, "nodes", "n2", Shared, d).unwrap();
+    assert_eq!(cookies(&a, "nodes"), ["n1", "n2"]);
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(1));
+        b.lease(&oid, "nodes", "n2", Shared, d).unwrap();
+    }
+    assert_eq!(cookies(&b, "nodes"), ["n2"]);
+
+    // a holder known to be dead is cut off at once
+    a.lease(&oid, "job", "a", Exclusive, Duration::from_secs(600))
+        .unwrap();
+    let dead = b.lease_holders(&oid, "job").unwrap().remove(0);
+    b.break_lease(&oid, "job", &dead).unwrap();
+    b.lease(&oid, "job", "b", Exclusive, d).unwrap();
+}

@@ -7,18 +7,20 @@
 //! use-after-free cannot be written from safe code. Every negative return
 //! becomes [`Error::Ceph`] with the operation, the errno and its text.
 //!
-//! Out of scope: anything the backup and restore paths do not use (locks,
-//! mirroring, namespaces, striping). Nothing outside this module touches
-//! [`sys`].
+//! Out of scope: anything the backup and restore paths and the fleet's
+//! leases do not use (mirroring, namespaces, striping). Nothing outside
+//! this module touches [`sys`].
 
 mod aio;
 mod cluster;
 mod image;
+mod lease;
 pub(crate) mod sys;
 
 pub use aio::AioWriter;
 pub use cluster::{CephOptions, Cluster, IoCtx};
 pub use image::{Image, ImageStat};
+pub use lease::{Holder, LeaseKind};
 
 use crate::error::{Error, Result};
 use std::ffi::{c_char, CString};
