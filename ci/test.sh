@@ -53,5 +53,8 @@ if [[ $# -eq 0 ]]; then
     mkdir -p "$dir/cephfs/tmp"
     TMPDIR="$dir/cephfs/tmp" cargo test --release --features fault-injection \
         --test cluster_cli --test import_cli --test direct_io_cli --test in_place_cli \
-        --test readers_cli --test scrub_cli -- --include-ignored
+        --test readers_cli --test scrub_cli --test export_cli --test export_diff_cli \
+        --test fleet_cli --test kill_cli --test fsck_cli --test mount_cli --test daemon_cli \
+        --test permissions_cli --test least_privilege_cli --test archive_eio_cli \
+        --test full_disk_cli --test fault_cli -- --include-ignored
 fi

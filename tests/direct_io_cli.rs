@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use common::cli::{read_image, stderr, Env};
-use common::{pattern, test_conf, test_ioctx, ScratchImage};
+use common::{pattern, tells_holes, test_conf, test_ioctx, ScratchImage};
 
 const MIB: u64 = 1 << 20;
 
@@ -29,16 +29,6 @@ fn takes_direct(dir: &Path) -> bool {
         .is_ok();
     let _ = std::fs::remove_file(&path);
     ok
-}
-
-/// Whether `path`'s filesystem reports holes (CephFS through ceph-fuse
-/// keeps them but reports none, and counts every byte as allocated).
-fn tells_holes(path: &Path, size: u64) -> bool {
-    use std::os::unix::io::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    // SAFETY: lseek on an open descriptor.
-    let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
-    hole >= 0 && (hole as u64) < size
 }
 
 /// Runs rbdelta in `env` with debug logs, direct I/O refused if `refuse`;

@@ -37,7 +37,7 @@ fn export_to_a_file_and_through_rbd_import_is_byte_exact_and_a_bad_block_stops_i
     assert!(std::fs::read(&file).unwrap() == second);
     let m = std::fs::metadata(&file).unwrap();
     assert!(
-        m.blocks() * 512 < 8 * MIB,
+        !common::tells_holes(&file, m.len()) || m.blocks() * 512 < 8 * MIB,
         "not sparse: {} blocks",
         m.blocks()
     );

@@ -237,3 +237,14 @@ pub fn copy_dir(from: &Path, to: &Path) {
         .unwrap();
     assert!(st.success());
 }
+
+/// Whether `path`'s file system reports the holes of a file `size` long
+/// (CephFS through ceph-fuse keeps them but reports none, and counts every
+/// byte as allocated): sparseness can only be judged where it does.
+pub fn tells_holes(path: &std::path::Path, size: u64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: lseek on an open descriptor.
+    let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    hole >= 0 && (hole as u64) < size
+}
