@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 rbd-fixtures/install-deps.sh
 
 cargo build --release --quiet
-if grep -q -a 'RBDELTA_TEST_' target/release/rbdelta; then
+if grep -q -a 'RBDELTA_TEST_' "${CARGO_TARGET_DIR:-target}/release/rbdelta"; then
     echo "ci/test.sh: the release binary contains test fault hooks" >&2
     exit 1
 fi

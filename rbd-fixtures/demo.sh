@@ -27,7 +27,7 @@ in_mounted() {
 step "installing packages (if missing) and building rbdelta"
 rbd-fixtures/install-deps.sh
 cargo build --release --quiet
-rbdelta="$here/target/release/rbdelta"
+rbdelta="${CARGO_TARGET_DIR:-$here/target}/release/rbdelta"
 
 work=$(mktemp -d /tmp/rbdelta-demo.XXXXXX)
 cleanup() {

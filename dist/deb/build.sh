@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 out=${1:-target/deb}
 
 cargo build --release --quiet
-bin=target/release/rbdelta
+bin=${CARGO_TARGET_DIR:-target}/release/rbdelta  # where cargo built it
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 arch=$(dpkg --print-architecture)
 stage=$(mktemp -d)
