@@ -159,6 +159,15 @@ unmount_cephfs() {
     if mountpoint -q "$DIR/cephfs" 2>/dev/null; then
         fusermount3 -u "$DIR/cephfs" 2>/dev/null || umount -l "$DIR/cephfs" 2>/dev/null || true
     fi
+    # ceph-fuse may outlive its unmounted mount point (seen after CI runs,
+    # ignoring SIGTERM): up to 5 s to exit, then SIGKILL
+    local pat="ceph-fuse -c $DIR/ceph.conf" i
+    pkill -f -- "$pat" 2>/dev/null || return 0
+    for i in $(seq 1 50); do
+        pgrep -f -- "$pat" >/dev/null || return 0
+        sleep 0.1
+    done
+    pkill -9 -f -- "$pat" 2>/dev/null || true
 }
 
 fail_start() {
