@@ -191,6 +191,24 @@ impl Drop for DirectWriter {
     }
 }
 
+/// Writes `data` at `offset` of `file` (at `path`): through `direct`
+/// where it takes the write (see [`DirectWriter::takes`]), else through
+/// the page cache.
+pub fn write_at(
+    direct: &mut Option<DirectWriter>,
+    file: &File,
+    path: &Path,
+    offset: u64,
+    data: &[u8],
+) -> Result<()> {
+    match direct.as_mut().filter(|d| d.takes(offset)) {
+        Some(d) => d.write(offset, data),
+        None => file
+            .write_all_at(data, offset)
+            .map_err(|e| Error::io(path, e)),
+    }
+}
+
 /// A writing thread: writes what it is given, hands the buffer back; after
 /// the first error (kept for the caller) it only hands buffers back.
 fn write_loop(

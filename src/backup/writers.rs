@@ -1,11 +1,10 @@
 //! The two block writers of a backup: a sparse full image file, and a delta.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::pipeline::{BlockWriter, Chunk};
 use crate::archive::atomic::TempFile;
-use crate::archive::direct_write::DirectWriter;
+use crate::archive::direct_write::{self, DirectWriter};
 use crate::checksum::{block_count, block_len, Hash, ImageChecksum, ZeroHashes};
 use crate::error::{IoContext, Result};
 use crate::format::delta::DeltaWriter;
@@ -104,14 +103,13 @@ impl BlockWriter for FullWriter {
             let to = blocks[i - 1].at + blocks[i - 1].len;
             let offset = chunk.extent.offset + from as u64;
             let data = &chunk.data[from..to];
-            match self.direct.as_mut().filter(|d| d.takes(offset)) {
-                Some(d) => d.write(offset, data)?,
-                None => self
-                    .data
-                    .file
-                    .write_all_at(data, offset)
-                    .at(&self.data.path)?,
-            }
+            direct_write::write_at(
+                &mut self.direct,
+                &self.data.file,
+                &self.data.path,
+                offset,
+                data,
+            )?;
             self.bytes_written += (to - from) as u64;
         }
         Ok(())

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::index::{check_sorted, BlockEntry};
 use super::*;
-use crate::archive::direct_write::DirectWriter;
+use crate::archive::direct_write::{self, DirectWriter};
 use crate::checksum::{block_count, Hash};
 use crate::error::{Error, IoContext, Result};
 
@@ -106,10 +106,13 @@ impl DeltaWriter {
 
     fn flush_buf(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
-            match self.direct.as_mut().filter(|d| d.takes(self.pos)) {
-                Some(d) => d.write(self.pos, &self.buf)?,
-                None => self.file.write_all_at(&self.buf, self.pos).at(&self.path)?,
-            }
+            direct_write::write_at(
+                &mut self.direct,
+                &self.file,
+                &self.path,
+                self.pos,
+                &self.buf,
+            )?;
             self.pos += self.buf.len() as u64;
             self.buf.clear();
         }

@@ -17,7 +17,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
 use crate::archive::atomic::TempFile;
-use crate::archive::direct_write::DirectWriter;
+use crate::archive::direct_write::{self, DirectWriter};
 use crate::archive::read::Readahead;
 use crate::archive::{Revision, VolumeDir};
 use crate::chain::{Chain, Source};
@@ -115,10 +115,7 @@ fn copy_base(from: &File, path: &std::path::Path, to: &TempFile, len: u64) -> Re
             let n = ((end - at) as usize).min(COPY_PIECE);
             ahead.before(from, at, n as u64);
             crate::archive::read::read_at(from, path, &mut buf[..n], at)?;
-            match direct.as_mut().filter(|d| d.takes(at)) {
-                Some(d) => d.write(at, &buf[..n])?,
-                None => to.file.write_all_at(&buf[..n], at).at(&to.path)?,
-            }
+            direct_write::write_at(&mut direct, &to.file, &to.path, at, &buf[..n])?;
             at += n as u64;
         }
         pos = end;
