@@ -1,6 +1,44 @@
 //! This host and its processes: how rbdelta tells that what a process left
 //! behind (a backup's intent and image lock, a restore's partial image or
-//! file) belongs to one that is gone, rather than to one still running.
+//! file) belongs to one that is gone, rather than to one still running;
+//! and, when several backup hosts share one fleet, this host's node name.
+
+use std::sync::OnceLock;
+
+static NODE: OnceLock<String> = OnceLock::new();
+
+/// Names this process's node (once, at start; a later call with another
+/// name fails). From then on the logs it appends to and the daemon's
+/// files are the node's own (see [`crate::archive::oplog::own_path`]).
+pub fn set_node(name: &str) -> crate::error::Result<()> {
+    if !valid_node_name(name) {
+        return Err(crate::error::Error::Invalid(format!(
+            "node name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+        )));
+    }
+    let set = NODE.get_or_init(|| name.to_string());
+    if set != name {
+        return Err(crate::error::Error::Invalid(format!(
+            "node name {name:?}: this process is already node {set:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// This process's node, if the fleet is shared by several hosts.
+pub fn node() -> Option<&'static str> {
+    NODE.get().map(String::as_str)
+}
+
+/// Whether `name` can name a node (and so be part of a file name).
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
 
 /// This host's name, as it may appear in an image name.
 pub fn host() -> String {

@@ -217,8 +217,14 @@ impl VolumeDir {
     pub fn state_path(&self) -> PathBuf {
         self.path.join("state.json")
     }
+    /// The operation log this process appends to (`log.jsonl`, or
+    /// `log.<node>.jsonl` on a node of a shared fleet).
     pub fn log_path(&self) -> PathBuf {
-        self.path.join("log.jsonl")
+        oplog::own_path(&self.path)
+    }
+    /// Every node's operation log of this volume, merged by time.
+    pub fn read_log(&self) -> Result<oplog::Log> {
+        oplog::read_merged(&self.path)
     }
     pub fn pending_path(&self) -> PathBuf {
         self.path.join("pending.json")

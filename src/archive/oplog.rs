@@ -2,6 +2,10 @@
 //! line for the start and the end of every backup, restore and verify.
 //! Lines are appended with O_APPEND and fsynced; nothing ever rewrites them.
 //!
+//! On a node of a shared fleet, a process appends to `log.<node>.jsonl`
+//! instead: O_APPEND from two CephFS clients to one file is not atomic, so
+//! every host writes its own file and readers merge them by time.
+//!
 //! A crash mid-append can leave a torn last line. The next append starts
 //! on a new line, so the torn one never spoils the record after it; once
 //! followed, it is a damaged line like any other. Readers skip only a torn
@@ -12,7 +16,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +57,9 @@ pub struct LogRecord {
     /// operation (false for jobs that failed before taking the volume lock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_volume_log: Option<bool>,
+    /// In the fleet log of a shared fleet: the node that ran the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Appends one record (on a line of its own) and fsyncs.
@@ -84,6 +91,61 @@ fn ends_with_newline(f: &std::fs::File) -> std::io::Result<bool> {
     let mut last = [0u8];
     f.read_exact_at(&mut last, len - 1)?;
     Ok(last[0] == b'\n')
+}
+
+/// The log this process appends to in `dir`: `log.jsonl`, or
+/// `log.<node>.jsonl` on a node of a shared fleet.
+pub fn own_path(dir: &Path) -> PathBuf {
+    match crate::host::node() {
+        Some(n) => dir.join(format!("log.{n}.jsonl")),
+        None => dir.join("log.jsonl"),
+    }
+}
+
+/// Every log of `dir` (`log.jsonl` and `log.<node>.jsonl`), with the node
+/// each belongs to; none if `dir` does not exist.
+pub fn paths(dir: &Path) -> Result<Vec<(Option<String>, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(crate::error::Error::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let name = e.at(dir)?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == "log.jsonl" {
+            out.push((None, dir.join(name)));
+        } else if let Some(n) = name
+            .strip_prefix("log.")
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .filter(|n| crate::host::valid_node_name(n))
+        {
+            out.push((Some(n.to_string()), dir.join(name)));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every log of `dir` merged in time order. A record from a node's file
+/// that does not name its node gets it.
+pub fn read_merged(dir: &Path) -> Result<Log> {
+    let mut log = Log::default();
+    for (node, path) in paths(dir)? {
+        let l = read_all(&path)?;
+        log.records.extend(l.records.into_iter().map(|mut r| {
+            if r.node.is_none() {
+                r.node.clone_from(&node);
+            }
+            r
+        }));
+        log.damaged.extend(l.damaged);
+    }
+    // stable: one file's records keep their order within a nanosecond
+    log.records
+        .sort_by_cached_key(|r| crate::status::unix_nanos_of(&r.time));
+    Ok(log)
 }
 
 /// A log as read: its records, and the lines that did not parse.
@@ -234,5 +296,47 @@ mod tests {
         assert_eq!(log.records.len(), 2);
         assert_eq!(log.damaged.len(), 2, "{:?}", log.damaged);
         assert!(log.damaged[0].contains(":2:"), "{:?}", log.damaged);
+    }
+
+    /// Every node's log of a directory is read, merged by time, each
+    /// record naming its node; other files and bad node names are not logs.
+    #[test]
+    fn node_logs_merge_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |t: &str, op: &str| LogRecord {
+            time: format!("2026-11-30T12:00:{t}Z"),
+            ..rec(op)
+        };
+        append(&dir.path().join("log.jsonl"), &at("01", "a")).unwrap();
+        append(&dir.path().join("log.n2.jsonl"), &at("00.5", "b")).unwrap();
+        append(&dir.path().join("log.n2.jsonl"), &at("03", "d")).unwrap();
+        let named = LogRecord {
+            node: Some("n1".into()),
+            ..at("02", "c")
+        };
+        append(&dir.path().join("log.n1.jsonl"), &named).unwrap();
+        for other in ["log.jsonl.tmp", "log..hidden.jsonl", "status.n1.json"] {
+            std::fs::write(dir.path().join(other), "not a log\n").unwrap();
+        }
+        let log = read_merged(dir.path()).unwrap();
+        assert!(log.damaged.is_empty(), "{:?}", log.damaged);
+        let got: Vec<(&str, Option<&str>)> = log
+            .records
+            .iter()
+            .map(|r| (r.op.as_str(), r.node.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("b", Some("n2")),
+                ("a", None),
+                ("c", Some("n1")),
+                ("d", Some("n2"))
+            ]
+        );
+        assert!(read_merged(&dir.path().join("gone"))
+            .unwrap()
+            .records
+            .is_empty());
     }
 }

@@ -14,7 +14,7 @@
 mod aio;
 mod cluster;
 mod image;
-mod lease;
+pub mod lease;
 pub(crate) mod sys;
 
 pub use aio::AioWriter;

@@ -1,5 +1,7 @@
 //! `rbdelta config check [--cluster]`: validate the config file and, with
-//! `--cluster`, that every pool and image it names exists.
+//! `--cluster`, that every pool and image it names exists; in a fleet
+//! shared by several nodes, also which nodes are live and which volumes
+//! each one backs up.
 
 use rbdelta::config::Entry;
 use rbdelta::fleet::Fleet;
@@ -43,9 +45,28 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         .iter()
         .map(|u| format!("{}: {}", u.name, u.error))
         .collect();
-    let mut rows = vec![["VOLUME", "SOURCE", "SCHEDULE", "FROM"]
-        .map(String::from)
-        .to_vec()];
+    // In a shared fleet: the live nodes, and who backs up what.
+    let live: Option<Vec<String>> = match &cfg.nodes {
+        None => None,
+        Some(n) => match client
+            .ioctx(&n.lease_pool)
+            .and_then(|io| rbdelta::fleet::nodes::live_nodes(&io))
+        {
+            Ok(live) => Some(live),
+            Err(e) => {
+                problems.push(format!("{origin}: nodes.lease-pool {}: {e}", n.lease_pool));
+                Some(Vec::new())
+            }
+        },
+    };
+    let names: Vec<&str> = resolved.volumes.iter().map(|v| v.name.as_str()).collect();
+    let live_refs: Vec<&str> = live.iter().flatten().map(String::as_str).collect();
+    let owners = rbdelta::fleet::assign::assign(&names, &live_refs);
+    let mut header = vec!["VOLUME", "SOURCE", "SCHEDULE", "FROM"];
+    if live.is_some() {
+        header.push("NODE");
+    }
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     // One listing per pool, rather than opening every image: opening and
     // closing many images over one connection is what upsets librbd 16.2
     // (see rbdelta::fleet::worker).
@@ -71,7 +92,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             )),
             Err(e) => problems.push(format!("{origin}:{}: pool {}: {e}", v.line, v.pool)),
         }
-        rows.push(vec![
+        let mut row = vec![
             v.name.clone(),
             v.source_name(),
             v.settings
@@ -79,7 +100,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 .as_ref()
                 .map_or("-".into(), |s| s.pattern().to_string()),
             format!("line {}", v.line),
-        ]);
+        ];
+        if live.is_some() {
+            row.push(owners.get(v.name.as_str()).unwrap_or(&"-").to_string());
+        }
+        rows.push(row);
     }
     for e in &cfg.entries {
         if let Entry::Pool(sel) = e {
@@ -94,6 +119,21 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         }
     }
     print!("{}", table::render(&rows));
+    if let Some(live) = &live {
+        if live.is_empty() {
+            problems.push(format!(
+                "{origin}: no node is live: no daemon backs these volumes up"
+            ));
+        } else {
+            let loads = rbdelta::fleet::assign::loads(&owners, &live_refs);
+            let each: Vec<String> = loads.iter().map(|(n, c)| format!("{n} {c}")).collect();
+            println!(
+                "{} live node(s), volumes each: {}",
+                live.len(),
+                each.join(", ")
+            );
+        }
+    }
     if problems.is_empty() {
         println!(
             "{origin}: ok: {} volume(s) on the cluster",

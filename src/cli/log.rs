@@ -4,7 +4,7 @@
 //! restore and verify) plus fleet jobs that failed before reaching it.
 
 use rbdelta::archive::global;
-use rbdelta::archive::oplog::{read_all, LogRecord};
+use rbdelta::archive::oplog::{read_merged, LogRecord};
 use rbdelta::text::prefix;
 
 use super::{human, Ctx, Failure};
@@ -23,7 +23,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
-    let fleet_log = read_all(&global::log_path(&cfg.archive))?;
+    let fleet_log = global::read_log(&cfg.archive)?;
     let mut damaged = fleet_log.damaged;
     let fleet = fleet_log.records;
     let mut records: Vec<LogRecord> = match &a.volume {
@@ -32,8 +32,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             if !rbdelta::archive::valid_volume_name(name) {
                 return Err(Failure::usage(format!("{name:?} is not a volume name")));
             }
-            let own_path = cfg.archive.join(name).join("log.jsonl");
-            let own_log = read_all(&own_path)?;
+            let own_log = read_merged(&cfg.archive.join(name))?;
             damaged.extend(own_log.damaged);
             let mut own: Vec<LogRecord> = own_log
                 .records

@@ -60,6 +60,11 @@ pub struct Cli {
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// This host's name in a fleet shared by several backup hosts (`nodes:`
+    /// in the config); its logs and daemon files are named after it
+    /// [default: the host name]
+    #[arg(long, global = true, env = "RBDELTA_NODE", value_name = "NAME")]
+    node: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -183,6 +188,12 @@ pub fn main() -> ExitCode {
     // The daemon's own events (start, reload, stop, connection trouble) are
     // worth a journal line even at the default level.
     init_logging(cli.verbose, matches!(cli.command, Command::Daemon(_)));
+    if let Some(n) = &cli.node {
+        if let Err(e) = rbdelta::host::set_node(n) {
+            eprintln!("rbdelta: error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let ctx = Ctx {
         config_path: cli
             .config
@@ -262,8 +273,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The config; in a fleet shared by several nodes, this process is
+    /// then a node (named by `--node`, else by the host name).
     pub fn config(&self) -> Result<Config> {
-        Ok(Config::load(&self.config_path)?)
+        let cfg = Config::load(&self.config_path)?;
+        if cfg.nodes.is_some() && rbdelta::host::node().is_none() {
+            rbdelta::host::set_node(&rbdelta::host::host())?;
+        }
+        Ok(cfg)
     }
 
     pub fn connect(&self, cfg: &Config) -> Result<Arc<Cluster>> {

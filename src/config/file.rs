@@ -18,7 +18,16 @@ pub struct RawConfig {
     pub archive: PathBuf,
     #[serde(default)]
     pub defaults: RawDefaults,
+    pub nodes: Option<S<RawNodes>>,
     pub volumes: Vec<S<RawVolume>>,
+}
+
+/// The `nodes:` mapping: several backup hosts share the fleet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawNodes {
+    pub lease_pool: S<String>,
+    pub lease: Option<S<String>>,
 }
 
 /// The `ceph:` mapping.

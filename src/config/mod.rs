@@ -88,10 +88,32 @@ pub struct Config {
     pub ceph: CephConfig,
     pub archive: PathBuf,
     pub fleet: Fleet,
+    /// Several backup hosts share this fleet (`nodes:`); `None`: one host.
+    pub nodes: Option<Nodes>,
     pub entries: Vec<Entry>,
     /// The file it came from, for messages.
     pub origin: String,
 }
+
+/// How several backup hosts (nodes) share one fleet: each runs
+/// `rbdelta daemon --node NAME`, shows it is alive with a lease in
+/// `lease_pool`, and backs up the volumes the assignment gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nodes {
+    /// The RADOS pool that holds the leases (objects `rbdelta.nodes` and
+    /// `rbdelta.job.<volume>`).
+    pub lease_pool: String,
+    /// How long a lease lasts unrenewed: a dead node's volumes move to the
+    /// others this long after it died.
+    pub lease: Duration,
+}
+
+/// The default `nodes.lease`.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// The range of `nodes.lease`: renewals every third of it must fit, and a
+/// dead node's volumes should not wait for long.
+pub const LEASE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(3)..=Duration::from_secs(600);
 
 /// Settings of the whole run rather than of one volume.
 #[derive(Debug, Clone, PartialEq)]

@@ -247,3 +247,34 @@ fn shipped_examples_parse() {
     }
     assert!(n >= 3, "only {n} example configs in {}", dir.display());
 }
+
+#[test]
+fn nodes_name_a_lease_pool_and_a_lease_within_range() {
+    let base = "archive: /a\nvolumes: []\n";
+    assert!(
+        parse(base).nodes.is_none(),
+        "one host unless nodes: is given"
+    );
+    let c = parse(&format!("{base}nodes:\n  lease-pool: rbd\n"));
+    assert_eq!(
+        c.nodes,
+        Some(Nodes {
+            lease_pool: "rbd".into(),
+            lease: DEFAULT_LEASE
+        })
+    );
+    let c = parse(&format!("{base}nodes:\n  lease-pool: meta\n  lease: 2m\n"));
+    assert_eq!(c.nodes.unwrap().lease, Duration::from_secs(120));
+    let e = err(&format!("{base}nodes:\n  lease-pool: rbd\n  lease: 1s\n"));
+    assert!(
+        e.contains("c.yaml:5: nodes.lease: must be 3s to 10m"),
+        "{e}"
+    );
+    let e = err(&format!("{base}nodes:\n  lease-pool: \"\"\n"));
+    assert!(
+        e.contains("c.yaml:4: nodes.lease-pool: must not be empty"),
+        "{e}"
+    );
+    let e = err(&format!("{base}nodes:\n  lease: 30s\n"));
+    assert!(e.contains("lease-pool"), "{e}");
+}

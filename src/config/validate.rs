@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::file::{self, RawConfig, RawDefaults, RawHooks, RawVolume, S};
 use super::{
-    units, CephConfig, Config, Entry, Fleet, FullEvery, Glob, Hooks, Selection, Settings, Volume,
-    DEFAULT_HOOK_TIMEOUT, DEFAULT_STALL_TIMEOUT, MAX_CEPH_TIMEOUT, MAX_HOOK_TIMEOUT,
-    MAX_STALL_TIMEOUT,
+    units, CephConfig, Config, Entry, Fleet, FullEvery, Glob, Hooks, Nodes, Selection, Settings,
+    Volume, DEFAULT_HOOK_TIMEOUT, DEFAULT_LEASE, DEFAULT_STALL_TIMEOUT, LEASE_RANGE,
+    MAX_CEPH_TIMEOUT, MAX_HOOK_TIMEOUT, MAX_STALL_TIMEOUT,
 };
 use crate::archive::valid_volume_name;
 use crate::error::{Error, Result};
@@ -97,8 +97,35 @@ impl Validator<'_> {
             ceph: self.ceph(raw.ceph)?,
             archive: raw.archive,
             fleet,
+            nodes: raw.nodes.as_ref().map(|n| self.nodes(n)).transpose()?,
             entries,
             origin: self.origin.to_string(),
+        })
+    }
+
+    fn nodes(&self, n: &S<file::RawNodes>) -> Result<Nodes> {
+        let pool = &n.value.lease_pool;
+        if pool.value.is_empty() {
+            return self.err(
+                pool.referenced.line(),
+                "nodes.lease-pool",
+                "must not be empty",
+            );
+        }
+        let lease = match self.opt(&n.value.lease, "nodes.lease", units::parse_duration)? {
+            Some(t) if !LEASE_RANGE.contains(&t) => {
+                return self.err(
+                    n.value.lease.as_ref().map_or(0, |s| s.referenced.line()),
+                    "nodes.lease",
+                    "must be 3s to 10m",
+                )
+            }
+            Some(t) => t,
+            None => DEFAULT_LEASE,
+        };
+        Ok(Nodes {
+            lease_pool: pool.value.clone(),
+            lease,
         })
     }
 

@@ -11,8 +11,13 @@
 //! next read (the engine removes its snapshot and temp files; no half
 //! revision ever becomes visible), the loop waits for every job to report,
 //! writes the status file and returns.
+//!
+//! With `nodes:` in the config, the daemon is one node of a fleet shared by
+//! several hosts ([`shared`]): it runs only the jobs of its own volumes,
+//! each under the volume's job lease.
 
 pub mod planner;
+mod shared;
 mod status_file;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +29,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::archive::global;
-use crate::archive::oplog::read_all;
 use crate::ceph::Cluster;
 use crate::config::{Config, Volume};
 use crate::error::{Error, Result};
@@ -51,8 +55,22 @@ pub fn run(
     workers: Option<Spawner>,
 ) -> Result<()> {
     let cfg = Config::load(config_path)?;
-    // One daemon per archive: two would run every backup twice and fight
-    // over the volume locks. Held for the process's life.
+    match (&cfg.nodes, crate::host::node()) {
+        (Some(_), None) => crate::host::set_node(&crate::host::host())?,
+        (None, Some(n)) => {
+            return Err(Error::Config(format!(
+                "{}: node {n:?} given, but the config has no `nodes:` section (where the nodes' leases live)",
+                cfg.origin
+            )))
+        }
+        _ => {}
+    }
+    if let Some(n) = crate::host::node() {
+        tracing::info!("node {n} of a shared fleet");
+    }
+    // One daemon per archive (per node of a shared fleet): two would run
+    // every backup twice and fight over the volume locks. Held for the
+    // process's life.
     crate::archive::global::ensure(&cfg.archive)?;
     let _one = crate::archive::lock::DaemonLock::acquire(
         &crate::archive::global::daemon_lock_path(&cfg.archive),
@@ -76,9 +94,12 @@ struct Daemon {
     resolved_at: i64,
     status: status_file::StatusFile,
     workers: Option<Spawner>,
+    /// This node's part in a shared fleet, once connected.
+    shared: Option<shared::Shared>,
 }
 
-type Done = (String, JobKind, Outcome);
+/// A job's end: its outcome, or `None` if another node ran it.
+type Done = (String, JobKind, Option<Outcome>);
 
 impl Daemon {
     fn new(path: PathBuf, cfg: Config, observer: Arc<dyn Observer>) -> Daemon {
@@ -93,6 +114,7 @@ impl Daemon {
             resolved_at: 0,
             status,
             workers: None,
+            shared: None,
         }
     }
 
@@ -107,15 +129,13 @@ impl Daemon {
         tracing::info!("daemon started with {}", self.path.display());
         loop {
             self.ensure_connected();
+            self.refresh_shared();
             self.start_due(&tx);
             self.status.write(&self.cfg, &self.planner);
             let wait = self.next_wakeup();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                Some((name, kind, outcome)) = rx.recv() => {
-                    self.planner.finished(&name, kind, &outcome, now());
-                    self.status.record(&self.cfg, &outcome);
-                }
+                Some(done) = rx.recv() => self.finished(done),
                 _ = hup.recv() => self.reload(),
                 _ = term.recv() => break,
                 _ = int.recv() => break,
@@ -126,16 +146,48 @@ impl Daemon {
         self.cancel.store(true, Ordering::Relaxed);
         while self.planner.running() > 0 {
             match rx.recv().await {
-                Some((name, kind, outcome)) => {
-                    self.planner.finished(&name, kind, &outcome, now());
-                    self.status.record(&self.cfg, &outcome);
-                }
+                Some(done) => self.finished(done),
                 None => break,
+            }
+        }
+        if let Some(s) = &self.shared {
+            // the others take this node's volumes now, not after the lease
+            if let Err(e) = s.leases.leave() {
+                tracing::error!("could not give the node lease back: {e}");
             }
         }
         self.status.write(&self.cfg, &self.planner);
         tracing::info!("daemon stopped");
         Ok(())
+    }
+
+    fn finished(&mut self, (name, kind, outcome): Done) {
+        match outcome {
+            Some(o) => {
+                self.planner.finished(&name, kind, &o, now());
+                self.status.record(&self.cfg, &o);
+            }
+            None => self.planner.pass(&name, kind, now()),
+        }
+    }
+
+    /// On a node of a shared fleet: renews the leases and rereads who owns
+    /// what, every third of a lease.
+    fn refresh_shared(&mut self) {
+        let Some(s) = &mut self.shared else { return };
+        if s.due() {
+            let volumes: Vec<&str> = self.planner.plans.keys().map(String::as_str).collect();
+            let before = s.owned();
+            s.refresh(&volumes);
+            if s.owned() != before {
+                tracing::info!(
+                    "node {}: {} of {} volume(s) are this node's",
+                    s.leases.node(),
+                    s.owned(),
+                    volumes.len()
+                );
+            }
+        }
     }
 
     /// Connects (and resolves the volumes) if not connected, and re-resolves
@@ -148,6 +200,20 @@ impl Daemon {
             }
             match Cluster::connect(&self.cfg.ceph.options()) {
                 Ok(c) => {
+                    if let (Some(nodes), Some(node)) = (&self.cfg.nodes, crate::host::node()) {
+                        match crate::fleet::nodes::NodeLeases::new(&c, nodes, node) {
+                            Ok(l) => self.shared = Some(shared::Shared::new(l)),
+                            Err(e) => {
+                                tracing::error!(
+                                    "cannot use the lease pool {} ({e}); retrying in {}s",
+                                    nodes.lease_pool,
+                                    RECONNECT_EVERY.as_secs()
+                                );
+                                self.resolved_at = t + RECONNECT_EVERY.as_secs() as i64;
+                                return;
+                            }
+                        }
+                    }
                     let mut f = Fleet::with_client(c, &self.cfg);
                     f.cancel = self.cancel.clone();
                     f.workers = self.workers.clone();
@@ -188,13 +254,18 @@ impl Daemon {
 
     fn reload(&mut self) {
         match Config::load(&self.path) {
+            Ok(cfg) if cfg.nodes.is_some() != self.cfg.nodes.is_some() => tracing::error!(
+                "config not reloaded: adding or removing `nodes:` needs a restart of the daemon"
+            ),
             Ok(cfg) => {
                 let reconnect = cfg.ceph.options() != self.cfg.ceph.options()
-                    || cfg.archive != self.cfg.archive;
+                    || cfg.archive != self.cfg.archive
+                    || cfg.nodes != self.cfg.nodes;
                 self.cfg = cfg;
                 self.status = status_file::StatusFile::new(&self.cfg, &self.path);
                 if reconnect {
                     self.fleet = None;
+                    self.shared = None;
                     self.resolved_at = 0;
                 }
                 self.ensure_connected();
@@ -209,14 +280,28 @@ impl Daemon {
         let Some(fleet) = self.fleet.clone() else {
             return;
         };
+        if self.shared.as_ref().is_some_and(|s| !s.settled()) {
+            return; // a node that just joined first sees the others
+        }
         let t = now();
         while self.planner.running() < self.cfg.fleet.parallel {
-            let Some((vol, kind)) = self.planner.take_due(t) else {
+            let Some((vol, kind, due)) = self.planner.take_due(t) else {
                 break;
+            };
+            let leases = match &self.shared {
+                Some(s) if !s.owns(&vol.name) => {
+                    self.planner.pass(&vol.name, kind, t);
+                    continue;
+                }
+                Some(s) => Some(s.leases.clone()),
+                None => None,
             };
             let (fleet, obs, tx) = (fleet.clone(), self.observer.clone(), tx.clone());
             tokio::task::spawn_blocking(move || {
-                let outcome = run_job(&fleet, &vol, kind, obs.as_ref());
+                let outcome = match &leases {
+                    Some(l) => run_leased(l, &fleet, &vol, kind, due, obs.as_ref()),
+                    None => Some(run_job(&fleet, &vol, kind, obs.as_ref())),
+                };
                 let _ = tx.send((vol.name.clone(), kind, outcome));
             });
         }
@@ -232,8 +317,72 @@ impl Daemon {
         if let Some(due) = self.planner.next_due() {
             at = at.min(due);
         }
-        Duration::from_secs((at - t).clamp(0, 3600) as u64).max(Duration::from_millis(200))
+        let wait = Duration::from_secs((at - t).clamp(0, 3600) as u64);
+        let wait = match &self.shared {
+            Some(s) => wait.min(s.until_next()),
+            None => wait,
+        };
+        wait.max(Duration::from_millis(200))
     }
+}
+
+/// Runs a job of a shared fleet under the volume's job lease; `None` if
+/// another node holds the lease, or already made a backup since `due`.
+fn run_leased(
+    leases: &crate::fleet::nodes::NodeLeases,
+    fleet: &Fleet,
+    vol: &Volume,
+    kind: JobKind,
+    due: i64,
+    obs: &dyn Observer,
+) -> Option<Outcome> {
+    use crate::fleet::nodes::Claim;
+    let started = std::time::Instant::now();
+    match leases.take_job(&vol.name) {
+        Ok(Claim::Taken) => {}
+        Ok(Claim::HeldBy(n)) => {
+            tracing::info!(
+                "{}: {} left to node {n}, which holds its job lease",
+                vol.name,
+                kind.as_str()
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::error!("{}: cannot take the job lease: {e}", vol.name);
+            let o = Outcome::failed(&vol.name, kind.as_str(), &e, started.elapsed());
+            obs.finished(&o);
+            return Some(o);
+        }
+    }
+    let outcome = if kind == JobKind::Backup && backed_up_since(&fleet.archive, &vol.name, due) {
+        tracing::info!(
+            "{}: already backed up in this slot by another node",
+            vol.name
+        );
+        None
+    } else {
+        Some(run_job(fleet, vol, kind, obs))
+    };
+    if let Err(e) = leases.release_job(&vol.name) {
+        tracing::warn!(
+            "{}: job lease not given back (it lapses by itself): {e}",
+            vol.name
+        );
+    }
+    outcome
+}
+
+/// Whether `volume` has a revision made at or after `since` (Unix seconds).
+fn backed_up_since(archive: &Path, volume: &str, since: i64) -> bool {
+    crate::archive::VolumeDir::open(archive, volume)
+        .and_then(|d| d.revisions())
+        .ok()
+        .and_then(|r| {
+            r.last()
+                .map(|r| crate::status::unix_of(&r.manifest.created))
+        })
+        .is_some_and(|t| t >= since)
 }
 
 fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Outcome {
@@ -269,10 +418,7 @@ fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Ou
 /// When each volume's last backup ended, from the fleet log.
 fn last_attempts(archive: &Path) -> std::collections::HashMap<String, i64> {
     let mut out = std::collections::HashMap::new();
-    for r in read_all(&global::log_path(archive))
-        .unwrap_or_default()
-        .records
-    {
+    for r in global::read_log(archive).unwrap_or_default().records {
         if let (Some(v), "backup", "end") = (r.volume, r.op.as_str(), r.event.as_str()) {
             if r.error
                 .as_deref()

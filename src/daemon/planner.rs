@@ -148,8 +148,9 @@ impl Planner {
         next_run(s, offset, now)
     }
 
-    /// The next due job whose volume is idle, marked as running.
-    pub fn take_due(&mut self, now: i64) -> Option<(Volume, JobKind)> {
+    /// The next due job whose volume is idle, marked as running, with the
+    /// time it was due.
+    pub fn take_due(&mut self, now: i64) -> Option<(Volume, JobKind, i64)> {
         let p = self
             .plans
             .values_mut()
@@ -174,10 +175,17 @@ impl Planner {
             })
             // backups first at the same second, then verifies, then fscks
             .min_by_key(|(t, k, name)| (*t, *k as u8, name.clone()));
-        let (_, kind, name) = p?;
+        let (due, kind, name) = p?;
         let plan = self.plans.get_mut(&name).expect("just found");
         plan.running = Some(kind);
-        Some((plan.volume.clone(), kind))
+        Some((plan.volume.clone(), kind, due))
+    }
+
+    /// Lets a taken job's slot pass without running it (another node of a
+    /// shared fleet runs it): its next run is planned as after a success.
+    pub fn pass(&mut self, name: &str, kind: JobKind, now: i64) {
+        let done = Outcome::succeeded(name, kind.as_str(), Duration::ZERO);
+        self.finished(name, kind, &done, now);
     }
 
     /// Records the end of a job and plans the next one.

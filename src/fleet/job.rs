@@ -375,6 +375,7 @@ pub(super) fn record(archive: &Path, o: &Outcome, in_volume_log: bool) {
         transient: (!o.ok).then_some(o.transient),
         in_volume_log: Some(in_volume_log),
         detail: None,
+        node: crate::host::node().map(str::to_string),
     };
     if let Err(e) =
         global::ensure(archive).and_then(|()| oplog::append(&global::log_path(archive), &rec))

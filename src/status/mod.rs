@@ -16,7 +16,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::archive::oplog::{read_all, LogRecord};
+use crate::archive::oplog::LogRecord;
 use crate::archive::state::{Trust, VolumeState};
 use crate::archive::{global, VolumeDir};
 use crate::config::Config;
@@ -97,7 +97,7 @@ pub fn unix_nanos_of(t: &str) -> i128 {
 /// The fleet log records of volume `name`, and the fleet log's damaged
 /// lines (which may have been anyone's).
 pub fn fleet_records(archive: &Path, name: &str) -> Result<(Vec<LogRecord>, Vec<String>)> {
-    let log = read_all(&global::log_path(archive))?;
+    let log = global::read_log(archive)?;
     let mine = log
         .records
         .into_iter()
@@ -108,7 +108,7 @@ pub fn fleet_records(archive: &Path, name: &str) -> Result<(Vec<LogRecord>, Vec<
 
 /// Every volume the config or the archive knows, with its status.
 pub fn collect(cfg: &Config) -> Result<Vec<VolumeStatus>> {
-    let fleet_log = read_all(&global::log_path(&cfg.archive))?;
+    let fleet_log = global::read_log(&cfg.archive)?;
     let mut by_volume: BTreeMap<String, Vec<LogRecord>> = BTreeMap::new();
     for r in fleet_log.records {
         if let Some(v) = r.volume.clone() {
@@ -148,7 +148,7 @@ pub fn one(
         None
     };
     let own = match &vol {
-        Some(v) => read_all(&v.log_path())?,
+        Some(v) => v.read_log()?,
         None => Default::default(),
     };
     let mut log_damage = fleet_damage.to_vec();

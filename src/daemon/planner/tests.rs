@@ -81,7 +81,7 @@ fn transient_failures_retry_with_backoff_permanent_ones_wait() {
     let tomorrow = one + 24 * H;
     let mut p = Planner::new(true);
     p.update(nightly(""), true, now, &|_| None);
-    let (v, k) = p.take_due(now).unwrap();
+    let (v, k, _) = p.take_due(now).unwrap();
     assert_eq!((v.name.as_str(), k), ("a", JobKind::Backup));
     assert!(p.take_due(now).is_none(), "one job per volume");
     assert_eq!(p.next_due(), None, "the running volume is not due");
@@ -121,14 +121,14 @@ fn verify_runs_on_its_own_schedule_and_never_beside_a_backup() {
     );
     let verify_at = p.plans["a"].next_verify.unwrap();
     assert_eq!(verify_at, now + 1800);
-    let (_, k) = p.take_due(verify_at).unwrap();
+    let (_, k, _) = p.take_due(verify_at).unwrap();
     assert_eq!(k, JobKind::Backup, "the backup was due first");
     assert!(
         p.take_due(verify_at).is_none(),
         "verify waits for the backup"
     );
     p.finished("a", k, &outcome(true, false), verify_at);
-    let (_, k) = p.take_due(verify_at).unwrap();
+    let (_, k, _) = p.take_due(verify_at).unwrap();
     assert_eq!(k, JobKind::Verify);
     p.finished("a", k, &outcome(true, false), verify_at + 10);
     assert_eq!(p.plans["a"].next_verify, Some(verify_at + 24 * H));
@@ -148,7 +148,7 @@ fn fsck_runs_on_its_own_schedule_after_a_verify_due_at_the_same_time() {
     assert_eq!(at, now + H);
     assert_eq!(p.plans["a"].next_verify, Some(at));
     assert_eq!(p.next_due(), Some(at));
-    let (_, k) = p.take_due(at).unwrap();
+    let (_, k, _) = p.take_due(at).unwrap();
     assert_eq!(
         k,
         JobKind::Verify,
@@ -156,7 +156,7 @@ fn fsck_runs_on_its_own_schedule_after_a_verify_due_at_the_same_time() {
     );
     assert!(p.take_due(at).is_none());
     p.finished("a", k, &outcome(true, false), at + 5);
-    let (_, k) = p.take_due(at + 5).unwrap();
+    let (_, k, _) = p.take_due(at + 5).unwrap();
     assert_eq!(k, JobKind::Fsck);
     let mut failed = outcome(false, false);
     failed.op = "fsck".into();
@@ -180,7 +180,7 @@ fn reload_keeps_state_adds_and_removes_volumes() {
     p.update(two("0 2 * * *"), false, now, &|_| None);
     let b_next = p.plans["b"].next_backup;
     p.plans.get_mut("a").unwrap().next_backup = Some(now - 1);
-    let (v, _) = p.take_due(now).unwrap();
+    let (v, _, _) = p.take_due(now).unwrap();
     assert_eq!(v.name, "a");
     // reload without a, with b rescheduled
     p.update(two("0 3 * * *")[1..].to_vec(), false, now, &|_| None);
@@ -190,4 +190,22 @@ fn reload_keeps_state_adds_and_removes_volumes() {
     p.finished("a", JobKind::Backup, &outcome(true, false), now);
     p.update(two("0 3 * * *")[1..].to_vec(), false, now, &|_| None);
     assert!(!p.plans.contains_key("a"));
+}
+
+/// A job another node runs lets its slot pass: no retry, the next run at
+/// the next slot, the volume idle again, and its retry count reset.
+#[test]
+fn a_passed_slot_plans_the_next_one() {
+    let (now, one) = noon();
+    let tomorrow = one + 24 * H;
+    let mut p = Planner::new(false);
+    p.update(nightly(""), false, now, &|_| None);
+    assert_eq!(p.plans["a"].next_backup, Some(tomorrow));
+    let (_, k, due) = p.take_due(tomorrow + 3).unwrap();
+    assert_eq!(due, tomorrow, "the due time is the slot's");
+    p.plans.get_mut("a").unwrap().retries = 1;
+    p.pass("a", k, tomorrow + 3);
+    assert_eq!(p.plans["a"].next_backup, Some(tomorrow + 24 * H));
+    assert_eq!(p.plans["a"].retries, 0);
+    assert_eq!(p.running(), 0);
 }

@@ -114,6 +114,9 @@ impl Worker {
             // A terminal's Ctrl-C reaches the parent only; it cancels the
             // worker with SIGTERM, once.
             .process_group(0);
+        if let Some(n) = crate::host::node() {
+            cmd.env("RBDELTA_NODE", n); // it logs as this node
+        }
         // SAFETY: runs in the forked child before exec; prctl and getppid
         // are async-signal-safe and touch no memory of the parent.
         unsafe {

@@ -1,0 +1,117 @@
+//! A daemon's part in a fleet shared by several nodes (`nodes:` in the
+//! config): it keeps its heartbeat lease and its job leases renewed, reads
+//! which nodes are live, and works out which volumes are its own by
+//! rendezvous hashing over the live nodes ([`crate::fleet::assign`]).
+//!
+//! Every node runs the same schedule for every volume. When a job is due,
+//! the node that owns the volume runs it and the others let that slot
+//! pass. Views of who is live can differ for a moment (a node joined or
+//! died between two reads), so a job also takes the volume's job lease
+//! first, and a backup is skipped if the volume already has a revision
+//! made since the slot began: two nodes never back up one volume at once,
+//! nor twice in one slot.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::fleet::assign::assign;
+use crate::fleet::nodes::NodeLeases;
+
+pub struct Shared {
+    pub leases: Arc<NodeLeases>,
+    live: Vec<String>,
+    mine: BTreeSet<String>,
+    /// When the heartbeat was last renewed.
+    beat: Option<Instant>,
+    /// When the live nodes were last read.
+    read: Option<Instant>,
+    /// When this node first counted as live: its first jobs wait a tick,
+    /// so nodes that start together see each other first.
+    joined: Option<Instant>,
+}
+
+impl Shared {
+    pub fn new(leases: NodeLeases) -> Shared {
+        Shared {
+            leases: Arc::new(leases),
+            live: Vec::new(),
+            mine: BTreeSet::new(),
+            beat: None,
+            read: None,
+            joined: None,
+        }
+    }
+
+    /// How often leases are renewed and the live nodes read: a third of
+    /// the lease, so one late renewal never lets a lease lapse.
+    pub fn tick(&self) -> Duration {
+        self.leases.lease() / 3
+    }
+
+    /// Whether a tick is due.
+    pub fn due(&self) -> bool {
+        self.read.is_none_or(|t| t.elapsed() >= self.tick())
+    }
+
+    /// Time until the next tick.
+    pub fn until_next(&self) -> Duration {
+        self.read
+            .map_or(Duration::ZERO, |t| self.tick().saturating_sub(t.elapsed()))
+    }
+
+    /// Renews the heartbeat and the job leases, reads the live nodes and
+    /// recomputes which of `volumes` are this node's. A node whose
+    /// heartbeat has not been renewed for a lease owns nothing: the others
+    /// may already have taken its volumes.
+    pub fn refresh(&mut self, volumes: &[&str]) {
+        let node = self.leases.node().to_string();
+        match self.leases.heartbeat() {
+            Ok(()) => {
+                self.beat = Some(Instant::now());
+                self.joined.get_or_insert_with(Instant::now);
+            }
+            Err(e) => tracing::error!("node {node}: heartbeat lease not renewed: {e}"),
+        }
+        for (v, e) in self.leases.renew_jobs() {
+            tracing::error!("node {node}: job lease of {v} not renewed: {e}");
+        }
+        match self.leases.live() {
+            Ok(live) => {
+                if live != self.live {
+                    tracing::info!("live nodes: {}", live.join(", "));
+                }
+                self.live = live;
+            }
+            Err(e) => tracing::error!("node {node}: cannot read the live nodes: {e}"),
+        }
+        self.read = Some(Instant::now());
+        let alive = self.beat.is_some_and(|t| t.elapsed() < self.leases.lease())
+            && self.live.contains(&node);
+        self.mine = if alive {
+            let live: Vec<&str> = self.live.iter().map(String::as_str).collect();
+            assign(volumes, &live)
+                .into_iter()
+                .filter(|(_, n)| *n == node)
+                .map(|(v, _)| v.to_string())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+    }
+
+    /// Whether this node may start jobs yet (it has been live for a tick).
+    pub fn settled(&self) -> bool {
+        self.joined.is_some_and(|t| t.elapsed() >= self.tick())
+    }
+
+    /// Whether `volume`'s jobs are this node's.
+    pub fn owns(&self, volume: &str) -> bool {
+        self.mine.contains(volume)
+    }
+
+    /// How many volumes are this node's.
+    pub fn owned(&self) -> usize {
+        self.mine.len()
+    }
+}

@@ -1,0 +1,448 @@
+//! Several backup hosts sharing one fleet (issue 13), on the real cluster:
+//! three daemons, as separate processes, each with its own ceph-fuse mount
+//! of one CephFS archive and its own node name, share 30 volumes on a
+//! schedule with a slot every `RBDELTA_TEST_NODES_SLOT` seconds (20 in CI;
+//! `RBDELTA_TEST_NODES_SLOT=60 ci/test.sh --test nodes_cli` runs the
+//! every-minute schedule of the issue). One daemon is killed with SIGKILL
+//! half-way through a slot.
+//!
+//! Judged from the fleet log, read through `rbdelta log` on one node:
+//! every volume backed up exactly once in every slot, never two backups of
+//! one volume at once, each node within ±30 % of its share, and the dead
+//! node's volumes backed up by the others in the first slot after its
+//! lease lapsed. The archive then verifies.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::cli::ceph_yaml;
+use common::ScratchImage;
+use common::{pattern, required, skip, test_conf, test_ioctx, test_pool, unique_name};
+
+const VOLUMES: usize = 30;
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+/// `nodes.lease`: a dead node's volumes move this long after its death.
+const LEASE: u64 = 6;
+
+fn slot() -> u64 {
+    std::env::var("RBDELTA_TEST_NODES_SLOT")
+        .ok()
+        .map(|s| s.parse().expect("RBDELTA_TEST_NODES_SLOT: seconds"))
+        .unwrap_or(20)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Sleeps until Unix time `t`.
+fn sleep_until(t: f64) {
+    let d = t - unix_now();
+    if d > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(d));
+    }
+}
+
+/// A ceph-fuse mount of the test cluster's CephFS; unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn new(conf: &Path, at: &Path) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("ceph-fuse")
+            .arg("-c")
+            .arg(conf)
+            .args(["--id", "admin"])
+            .arg(at)
+            .output()
+            .expect("ceph-fuse runs");
+        assert!(
+            out.status.success(),
+            "ceph-fuse {}: {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// One node: its mount, config and daemon.
+struct Node {
+    name: &'static str,
+    config: PathBuf,
+    archive: PathBuf,
+    log: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
+            .arg("-c")
+            .arg(&self.config)
+            .args(["--node", self.name, "--progress", "none", "daemon"])
+            .env("RBDELTA_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+    }
+
+    fn signal(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut c = self.daemon.take().expect("running");
+        // SAFETY: signals a child process we own.
+        assert_eq!(unsafe { libc::kill(c.id() as i32, sig) }, 0);
+        let t = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{} did not stop",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
+            .arg("-c")
+            .arg(&self.config)
+            .args(["--node", self.name, "--no-progress"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd(args);
+        assert!(
+            o.status.success(),
+            "{}: rbdelta {args:?}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A backup as the fleet log tells it.
+#[derive(Debug)]
+struct Backup {
+    volume: String,
+    node: String,
+    start: f64,
+    end: f64,
+}
+
+fn backups(node: &Node) -> (Vec<Backup>, Vec<String>) {
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for line in node.ok(&["log", "--json"]).lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        if r["op"] != "backup" || r["event"] != "end" {
+            continue;
+        }
+        if r["outcome"] != "ok" {
+            failed.push(line.to_string());
+            continue;
+        }
+        let end = rbdelta::status::unix_nanos_of(r["time"].as_str().unwrap()) as f64 / 1e9;
+        done.push(Backup {
+            volume: r["volume"].as_str().unwrap().to_string(),
+            node: r["node"]
+                .as_str()
+                .expect("a node's record names it")
+                .to_string(),
+            start: end - r["duration_ms"].as_u64().unwrap() as f64 / 1000.0,
+            end,
+        });
+    }
+    (done, failed)
+}
+
+#[test]
+#[ignore = "needs the Ceph test cluster with CephFS (ci/test.sh runs it)"]
+fn three_nodes_share_a_fleet_and_take_over_a_dead_ones_volumes() {
+    let conf = test_conf();
+    if !conf.exists() {
+        return skip("no test cluster");
+    }
+    let cephfs = conf.parent().unwrap().join("cephfs");
+    let mounted = std::process::Command::new("mountpoint")
+        .arg("-q")
+        .arg(&cephfs)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            !required(),
+            "the test cluster has no CephFS: start it with --cephfs"
+        );
+        return skip("the test cluster has no CephFS (cluster.sh start --cephfs)");
+    }
+    let slot = slot();
+    assert!(slot >= 20, "a slot must leave room for the lease to lapse");
+    let io = test_ioctx();
+    let images: Vec<ScratchImage> = (0..VOLUMES)
+        .map(|i| {
+            let s = ScratchImage::create(&io, "node", 4 << 20);
+            io.open_image(&s.name)
+                .unwrap()
+                .write((i as u64 % 4) << 20, &pattern(64 << 10, i as u64))
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut volumes = String::from("volumes:\n");
+    for (i, s) in images.iter().enumerate() {
+        volumes += &format!(
+            "  - name: v{i:02}\n    pool: {}\n    image: {}\n",
+            test_pool(),
+            s.name
+        );
+    }
+    let schedule = if slot % 60 == 0 {
+        format!("0 */{} * * * *", slot / 60)
+    } else {
+        format!("*/{slot} * * * * *")
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let shared_dir = unique_name("nodes");
+    let mut mounts = Vec::new();
+    let mut nodes: Vec<Node> = NODES
+        .iter()
+        .map(|&name| {
+            let m = Mount::new(&conf, &tmp.path().join(format!("mnt-{name}")));
+            let archive = m.0.join(&shared_dir).join("archive");
+            let config = tmp.path().join(format!("{name}.yaml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "{}archive: {}\nnodes:\n  lease-pool: {}\n  lease: {LEASE}s\n\
+                     defaults:\n  schedule: \"{schedule}\"\n  catch-up: false\n  parallel: 4\n{volumes}",
+                    ceph_yaml(&conf),
+                    archive.display(),
+                    test_pool()
+                ),
+            )
+            .unwrap();
+            mounts.push(m);
+            Node {
+                name,
+                config,
+                archive,
+                log: tmp.path().join(format!("{name}.log")),
+                daemon: None,
+            }
+        })
+        .collect();
+
+    let t0 = unix_now();
+    for n in &mut nodes {
+        n.start();
+    }
+    // The first slot all three see settled (a node waits a third of a
+    // lease after it joined before it takes jobs).
+    let first = ((t0 + 5.0) / slot as f64).ceil() * slot as f64;
+    let s = slot as f64;
+    sleep_until(first + s / 2.0);
+    let check = nodes[0].ok(&["config", "check", "--cluster"]);
+    assert!(
+        check.contains("3 live node(s), volumes each: n1 10, n2 10, n3 10"),
+        "{check}"
+    );
+    // Kill n3 half-way through the second slot, when its backups are done.
+    sleep_until(first + s * 1.5);
+    let killed_at = unix_now();
+    let status = nodes[2].signal(libc::SIGKILL);
+    assert!(!status.success());
+    // Two more slots: the first after n3's lease lapsed, and one more.
+    let last = first + 3.0 * s;
+    assert!(killed_at + LEASE as f64 + 2.0 < first + 2.0 * s);
+    let wait_for = |nodes: &[Node]| {
+        let deadline = Instant::now() + Duration::from_secs(slot);
+        loop {
+            let (done, _) = backups(&nodes[0]);
+            let n = done
+                .iter()
+                .filter(|b| b.start >= last && b.start < last + s)
+                .count();
+            if n >= VOLUMES || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    sleep_until(last);
+    wait_for(&nodes);
+    for n in &mut nodes[..2] {
+        let st = n.signal(libc::SIGTERM);
+        assert!(st.success(), "{}: {st:?}", n.name);
+    }
+
+    let (done, failed) = backups(&nodes[1]);
+    let logs = || {
+        nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {}:\n{}",
+                    n.name,
+                    std::fs::read_to_string(&n.log).unwrap()
+                )
+            })
+            .collect::<String>()
+    };
+    assert!(failed.is_empty(), "failed backups: {failed:#?}\n{}", logs());
+    // Never two backups of one volume at once.
+    let mut by_volume: BTreeMap<&str, Vec<&Backup>> = BTreeMap::new();
+    for b in &done {
+        by_volume.entry(&b.volume).or_default().push(b);
+    }
+    for (v, bs) in &mut by_volume {
+        bs.sort_by(|a, b| a.start.total_cmp(&b.start));
+        for w in bs.windows(2) {
+            assert!(w[0].end <= w[1].start, "{v}: overlapping backups {w:?}");
+        }
+    }
+    // Every volume once per slot; the share of each node.
+    for k in 0..4 {
+        let from = first + k as f64 * s;
+        let in_slot: Vec<&Backup> = done
+            .iter()
+            .filter(|b| b.start >= from && b.start < from + s)
+            .collect();
+        let mut per_volume: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+        for b in &in_slot {
+            *per_volume.entry(&b.volume).or_default() += 1;
+            *per_node.entry(&b.node).or_default() += 1;
+        }
+        assert_eq!(
+            per_volume.len(),
+            VOLUMES,
+            "slot {k}: {} volumes backed up: {per_volume:?}\n{}",
+            per_volume.len(),
+            logs()
+        );
+        assert!(
+            per_volume.values().all(|&n| n == 1),
+            "slot {k}: {per_volume:?}"
+        );
+        let live: &[&str] = if k < 2 { &NODES } else { &NODES[..2] };
+        let share = VOLUMES as f64 / live.len() as f64;
+        for n in live {
+            let got = per_node.get(n).copied().unwrap_or(0) as f64;
+            assert!(
+                (got - share).abs() <= 0.3 * share,
+                "slot {k}: {n} backed up {got} volumes, its share is {share}: {per_node:?}"
+            );
+        }
+        if k >= 2 {
+            assert!(!per_node.contains_key("n3"), "slot {k}: {per_node:?}");
+        }
+    }
+    // Each node wrote its own fleet log, and any node shows all of them.
+    for n in NODES {
+        assert!(
+            nodes[0]
+                .archive
+                .join(format!(".rbdelta/log.{n}.jsonl"))
+                .exists(),
+            "no fleet log of {n}"
+        );
+    }
+    let status = nodes[1].ok(&["status", "--json"]);
+    let st: Vec<serde_json::Value> = serde_json::from_str(&status).unwrap();
+    assert_eq!(st.len(), VOLUMES, "{status}");
+    for v in &st {
+        assert!(
+            v["last_success"].is_object() && v["consecutive_failures"] == 0,
+            "{v}"
+        );
+    }
+    nodes[0].ok(&["verify", "--all"]);
+    // The archive is gone with the test; CephFS keeps nothing behind.
+    std::fs::remove_dir_all(nodes[0].archive.parent().unwrap()).unwrap();
+    drop(nodes);
+    drop(mounts);
+}
+
+/// A node name that cannot name a file is refused at once, and a daemon
+/// given a node name without `nodes:` in its config says what is missing.
+#[test]
+fn bad_node_names_and_a_node_without_nodes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!("archive: {}\nvolumes: []\n", dir.path().join("a").display()),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for bad in ["a/b", ".hidden", ""] {
+        let o = run(&["--node", bad, "config", "check"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("node name"), "{bad:?}: {err}");
+    }
+    // (a daemon that took the name would run until killed)
+    let mut d = std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
+        .arg("-c")
+        .arg(&config)
+        .args(["--node", "n1", "daemon"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while d.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = d.kill();
+    let o = d.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("node \"n1\" given, but the config has no `nodes:` section"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
