@@ -5,7 +5,8 @@
 # bench_start NAME MEMSTORE_GIB: sets bin, py, samples, work, CEPH_CONF.
 # With BENCH_BLUESTORE_GIB set, the OSD is bluestore on a sparse file of
 # that size in the work directory instead (data larger than memory; its
-# writes then go to this disk).
+# writes then go to this disk). With BENCH_CEPHFS set, the cluster also
+# has a CephFS, mounted at $work/cluster/cephfs.
 bench_start() {
   rbd-fixtures/install-deps.sh
   command -v /usr/bin/time >/dev/null ||
@@ -22,7 +23,7 @@ bench_start() {
   if [[ -n ${BENCH_BLUESTORE_GIB:-} ]]; then
     rbd-fixtures/cluster.sh start "$work/cluster" --bluestore-gib "$BENCH_BLUESTORE_GIB"
   else
-    rbd-fixtures/cluster.sh start "$work/cluster" --memstore-gib "$2"
+    rbd-fixtures/cluster.sh start "$work/cluster" --memstore-gib "$2" ${BENCH_CEPHFS:+--cephfs}
   fi
   export CEPH_CONF="$work/cluster/ceph.conf"
 }

@@ -26,8 +26,8 @@ pub struct Shared {
     beat: Option<Instant>,
     /// When the live nodes were last read.
     read: Option<Instant>,
-    /// When this node first counted as live: its first jobs wait a tick,
-    /// so nodes that start together see each other first.
+    /// When this node first counted as live: its first jobs wait a third
+    /// of a lease, so nodes that start together see each other first.
     joined: Option<Instant>,
 }
 
@@ -43,10 +43,13 @@ impl Shared {
         }
     }
 
-    /// How often leases are renewed and the live nodes read: a third of
-    /// the lease, so one late renewal never lets a lease lapse.
+    /// How often leases are renewed and the live nodes read: every
+    /// second, or every third of a lease if that is shorter, so one late
+    /// renewal never lets a lease lapse, and a dead node's volumes move
+    /// at most a second after its lease lapsed. (A read or a renewal is
+    /// one small OSD op: 50 nodes make 50 a second, plus one per job.)
     pub fn tick(&self) -> Duration {
-        self.leases.lease() / 3
+        (self.leases.lease() / 3).min(Duration::from_secs(1))
     }
 
     /// Whether a tick is due.
@@ -100,9 +103,11 @@ impl Shared {
         };
     }
 
-    /// Whether this node may start jobs yet (it has been live for a tick).
+    /// Whether this node may start jobs yet: it has been live for a third
+    /// of a lease, long enough for the nodes started with it to show.
     pub fn settled(&self) -> bool {
-        self.joined.is_some_and(|t| t.elapsed() >= self.tick())
+        self.joined
+            .is_some_and(|t| t.elapsed() >= self.leases.lease() / 3)
     }
 
     /// Whether `volume`'s jobs are this node's.
