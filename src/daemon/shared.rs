@@ -21,6 +21,10 @@ use crate::fleet::nodes::NodeLeases;
 pub struct Shared {
     pub leases: Arc<NodeLeases>,
     live: Vec<String>,
+    /// The volumes `mine` was worked out for (with `live` and `alive`):
+    /// the assignment is redone only when one of them changed, not every
+    /// tick (10 000 volumes on 50 nodes take tens of milliseconds).
+    assigned_for: Option<(Vec<String>, Vec<String>)>,
     mine: BTreeSet<String>,
     /// When the heartbeat was last renewed.
     beat: Option<Instant>,
@@ -36,6 +40,7 @@ impl Shared {
         Shared {
             leases: Arc::new(leases),
             live: Vec::new(),
+            assigned_for: None,
             mine: BTreeSet::new(),
             beat: None,
             read: None,
@@ -91,16 +96,27 @@ impl Shared {
         self.read = Some(Instant::now());
         let alive = self.beat.is_some_and(|t| t.elapsed() < self.leases.lease())
             && self.live.contains(&node);
-        self.mine = if alive {
-            let live: Vec<&str> = self.live.iter().map(String::as_str).collect();
-            assign(volumes, &live)
-                .into_iter()
-                .filter(|(_, n)| *n == node)
-                .map(|(v, _)| v.to_string())
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
+        if !alive {
+            self.mine.clear();
+            self.assigned_for = None;
+            return;
+        }
+        let same = self.assigned_for.as_ref().is_some_and(|(v, l)| {
+            *l == self.live && v.iter().map(String::as_str).eq(volumes.iter().copied())
+        });
+        if same {
+            return;
+        }
+        let live: Vec<&str> = self.live.iter().map(String::as_str).collect();
+        self.mine = assign(volumes, &live)
+            .into_iter()
+            .filter(|(_, n)| *n == node)
+            .map(|(v, _)| v.to_string())
+            .collect();
+        self.assigned_for = Some((
+            volumes.iter().map(|v| v.to_string()).collect(),
+            self.live.clone(),
+        ));
     }
 
     /// Whether this node may start jobs yet: it has been live for a third

@@ -144,6 +144,9 @@ fn check_holes(
     let mut buf = vec![0u8; bs as usize];
     let mut pos = 0u64;
     let mut next_block = 0u64; // blocks below this were checked
+                               // where the file system reports no holes (ceph-fuse), every unlisted
+                               // block is read, in order: ahead of time
+    let mut ahead = crate::archive::read::Readahead::dropping_behind();
     while pos < size {
         let Some((start, end)) = crate::archive::sparse::next_data(file, pos, size).at(path)?
         else {
@@ -164,6 +167,7 @@ fn check_holes(
             };
             if !is_listed && subset.is_none_or(|s| s.contains(block)) {
                 let len = (size - block * bs).min(bs) as usize;
+                ahead.before(file, block * bs, len as u64);
                 crate::archive::read::read_at(file, path, &mut buf[..len], block * bs)?;
                 if !is_zero(&buf[..len]) {
                     bad.push(BadBlock::Hole {
