@@ -4,13 +4,14 @@
 //! schedule with a slot every `RBDELTA_TEST_NODES_SLOT` seconds (20 in CI;
 //! `RBDELTA_TEST_NODES_SLOT=60 ci/test.sh --test nodes_cli` runs the
 //! every-minute schedule of the issue). One daemon is killed with SIGKILL
-//! half-way through a slot.
+//! half-way through a slot, and started again two slots later.
 //!
 //! Judged from the fleet log, read through `rbdelta log` on one node:
 //! every volume backed up exactly once in every slot, never two backups of
-//! one volume at once, each node within ±30 % of its share, and the dead
+//! one volume at once, each node within ±30 % of its share, the dead
 //! node's volumes backed up by the others in the first slot after its
-//! lease lapsed. The archive then verifies.
+//! lease lapsed, and the node that came back taking its share in the
+//! first slot after it joined. The archive then verifies.
 
 mod common;
 
@@ -93,7 +94,11 @@ struct Node {
 
 impl Node {
     fn start(&mut self) {
-        let log = std::fs::File::create(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
             .arg("-c")
             .arg(&self.config)
@@ -287,8 +292,9 @@ fn three_nodes_share_a_fleet_and_take_over_a_dead_ones_volumes() {
     let killed_at = unix_now();
     let status = nodes[2].signal(libc::SIGKILL);
     assert!(!status.success());
-    // Two more slots: the first after n3's lease lapsed, and one more.
-    let last = first + 3.0 * s;
+    // Two slots without n3: the first after its lease lapsed, and one
+    // more, half-way through which n3 comes back; then one with it.
+    let last = first + 4.0 * s;
     assert!(killed_at + LEASE as f64 + 2.0 < first + 2.0 * s);
     let wait_for = |nodes: &[Node]| {
         let deadline = Instant::now() + Duration::from_secs(slot);
@@ -304,9 +310,11 @@ fn three_nodes_share_a_fleet_and_take_over_a_dead_ones_volumes() {
             std::thread::sleep(Duration::from_secs(1));
         }
     };
+    sleep_until(first + s * 3.5);
+    nodes[2].start();
     sleep_until(last);
     wait_for(&nodes);
-    for n in &mut nodes[..2] {
+    for n in nodes.iter_mut().filter(|n| n.daemon.is_some()) {
         let st = n.signal(libc::SIGTERM);
         assert!(st.success(), "{}: {st:?}", n.name);
     }
@@ -337,7 +345,7 @@ fn three_nodes_share_a_fleet_and_take_over_a_dead_ones_volumes() {
         }
     }
     // Every volume once per slot; the share of each node.
-    for k in 0..4 {
+    for k in 0..5 {
         let from = first + k as f64 * s;
         let in_slot: Vec<&Backup> = done
             .iter()
@@ -360,7 +368,11 @@ fn three_nodes_share_a_fleet_and_take_over_a_dead_ones_volumes() {
             per_volume.values().all(|&n| n == 1),
             "slot {k}: {per_volume:?}"
         );
-        let live: &[&str] = if k < 2 { &NODES } else { &NODES[..2] };
+        let live: &[&str] = if k == 2 || k == 3 {
+            &NODES[..2]
+        } else {
+            &NODES
+        };
         let share = VOLUMES as f64 / live.len() as f64;
         for n in live {
             let got = per_node.get(n).copied().unwrap_or(0) as f64;
@@ -369,7 +381,7 @@ fn three_nodes_share_a_fleet_and_take_over_a_dead_ones_volumes() {
                 "slot {k}: {n} backed up {got} volumes, its share is {share}: {per_node:?}"
             );
         }
-        if k >= 2 {
+        if k == 2 || k == 3 {
             assert!(!per_node.contains_key("n3"), "slot {k}: {per_node:?}");
         }
     }
