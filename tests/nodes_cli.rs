@@ -458,3 +458,77 @@ fn bad_node_names_and_a_node_without_nodes_are_refused() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// A node whose user may not take leases in the lease pool (client.rbdelta
+/// has no caps on the CephFS data pool) runs no job at all, and says why
+/// once, not once a second.
+#[test]
+#[ignore = "needs the Ceph test cluster with CephFS and cephx (ci/test.sh runs it)"]
+fn a_node_refused_its_leases_runs_nothing_and_says_so_once() {
+    let conf = test_conf();
+    if !conf.exists() {
+        return skip("no test cluster");
+    }
+    if std::env::var_os("RBDELTA_TEST_CEPH_ID").is_none() {
+        assert!(!required(), "this test needs the cephx user client.rbdelta");
+        return skip("no least-privileged user (RBDELTA_TEST_CEPH_ID)");
+    }
+    let io = test_ioctx();
+    if io.pool() != "rbd" {
+        return skip("the caps of client.rbdelta are for pool rbd");
+    }
+    let img = ScratchImage::create(&io, "nolease", 4 << 20);
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}archive: {}\nnodes:\n  lease-pool: cephfs_data\n  lease: 3s\n\
+             defaults:\n  schedule: \"* * * * * *\"\nvolumes:\n  - name: v\n    pool: {}\n    image: {}\n",
+            ceph_yaml(&conf),
+            tmp.path().join("archive").display(),
+            test_pool(),
+            img.name
+        ),
+    )
+    .unwrap();
+    let mut node = Node {
+        name: "n1",
+        config,
+        archive: tmp.path().join("archive"),
+        log: tmp.path().join("n1.log"),
+        daemon: None,
+    };
+    if !cephfs_pool_exists() {
+        assert!(
+            !required(),
+            "the test cluster has no CephFS: start it with --cephfs"
+        );
+        return skip("no pool cephfs_data (cluster.sh start --cephfs)");
+    }
+    node.start();
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(node.signal(libc::SIGTERM).success());
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("heartbeat lease not renewed"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(refused[0].contains("caps do not allow"), "{log}");
+    assert!(!node.archive.join("v").exists(), "a job ran:\n{log}");
+}
+
+/// Whether the test cluster has the CephFS data pool.
+fn cephfs_pool_exists() -> bool {
+    std::process::Command::new("ceph")
+        .arg("-c")
+        .arg(test_conf())
+        .args(["osd", "pool", "ls"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == "cephfs_data")
+        })
+}

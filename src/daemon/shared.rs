@@ -33,7 +33,14 @@ pub struct Shared {
     /// When this node first counted as live: its first jobs wait a third
     /// of a lease, so nodes that start together see each other first.
     joined: Option<Instant>,
+    /// When a failing lease operation was last logged: a cluster that
+    /// refuses them (no caps on the pool, say) gets a line a minute, not
+    /// one a second.
+    complained: Option<Instant>,
 }
+
+/// How often a lease operation that keeps failing is logged.
+const COMPLAIN_EVERY: Duration = Duration::from_secs(60);
 
 impl Shared {
     pub fn new(leases: NodeLeases) -> Shared {
@@ -45,6 +52,7 @@ impl Shared {
             beat: None,
             read: None,
             joined: None,
+            complained: None,
         }
     }
 
@@ -74,15 +82,16 @@ impl Shared {
     /// may already have taken its volumes.
     pub fn refresh(&mut self, volumes: &[&str]) {
         let node = self.leases.node().to_string();
+        let mut failed = Vec::new();
         match self.leases.heartbeat() {
             Ok(()) => {
                 self.beat = Some(Instant::now());
                 self.joined.get_or_insert_with(Instant::now);
             }
-            Err(e) => tracing::error!("node {node}: heartbeat lease not renewed: {e}"),
+            Err(e) => failed.push(format!("heartbeat lease not renewed: {e}")),
         }
         for (v, e) in self.leases.renew_jobs() {
-            tracing::error!("node {node}: job lease of {v} not renewed: {e}");
+            failed.push(format!("job lease of {v} not renewed: {e}"));
         }
         match self.leases.live() {
             Ok(live) => {
@@ -91,9 +100,22 @@ impl Shared {
                 }
                 self.live = live;
             }
-            Err(e) => tracing::error!("node {node}: cannot read the live nodes: {e}"),
+            Err(e) => failed.push(format!("cannot read the live nodes: {e}")),
         }
         self.read = Some(Instant::now());
+        if failed.is_empty() {
+            if self.complained.take().is_some() {
+                tracing::info!("node {node}: leases renewed again");
+            }
+        } else if self
+            .complained
+            .is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY)
+        {
+            for f in &failed {
+                tracing::error!("node {node}: {f}");
+            }
+            self.complained = Some(Instant::now());
+        }
         let alive = self.beat.is_some_and(|t| t.elapsed() < self.leases.lease())
             && self.live.contains(&node);
         if !alive {
