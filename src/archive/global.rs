@@ -10,8 +10,12 @@
 
 use std::path::{Path, PathBuf};
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
 use super::atomic::create_dir_private;
 use super::oplog::{self, Log};
+use crate::error::IoContext;
 use crate::error::Result;
 
 /// `<archive>/.rbdelta`.
@@ -49,8 +53,95 @@ pub fn read_log(root: &Path) -> Result<Log> {
     oplog::read_merged(&dir(root))
 }
 
+/// `<archive>/.rbdelta/fleet-id`: names the fleet that shares this
+/// archive, so that its nodes' leases in RADOS are told apart from those
+/// of another fleet using the same lease pool.
+fn fleet_id_path(root: &Path) -> PathBuf {
+    dir(root).join("fleet-id")
+}
+
+/// The archive's fleet id (32 hex digits), if it has one.
+pub fn read_fleet_id(root: &Path) -> Result<Option<String>> {
+    let path = fleet_id_path(root);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            let id = t.trim();
+            if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(Some(id.to_string()))
+            } else {
+                Err(crate::error::Error::Corrupt(format!(
+                    "{}: not a fleet id",
+                    path.display()
+                )))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::error::Error::io(&path, e)),
+    }
+}
+
+/// The archive's fleet id, made on first use. Nodes that start at once
+/// agree: each writes a candidate under a temp name and hard-links it to
+/// `fleet-id`, which only the first link creates; the others read it.
+pub fn fleet_id(root: &Path) -> Result<String> {
+    if let Some(id) = read_fleet_id(root)? {
+        return Ok(id);
+    }
+    ensure(root)?;
+    let d = dir(root);
+    let tmp = d.join(format!(".fleet-id.{}", super::random_hex(8)));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .at(&tmp)?;
+    f.write_all(format!("{}\n", super::random_hex(16)).as_bytes())
+        .and_then(|()| f.sync_all())
+        .at(&tmp)?;
+    let linked = std::fs::hard_link(&tmp, fleet_id_path(root));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => super::atomic::fsync_dir(&d)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(crate::error::Error::io(fleet_id_path(root), e)),
+    }
+    read_fleet_id(root)?.ok_or_else(|| {
+        crate::error::Error::Corrupt(format!("{}: vanished", fleet_id_path(root).display()))
+    })
+}
+
 /// Creates the archive root and `.rbdelta` if missing.
 pub fn ensure(root: &Path) -> Result<()> {
     create_dir_private(root)?;
     create_dir_private(&dir(root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One id per archive, made once, however many ask at once; a damaged
+    /// file is an error, not a new fleet.
+    #[test]
+    fn one_fleet_id_per_archive() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("a");
+        assert_eq!(read_fleet_id(&root).unwrap(), None);
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| fleet_id(&root).unwrap()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|i| *i == ids[0] && i.len() == 32), "{ids:?}");
+        assert_eq!(fleet_id(&root).unwrap(), ids[0]);
+        let left: Vec<_> = std::fs::read_dir(dir(&root))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["fleet-id"], "temp files left");
+        std::fs::write(fleet_id_path(&root), "zz\n").unwrap();
+        assert!(fleet_id(&root).is_err());
+    }
 }

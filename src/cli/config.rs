@@ -48,10 +48,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     // In a shared fleet: the live nodes, and who backs up what.
     let live: Option<Vec<String>> = match &cfg.nodes {
         None => None,
-        Some(n) => match client
-            .ioctx(&n.lease_pool)
-            .and_then(|io| rbdelta::fleet::nodes::live_nodes(&io))
-        {
+        // an archive no node has used yet has no fleet id: nobody is live
+        Some(n) => match rbdelta::archive::global::read_fleet_id(&cfg.archive).and_then(|id| {
+            let Some(id) = id else { return Ok(Vec::new()) };
+            client
+                .ioctx(&n.lease_pool)
+                .and_then(|io| rbdelta::fleet::nodes::live_nodes(&io, &id))
+        }) {
             Ok(live) => Some(live),
             Err(e) => {
                 problems.push(format!("{origin}: nodes.lease-pool {}: {e}", n.lease_pool));

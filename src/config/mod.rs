@@ -100,8 +100,9 @@ pub struct Config {
 /// `lease_pool`, and backs up the volumes the assignment gives it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nodes {
-    /// The RADOS pool that holds the leases (objects `rbdelta.nodes` and
-    /// `rbdelta.job.<volume>`).
+    /// The RADOS pool that holds the leases (objects `rbdelta.nodes.<fleet
+    /// id>` and `rbdelta.job.<fleet id>.<volume>`, the fleet id from the
+    /// archive).
     pub lease_pool: String,
     /// How long a lease lasts unrenewed: a dead node's volumes move to the
     /// others this long after it died.

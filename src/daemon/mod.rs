@@ -201,11 +201,14 @@ impl Daemon {
             match Cluster::connect(&self.cfg.ceph.options()) {
                 Ok(c) => {
                     if let (Some(nodes), Some(node)) = (&self.cfg.nodes, crate::host::node()) {
-                        match crate::fleet::nodes::NodeLeases::new(&c, nodes, node) {
+                        let leases = global::fleet_id(&self.cfg.archive).and_then(|fleet| {
+                            crate::fleet::nodes::NodeLeases::new(&c, nodes, &fleet, node)
+                        });
+                        match leases {
                             Ok(l) => self.shared = Some(shared::Shared::new(l)),
                             Err(e) => {
                                 tracing::error!(
-                                    "cannot use the lease pool {} ({e}); retrying in {}s",
+                                    "cannot take part in the shared fleet (lease pool {}): {e}; retrying in {}s",
                                     nodes.lease_pool,
                                     RECONNECT_EVERY.as_secs()
                                 );

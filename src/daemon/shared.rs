@@ -94,11 +94,24 @@ impl Shared {
             failed.push(format!("job lease of {v} not renewed: {e}"));
         }
         match self.leases.live() {
-            Ok(live) => {
+            Ok((live, namesakes)) => {
                 if live != self.live {
                     tracing::info!("live nodes: {}", live.join(", "));
                 }
                 self.live = live;
+                // A run of this node that died lapses within a lease of
+                // this one's start; a holder still there after that is
+                // another daemon with this name. Its jobs and this one's
+                // still never overlap (job leases are per client).
+                let up_for = self.joined.map_or(Duration::ZERO, |t| t.elapsed());
+                if up_for > self.leases.lease() + self.tick() {
+                    for h in namesakes {
+                        failed.push(format!(
+                            "another daemon runs under this node name ({} at {}): give each host a name of its own (--node)",
+                            h.client, h.addr
+                        ));
+                    }
+                }
             }
             Err(e) => failed.push(format!("cannot read the live nodes: {e}")),
         }

@@ -17,14 +17,18 @@ use crate::ceph::{Cluster, IoCtx};
 use crate::config::Nodes;
 use crate::error::{Error, Result};
 
-/// The object whose shared lease the live nodes hold.
-pub const NODES_OBJECT: &str = "rbdelta.nodes";
 const NODE_LEASE: &str = "node";
 const JOB_LEASE: &str = "job";
 
+/// The object whose shared lease the live nodes of fleet `fleet` (the
+/// archive's fleet id) hold.
+pub fn nodes_object(fleet: &str) -> String {
+    format!("rbdelta.nodes.{fleet}")
+}
+
 /// The object whose lease a volume's job holds.
-pub fn job_object(volume: &str) -> String {
-    format!("rbdelta.job.{volume}")
+fn job_object(fleet: &str, volume: &str) -> String {
+    format!("rbdelta.job.{fleet}.{volume}")
 }
 
 /// Whether a job lease was taken.
@@ -39,6 +43,8 @@ pub enum Claim {
 /// One node's view of the shared fleet: its own leases and the others'.
 pub struct NodeLeases {
     io: IoCtx,
+    /// The archive's fleet id: fleets that share a lease pool keep apart.
+    fleet: String,
     node: String,
     lease: Duration,
     /// The volumes whose job lease this node holds: renewed together,
@@ -48,10 +54,12 @@ pub struct NodeLeases {
 }
 
 impl NodeLeases {
-    /// `node`'s leases in `cfg.lease_pool`, through `cluster`.
-    pub fn new(cluster: &Arc<Cluster>, cfg: &Nodes, node: &str) -> Result<NodeLeases> {
+    /// `node`'s leases in `cfg.lease_pool`, through `cluster`, in the
+    /// fleet `fleet` (the archive's fleet id).
+    pub fn new(cluster: &Arc<Cluster>, cfg: &Nodes, fleet: &str, node: &str) -> Result<NodeLeases> {
         Ok(NodeLeases {
             io: cluster.ioctx(&cfg.lease_pool)?,
+            fleet: fleet.to_string(),
             node: node.to_string(),
             lease: cfg.lease,
             jobs: Mutex::new(BTreeSet::new()),
@@ -71,7 +79,7 @@ impl NodeLeases {
     /// lease period from now.
     pub fn heartbeat(&self) -> Result<()> {
         self.io.lease(
-            NODES_OBJECT,
+            &nodes_object(&self.fleet),
             NODE_LEASE,
             &self.node,
             LeaseKind::Shared,
@@ -82,15 +90,30 @@ impl NodeLeases {
     /// Gives the heartbeat back (on a clean stop): the others take this
     /// node's volumes at once instead of after the lease.
     pub fn leave(&self) -> Result<()> {
-        match self.io.release_lease(NODES_OBJECT, NODE_LEASE, &self.node) {
+        match self
+            .io
+            .release_lease(&nodes_object(&self.fleet), NODE_LEASE, &self.node)
+        {
             Err(Error::Ceph { errno, .. }) if errno == libc::ENOENT => Ok(()),
             r => r,
         }
     }
 
-    /// The live nodes, sorted, each once.
-    pub fn live(&self) -> Result<Vec<String>> {
-        live_nodes(&self.io)
+    /// The live nodes, sorted, each once, and the other clients that
+    /// hold a heartbeat under this node's name: a previous run of this
+    /// node that died less than a lease ago, or another daemon that was
+    /// given the same name.
+    pub fn live(&self) -> Result<(Vec<String>, Vec<crate::ceph::Holder>)> {
+        let holders = self
+            .io
+            .lease_holders(&nodes_object(&self.fleet), NODE_LEASE)?;
+        let me = self.io.client();
+        let namesakes = holders
+            .iter()
+            .filter(|h| h.cookie == self.node && h.client != me)
+            .cloned()
+            .collect();
+        Ok((names(holders), namesakes))
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
@@ -99,7 +122,7 @@ impl NodeLeases {
 
     /// Takes the job lease of `volume`, unless another node holds it.
     pub fn take_job(&self, volume: &str) -> Result<Claim> {
-        let oid = job_object(volume);
+        let oid = job_object(&self.fleet, volume);
         let mut held = self.held();
         match self.io.lease(
             &oid,
@@ -131,7 +154,7 @@ impl NodeLeases {
             .filter_map(|v| {
                 self.io
                     .lease(
-                        &job_object(v),
+                        &job_object(&self.fleet, v),
                         JOB_LEASE,
                         &self.node,
                         LeaseKind::Exclusive,
@@ -149,7 +172,7 @@ impl NodeLeases {
         held.remove(volume);
         match self
             .io
-            .release_lease(&job_object(volume), JOB_LEASE, &self.node)
+            .release_lease(&job_object(&self.fleet, volume), JOB_LEASE, &self.node)
         {
             Err(Error::Ceph { errno, .. }) if errno == libc::ENOENT => Ok(()),
             r => r,
@@ -157,14 +180,15 @@ impl NodeLeases {
     }
 }
 
-/// The live nodes of the fleet whose leases are in `io`'s pool.
-pub fn live_nodes(io: &IoCtx) -> Result<Vec<String>> {
-    let mut nodes: Vec<String> = io
-        .lease_holders(NODES_OBJECT, NODE_LEASE)?
-        .into_iter()
-        .map(|h| h.cookie)
-        .collect();
+/// The live nodes of fleet `fleet`, whose leases are in `io`'s pool.
+pub fn live_nodes(io: &IoCtx, fleet: &str) -> Result<Vec<String>> {
+    Ok(names(io.lease_holders(&nodes_object(fleet), NODE_LEASE)?))
+}
+
+/// The node names of heartbeat holders, sorted, each once.
+fn names(holders: Vec<crate::ceph::Holder>) -> Vec<String> {
+    let mut nodes: Vec<String> = holders.into_iter().map(|h| h.cookie).collect();
     nodes.sort();
     nodes.dedup();
-    Ok(nodes)
+    nodes
 }
