@@ -92,6 +92,19 @@ impl TempFile {
         })
     }
 
+    /// Fsyncs the file and links it to `dest` unless `dest` exists (then
+    /// returns false and leaves `dest` alone); the temp name goes either
+    /// way. Of several writers racing for one `dest`, exactly one wins.
+    pub fn persist_new(self, dest: &Path) -> Result<bool> {
+        self.file.sync_all().at(&self.path)?;
+        match std::fs::hard_link(&self.path, dest) {
+            Ok(()) => fsync_dir(dir_of(dest)).map(|()| true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(crate::error::Error::io(dest, e)),
+        }
+        // dropping `self` removes the temp name
+    }
+
     /// Fsyncs the file, renames it to `dest` and fsyncs `dest`'s directory.
     pub fn persist(mut self, dest: &Path) -> Result<()> {
         self.file.sync_all().at(&self.path)?;

@@ -11,9 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 
-use super::atomic::create_dir_private;
+use super::atomic::{create_dir_private, TempFile};
 use super::oplog::{self, Log};
 use crate::error::IoContext;
 use crate::error::Result;
@@ -81,34 +80,21 @@ pub fn read_fleet_id(root: &Path) -> Result<Option<String>> {
 }
 
 /// The archive's fleet id, made on first use. Nodes that start at once
-/// agree: each writes a candidate under a temp name and hard-links it to
-/// `fleet-id`, which only the first link creates; the others read it.
+/// agree: each writes a candidate and links it into place, which only the
+/// first link does ([`TempFile::persist_new`]); the others read it.
 pub fn fleet_id(root: &Path) -> Result<String> {
     if let Some(id) = read_fleet_id(root)? {
         return Ok(id);
     }
     ensure(root)?;
-    let d = dir(root);
-    let tmp = d.join(format!(".fleet-id.{}", super::random_hex(8)));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .at(&tmp)?;
-    f.write_all(format!("{}\n", super::random_hex(16)).as_bytes())
-        .and_then(|()| f.sync_all())
-        .at(&tmp)?;
-    let linked = std::fs::hard_link(&tmp, fleet_id_path(root));
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => super::atomic::fsync_dir(&d)?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(crate::error::Error::io(fleet_id_path(root), e)),
-    }
-    read_fleet_id(root)?.ok_or_else(|| {
-        crate::error::Error::Corrupt(format!("{}: vanished", fleet_id_path(root).display()))
-    })
+    let path = fleet_id_path(root);
+    let mut tmp = TempFile::new_in(&dir(root), "fleet-id")?;
+    tmp.file
+        .write_all(format!("{}\n", super::random_hex(16)).as_bytes())
+        .at(&tmp.path)?;
+    tmp.persist_new(&path)?;
+    read_fleet_id(root)?
+        .ok_or_else(|| crate::error::Error::Corrupt(format!("{}: vanished", path.display())))
 }
 
 /// Creates the archive root and `.rbdelta` if missing.
