@@ -263,9 +263,20 @@ fn a_restore_rides_out_a_paused_osd_and_gives_up_after_retry_for() {
         "{err}"
     );
     c.fault("resume", "osd");
-    let left: Vec<String> = io
-        .list_images()
-        .unwrap()
+    // The OSD first works off what queued while it was paused: a listing
+    // may time out (5 s) a few times before it answers (a CI run,
+    // 2026-11-30).
+    let started = Instant::now();
+    let images = loop {
+        match io.list_images() {
+            Ok(i) => break i,
+            Err(e) if started.elapsed() < Duration::from_secs(90) => {
+                eprintln!("listing again after the resume: {e}")
+            }
+            Err(e) => panic!("no listing within 90 s of the resume: {e}"),
+        }
+    };
+    let left: Vec<String> = images
         .into_iter()
         .filter(|n| n.starts_with(&target))
         .collect();
