@@ -13,6 +13,11 @@
 #                      another, both O_DIRECT QD16, then fsync (what the
 #                      disk takes when it reads and writes at once, as a
 #                      restore from an archive on the same disk does)
+#   from another device rbdelta restore --to-file and --to-image with the
+#                      archive copied to tmpfs, standing in for a backup
+#                      host whose archive and restore target are on
+#                      different disks: the target disk only takes writes,
+#                      as it does for fio's write-only figures
 #
 # Workload: an image of IMAGE_GIB (default 4) with half of it written in
 # 4 MiB pieces, backed up once (a full). Each comparison runs REPS times
@@ -38,6 +43,13 @@ bench_config '  - pool: rbd
     image: bench'
 "$bin" --no-progress backup bench >/dev/null
 rbd export --no-progress rbd/bench "$work/bench.raw"
+# The same archive on tmpfs (RAM, not dropped by drop_caches): a second
+# device that the file restore reads while only writing to this disk.
+shm=$(mktemp -d /dev/shm/rbdelta-restore.XXXXXX)
+bench_before_cleanup() { rm -rf "$shm"; }
+cp -a --sparse=always "$work/archive" "$shm/archive"
+sed "s|^archive: .*|archive: $shm/archive|" "$work/config.yaml" > "$work/config-shm.yaml"
+apart=(env RBDELTA_CONFIG="$work/config-shm.yaml")
 obj=$(rbd info rbd/bench --format json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["object_size"])')
 
 for rep in $(seq "$REPS"); do
@@ -59,6 +71,10 @@ for rep in $(seq "$REPS"); do
   rm -f "$work/fio.raw"
   measure file "$bin" --no-progress restore bench --to-file "$work/file.raw"
   rm -f "$work/file.raw"
+  measure file_apart "${apart[@]}" "$bin" --no-progress restore bench --to-file "$work/file.raw"
+  rm -f "$work/file.raw"
+  measure restore_apart "${apart[@]}" "$bin" --no-progress restore bench --to-image rbd/target
+  rbd rm --no-progress rbd/target >/dev/null
   fio --name=prep --filename="$work/fio.src" --rw=write --bs=4M --size="${data_mib}M" \
     --ioengine=libaio --direct=1 --iodepth=16 >/dev/null
   measure fio_mixed fio --name=r --filename="$work/fio.src" --rw=read --bs=4M \
@@ -72,7 +88,7 @@ mib() { awk "BEGIN{printf \"%.0f\", $1 / 1024}"; }
 rates() { awk -v t="$1" -v m="$data_mib" 'BEGIN{n=split(t,x," "); mn=1e18; mx=0; for (i=1;i<=n;i++) {r=m/x[i]; if (r<mn) mn=r; if (r>mx) mx=r}; printf "%.0f-%.0f", mn, mx}'; }
 ratios() { awk -v a="$1" -v b="$2" 'BEGIN{n=split(a,x," "); split(b,y," "); mn=1e18; mx=0; for (i=1;i<=n;i++) {r=x[i]/y[i]; if (r<mn) mn=r; if (r>mx) mx=r}; printf "%.2f-%.2f", mn, mx}'; }
 printf '\n%-34s %14s %12s\n' "run" "MiB/s" "peak RSS"
-for n in restore rbd_bench import file fio_buffered fio_direct fio_mixed; do
+for n in restore restore_apart rbd_bench import file file_apart fio_buffered fio_direct fio_mixed; do
   printf '%-34s %14s %8s MiB\n' "$n" "$(rates "${secs[$n]}")" "$(mib "${rss[$n]}")"
 done
 echo
@@ -81,4 +97,8 @@ echo "restore time / rbd import time (target <= 0.60): $(ratios "${secs[restore]
 echo "restore-to-file rate / buffered write+fsync rate (target >= 0.80): $(ratios "${secs[fio_buffered]}" "${secs[file]}")"
 echo "restore-to-file rate / O_DIRECT QD16 write rate (issue 14: >= 0.80): $(ratios "${secs[fio_direct]}" "${secs[file]}")"
 echo "restore-to-file rate / fio reading and writing at once: $(ratios "${secs[fio_mixed]}" "${secs[file]}")"
+echo "archive on another device (tmpfs):"
+echo "  restore rate / rbd bench rate (target >= 0.80): $(ratios "${secs[rbd_bench]}" "${secs[restore_apart]}")"
+echo "  restore-to-file rate / buffered write+fsync rate (target >= 0.80): $(ratios "${secs[fio_buffered]}" "${secs[file_apart]}")"
+echo "  restore-to-file rate / O_DIRECT QD16 write rate (issue 14: >= 0.80): $(ratios "${secs[fio_direct]}" "${secs[file_apart]}")"
 echo "(image ${IMAGE_GIB} GiB, ${data_mib} MiB of data, object size $obj; $REPS pair(s) each; rates are data MiB over wall time)"

@@ -11,6 +11,7 @@
 //! backup always rewrites the block that straddles a resize boundary, so a
 //! supplying entry's length always equals the block's length at the target.
 
+use crate::buffers::AlignedBuf;
 use std::fs::File;
 use std::path::PathBuf;
 
@@ -305,9 +306,13 @@ impl Chain {
     }
 
     /// Reads a stored entry's bytes (not verified).
-    pub fn read_entry(&self, link: usize, entry: &BlockEntry, buf: &mut Vec<u8>) -> Result<()> {
-        buf.clear();
-        buf.resize(entry.len as usize, 0);
+    pub fn read_entry(&self, link: usize, entry: &BlockEntry, buf: &mut AlignedBuf) -> Result<()> {
+        if entry.zero {
+            buf.clear();
+        }
+        // bytes the read overwrites are not zeroed first: a 4 MiB memset
+        // per read was 6 % of a restore's CPU
+        buf.resize(entry.len as usize);
         if !entry.zero {
             let l = &self.links[link];
             crate::archive::read::read_at(&l.file, &l.path, buf, entry.offset)?;

@@ -91,7 +91,7 @@ pub fn export_diff<W: Write>(
         Ok(())
     };
     let mut records = Coalescer::new(&mut emit, &pool, true);
-    let mut buf = Vec::new();
+    let mut buf = crate::buffers::AlignedBuf::new();
     progress.begin("export-diff", size);
     for r in chain.blocks()? {
         let r = r?;

@@ -230,6 +230,10 @@ fn from_snapshot(
         },
     )?;
     let data = got.ok_or_else(|| Error::Invalid("snapshot read returned nothing".into()))?;
-    Ok((block_hash(&data) == e.hash)
-        .then(|| (data, format!("Ceph snapshot {}", rev.manifest.snapshot))))
+    Ok((block_hash(&data) == e.hash).then(|| {
+        (
+            data.to_vec(),
+            format!("Ceph snapshot {}", rev.manifest.snapshot),
+        )
+    }))
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{pattern, test_ioctx, unique_name, ScratchImage};
+use rbdelta::buffers::AlignedBuf;
 use rbdelta::ceph::{features, CephOptions, Cluster, IoCtx};
 use rbdelta::error::Error;
 use rbdelta::source::rbd::RbdImage;
@@ -210,7 +211,7 @@ fn pipelined_reads_equal_sync_reads_in_order() {
         let mut seen = Vec::new();
         snap.read_extents(&extents, depth, &pool, &mut |e, buf| {
             let (a, b) = (e.offset as usize, e.end() as usize);
-            assert_eq!(buf, &data[a..b], "extent {e:?} at depth {depth}");
+            assert_eq!(&buf[..], &data[a..b], "extent {e:?} at depth {depth}");
             seen.push(e);
             Ok(())
         })
@@ -251,7 +252,7 @@ fn aio_writer_restores_into_new_image() {
         // Writes in flight may land in any order: never overlap them.
         let buf = pattern(MIB as usize - 8192, 100 + i);
         expect[off as usize..off as usize + buf.len()].copy_from_slice(&buf);
-        w.submit(off, buf).unwrap();
+        w.submit(off, AlignedBuf::from_slice(&buf)).unwrap();
     }
     w.finish().unwrap();
     let got = read_all(&io, &s.name, None);
@@ -266,7 +267,8 @@ fn aio_writer_restores_into_new_image() {
     // Dropping an unfinished writer waits for its writes.
     let mut w = img.writer(4);
     for i in 0..6u64 {
-        w.submit(i * MIB, vec![0xAB; 4096]).unwrap();
+        w.submit(i * MIB, AlignedBuf::from_slice(&[0xAB; 4096]))
+            .unwrap();
     }
     drop(w);
     let mut buf = vec![0u8; 4096];
@@ -275,7 +277,9 @@ fn aio_writer_restores_into_new_image() {
 
     // A write past the end fails; the error surfaces from submit or finish.
     let mut w = img.writer(2);
-    let r = w.submit(40 * MIB, vec![1; 10]).and_then(|_| w.finish());
+    let r = w
+        .submit(40 * MIB, AlignedBuf::from_slice(&[1; 10]))
+        .and_then(|_| w.finish());
     assert!(r.is_err(), "write past end must fail");
 }
 

@@ -8,7 +8,8 @@
 //! reads again. The caller hands in bytes at aligned offsets, in ascending
 //! order; they are copied into aligned buffers (a write that continues the
 //! one before fills the same buffer, up to 4 MiB) and written by a few
-//! threads. A buffer whose length is not aligned is padded with zeros when
+//! threads, or, when the caller hands over a whole aligned buffer
+//! ([`DirectWriter::write_owned`]), that buffer is written as it is. A buffer whose length is not aligned is padded with zeros when
 //! it goes out: whatever lies past its end is the caller's to write after
 //! [`DirectWriter::finish`], or to cut with `set_len`.
 
@@ -130,6 +131,25 @@ impl DirectWriter {
         Ok(())
     }
 
+    /// Queues `buf` for writing at `offset` as it is, with no copy, when
+    /// both are aligned (see [`DirectWriter::takes`] otherwise), and hands
+    /// back a buffer the writers are done with, if one is idle, for the
+    /// caller's next read. A buffer that cannot go as it is (an unaligned
+    /// offset or length) is copied as by [`DirectWriter::write`] and
+    /// handed back.
+    pub fn write_owned(&mut self, offset: u64, buf: AlignedBuf) -> Result<Option<AlignedBuf>> {
+        let aligned = offset % ALIGN as u64 == 0 && buf.len() % ALIGN == 0;
+        if !aligned || buf.is_empty() {
+            self.write(offset, &buf)?;
+            return Ok(Some(buf));
+        }
+        self.check()?;
+        self.send_pending()?;
+        let jobs = self.jobs.as_ref().expect("jobs open until finish");
+        jobs.send((offset, buf)).map_err(|_| self.stopped())?;
+        Ok(self.free.try_recv().ok())
+    }
+
     /// Sends the buffer being filled to the writers, padded with zeros to
     /// the alignment.
     fn send_pending(&mut self) -> Result<()> {
@@ -161,14 +181,18 @@ impl DirectWriter {
 
     /// An idle buffer, or a new one while fewer than [`BUFFERS`] exist.
     fn buffer(&mut self) -> Result<AlignedBuf> {
-        if let Ok(b) = self.free.try_recv() {
-            return Ok(b);
-        }
-        if self.made < BUFFERS {
-            self.made += 1;
-            return Ok(AlignedBuf::zeroed(PIECE));
-        }
-        self.free.recv().map_err(|_| self.stopped())
+        let mut b = match self.free.try_recv() {
+            Ok(b) => b,
+            Err(_) if self.made < BUFFERS => {
+                self.made += 1;
+                AlignedBuf::zeroed(PIECE)
+            }
+            Err(_) => self.free.recv().map_err(|_| self.stopped())?,
+        };
+        // (one the caller handed over may be smaller)
+        b.clear();
+        b.reserve(PIECE);
+        Ok(b)
     }
 
     fn check(&self) -> Result<()> {
@@ -262,5 +286,54 @@ mod tests {
             .iter()
             .all(|&b| b == 0));
         assert_eq!(&got[tail_at as usize..], &tail[..]);
+    }
+
+    /// Whole aligned buffers are written as they are, between copied
+    /// pieces; an unaligned one is copied and handed back; what comes back
+    /// for reuse is a buffer the writers are done with.
+    #[test]
+    fn owned_buffers_land_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        let Ok(mut w) = DirectWriter::new(&file, &path) else {
+            return;
+        };
+        let pattern = |n: usize, seed: usize| -> Vec<u8> {
+            (0..n).map(|i| ((i * 7 + seed) % 251) as u8).collect()
+        };
+        let mut expect = vec![0u8; 40 * ALIGN + 100];
+        let mut put = |at: usize, d: &[u8]| expect[at..at + d.len()].copy_from_slice(d);
+        let a = pattern(8 * ALIGN, 1);
+        w.write(0, &a[..3 * ALIGN]).unwrap(); // copied, left pending
+        put(0, &a[..3 * ALIGN]);
+        let owned = AlignedBuf::from_slice(&a[3 * ALIGN..]);
+        w.write_owned(3 * ALIGN as u64, owned).unwrap(); // sends the pending first
+        put(3 * ALIGN, &a[3 * ALIGN..]);
+        let mut back = 0;
+        for i in 0..30 {
+            let d = pattern(ALIGN, 10 + i);
+            let at = (8 + i) * ALIGN;
+            back += w
+                .write_owned(at as u64, AlignedBuf::from_slice(&d))
+                .unwrap()
+                .is_some() as usize;
+            put(at, &d);
+        }
+        let tail = pattern(100, 99);
+        let at = 40 * ALIGN;
+        let again = w
+            .write_owned(at as u64, AlignedBuf::from_slice(&tail))
+            .unwrap();
+        assert_eq!(
+            again.as_deref(),
+            Some(&tail[..]),
+            "an unaligned length is handed back"
+        );
+        put(at, &tail);
+        w.finish().unwrap();
+        file.set_len(expect.len() as u64).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expect);
+        assert!(back > 0, "written buffers come back for reuse");
     }
 }

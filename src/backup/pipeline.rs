@@ -6,6 +6,7 @@
 //! the blocks. A bounded channel between them caps memory at about
 //! `(depth + QUEUE) × MAX_READ` bytes whatever the image size.
 
+use crate::buffers::AlignedBuf;
 use crossbeam_channel::bounded;
 
 use super::plan::MAX_READ;
@@ -35,13 +36,15 @@ pub struct BlockInfo {
 /// A read extent and its blocks.
 pub struct Chunk {
     pub extent: Extent,
-    pub data: Vec<u8>,
+    pub data: AlignedBuf,
     pub blocks: Vec<BlockInfo>,
 }
 
 /// Where blocks go: a full file or a delta.
 pub trait BlockWriter: Send {
-    fn put_chunk(&mut self, chunk: &Chunk) -> Result<()>;
+    /// Takes `chunk`'s blocks; hands back its buffer, or another one the
+    /// writer is done with, for the next read.
+    fn put_chunk(&mut self, chunk: Chunk) -> Result<Option<AlignedBuf>>;
 }
 
 /// Byte counts of one copy.
@@ -70,9 +73,11 @@ pub fn copy_blocks(
         let pool = &pool;
         let writer_thread = scope.spawn(move || -> Result<()> {
             for chunk in rx {
-                writer.put_chunk(&chunk)?;
+                let done = writer.put_chunk(chunk)?;
                 crate::fault::point("backup: chunk written");
-                pool.put(chunk.data);
+                if let Some(buf) = done {
+                    pool.put(buf);
+                }
             }
             Ok(())
         });

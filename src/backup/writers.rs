@@ -5,6 +5,7 @@ use std::path::Path;
 use super::pipeline::{BlockWriter, Chunk};
 use crate::archive::atomic::TempFile;
 use crate::archive::direct_write::{self, DirectWriter};
+use crate::buffers::AlignedBuf;
 use crate::checksum::{block_count, block_len, Hash, ImageChecksum, ZeroHashes};
 use crate::error::{IoContext, Result};
 use crate::format::delta::DeltaWriter;
@@ -86,9 +87,24 @@ impl FullWriter {
 }
 
 impl BlockWriter for FullWriter {
-    fn put_chunk(&mut self, chunk: &Chunk) -> Result<()> {
-        let mut i = 0;
+    fn put_chunk(&mut self, chunk: Chunk) -> Result<Option<AlignedBuf>> {
         let blocks = &chunk.blocks;
+        let whole = self
+            .direct
+            .as_ref()
+            .is_some_and(|d| d.takes(chunk.extent.offset))
+            && blocks.iter().all(|b| !b.zero && b.keep);
+        if whole {
+            // all data (the common case in a written region): the read
+            // buffer is written as it is
+            for b in blocks {
+                self.add(b.block, &b.hash)?;
+            }
+            self.bytes_written += chunk.data.len() as u64;
+            let d = self.direct.as_mut().expect("checked above");
+            return d.write_owned(chunk.extent.offset, chunk.data);
+        }
+        let mut i = 0;
         while i < blocks.len() {
             if blocks[i].zero || !blocks[i].keep {
                 i += 1;
@@ -112,12 +128,12 @@ impl BlockWriter for FullWriter {
             )?;
             self.bytes_written += (to - from) as u64;
         }
-        Ok(())
+        Ok(Some(chunk.data))
     }
 }
 
 impl BlockWriter for DeltaWriter {
-    fn put_chunk(&mut self, chunk: &Chunk) -> Result<()> {
+    fn put_chunk(&mut self, chunk: Chunk) -> Result<Option<AlignedBuf>> {
         for b in chunk.blocks.iter().filter(|b| b.keep) {
             if b.zero {
                 self.add_zero(b.block, b.len as u64, b.hash)?;
@@ -125,6 +141,6 @@ impl BlockWriter for DeltaWriter {
                 self.add(b.block, &chunk.data[b.at..b.at + b.len], b.hash)?;
             }
         }
-        Ok(())
+        Ok(Some(chunk.data))
     }
 }

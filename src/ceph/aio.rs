@@ -9,6 +9,7 @@
 
 use super::image::short_io;
 use super::{ceph_error, check, sys, Image};
+use crate::buffers::AlignedBuf;
 use crate::error::{Error, Result};
 use std::collections::VecDeque;
 use std::ptr;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 /// One submitted request: its completion and the buffer librbd uses.
 struct InFlight {
     comp: sys::rbd_completion_t,
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     offset: u64,
     /// Caller's tag (the extent index for reads).
     tag: usize,
@@ -34,7 +35,7 @@ fn new_completion(op: &str) -> Result<sys::rbd_completion_t> {
 
 impl InFlight {
     /// Submits a read into `buf` (its length is the read's length).
-    fn read(image: &Image, offset: u64, mut buf: Vec<u8>, tag: usize) -> Result<InFlight> {
+    fn read(image: &Image, offset: u64, mut buf: AlignedBuf, tag: usize) -> Result<InFlight> {
         let comp = new_completion("read")?;
         let len = buf.len();
         // SAFETY: open image; `buf` is valid for `len` bytes and, once
@@ -45,7 +46,7 @@ impl InFlight {
         Self::submitted(image, "rbd_aio_read", comp, rc, buf, offset, tag)
     }
 
-    fn write(image: &Image, offset: u64, buf: Vec<u8>) -> Result<InFlight> {
+    fn write(image: &Image, offset: u64, buf: AlignedBuf) -> Result<InFlight> {
         let comp = new_completion("write")?;
         // SAFETY: as for reads; librbd only reads from `buf`.
         let rc = unsafe {
@@ -59,7 +60,7 @@ impl InFlight {
         op: &str,
         comp: sys::rbd_completion_t,
         rc: i32,
-        buf: Vec<u8>,
+        buf: AlignedBuf,
         offset: u64,
         tag: usize,
     ) -> Result<InFlight> {
@@ -82,7 +83,7 @@ impl InFlight {
 
     /// Waits, then checks that exactly the whole buffer was transferred
     /// (writes may report 0 for success).
-    fn finish(mut self, image: &Image, op: &str) -> Result<(usize, Vec<u8>)> {
+    fn finish(mut self, image: &Image, op: &str) -> Result<(usize, AlignedBuf)> {
         self.outcome(image, op)?;
         // Completed: the buffer is ours again. `Drop` re-waits (instant).
         Ok((self.tag, std::mem::take(&mut self.buf)))
@@ -108,7 +109,7 @@ impl InFlight {
     }
 
     /// A completed request's buffer and offset, to submit it again.
-    fn into_retry(mut self) -> (u64, Vec<u8>) {
+    fn into_retry(mut self) -> (u64, AlignedBuf) {
         // `outcome` has waited: librbd is done with the buffer.
         (self.offset, std::mem::take(&mut self.buf))
     }
@@ -141,8 +142,8 @@ impl Image {
         mut sink: F,
     ) -> Result<()>
     where
-        F: FnMut(usize, Vec<u8>) -> Result<()>,
-        A: FnMut(usize) -> Vec<u8>,
+        F: FnMut(usize, AlignedBuf) -> Result<()>,
+        A: FnMut(usize) -> AlignedBuf,
     {
         let depth = depth.max(1);
         let mut window: VecDeque<InFlight> = VecDeque::with_capacity(depth);
@@ -255,7 +256,7 @@ impl<I: std::ops::Deref<Target = Image>> AioWriter<I> {
     /// Submits a write of `data` at `offset`, first waiting for the oldest
     /// write when `depth` are in flight. Returns the first error seen.
     /// Returns the buffer of a write that completed meanwhile, for reuse.
-    pub fn submit(&mut self, offset: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+    pub fn submit(&mut self, offset: u64, data: AlignedBuf) -> Result<Option<AlignedBuf>> {
         let mut done = None;
         while self.window.len() >= self.depth {
             done = self.complete_oldest()?;
@@ -265,7 +266,7 @@ impl<I: std::ops::Deref<Target = Image>> AioWriter<I> {
         Ok(done)
     }
 
-    fn complete_oldest(&mut self) -> Result<Option<Vec<u8>>> {
+    fn complete_oldest(&mut self) -> Result<Option<AlignedBuf>> {
         let Some(first) = self.window.pop_front() else {
             return Ok(None);
         };

@@ -4,6 +4,7 @@
 //! between reads so a daemon shutdown aborts a backup cleanly (the engine
 //! then removes its snapshot and temp files, and no revision appears).
 
+use crate::buffers::AlignedBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -110,7 +111,7 @@ impl SourceSnapshot for GuardedSnapshot<'_> {
         extents: &[Extent],
         depth: usize,
         pool: &BufferPool,
-        sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
+        sink: &mut dyn FnMut(Extent, AlignedBuf) -> Result<()>,
     ) -> Result<()> {
         self.inner
             .read_extents(extents, depth, pool, &mut |e, buf| {

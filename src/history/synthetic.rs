@@ -42,7 +42,7 @@ pub fn stage(vol: &VolumeDir, s: &Revision) -> Result<(PathBuf, PathBuf)> {
         index_tmp.file.try_clone().at(&index_tmp.path)?,
         index_tmp.path.clone(),
     )?;
-    let mut buf = Vec::new();
+    let mut buf = crate::buffers::AlignedBuf::new();
     let mut punch = Punch::default();
     for r in chain.blocks()? {
         let r = r?;

@@ -3,6 +3,7 @@
 //! fsynced, so a failed restore never leaves a half file under the real name
 //! (see [`super::partial`] for what a killed one leaves).
 
+use crate::buffers::AlignedBuf;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -109,10 +110,9 @@ impl RestoreTarget for FileTarget {
         true
     }
 
-    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+    fn write(&mut self, offset: u64, data: AlignedBuf) -> Result<Option<AlignedBuf>> {
         if let Some(d) = self.direct.as_mut().filter(|d| d.takes(offset)) {
-            d.write(offset, &data)?;
-            return Ok(Some(data));
+            return d.write_owned(offset, data);
         }
         self.tmp
             .file

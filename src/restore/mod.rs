@@ -15,6 +15,7 @@ pub mod reader;
 pub mod stream_target;
 pub mod verify_target;
 
+use crate::buffers::AlignedBuf;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,7 +38,7 @@ pub trait RestoreTarget {
     fn is_fresh(&self) -> bool;
     /// Writes `data` at `offset`. May hand back a buffer it is done with
     /// (this one or an earlier one) for reuse.
-    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>>;
+    fn write(&mut self, offset: u64, data: AlignedBuf) -> Result<Option<AlignedBuf>>;
     /// Makes `[offset, offset + len)` read as zeros.
     fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Completes the target durably.

@@ -7,6 +7,7 @@
 //! once complete ([`super::partial`]); a failed restore removes it, or
 //! keeps it under a name that says it is partial.
 
+use crate::buffers::AlignedBuf;
 use std::time::Duration;
 
 use super::{partial, RestoreTarget, TargetOptions};
@@ -132,7 +133,7 @@ impl RestoreTarget for RbdTarget {
         self.created
     }
 
-    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+    fn write(&mut self, offset: u64, data: AlignedBuf) -> Result<Option<AlignedBuf>> {
         self.writer().submit(offset, data)
     }
 

@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use super::block_set::BlockSet;
 use crate::archive::read::Readahead;
-use crate::buffers::BufferPool;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::chain::{Chain, Resolved, Source};
 use crate::checksum::{block_hash, Hash, ImageChecksum};
 use crate::error::{Error, Result};
@@ -21,7 +21,7 @@ pub const MAX_CHUNK: usize = 4 << 20;
 #[derive(Debug)]
 pub enum Piece {
     /// Non-zero data at an image offset.
-    Data { offset: u64, data: Vec<u8> },
+    Data { offset: u64, data: AlignedBuf },
     /// A zero range (sent only to targets that are not freshly zeroed).
     Zero { offset: u64, len: u64 },
 }
@@ -57,7 +57,7 @@ pub fn read_blocks(
         sum: ImageChecksum::new(chain.size(), chain.block_size),
         bad: Vec::new(),
         bytes_read: 0,
-        buf: Vec::new(),
+        buf: AlignedBuf::new(),
         group: Vec::new(),
         ahead: vec![Readahead::dropping_behind(); chain.links.len()],
     };
@@ -104,7 +104,7 @@ struct Reader<'c> {
     sum: ImageChecksum,
     bad: Vec<Range<u64>>,
     bytes_read: u64,
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     /// Blocks stored back to back in one file, read together.
     group: Vec<Resolved>,
     /// Per link: the kernel reads ahead of us.
@@ -214,7 +214,7 @@ pub struct Coalescer<'e> {
     emit: &'e mut dyn FnMut(Piece) -> Result<()>,
     pool: &'e BufferPool,
     send_zeros: bool,
-    data: Option<(u64, Vec<u8>)>,
+    data: Option<(u64, AlignedBuf)>,
     zeros: Option<(u64, u64)>,
 }
 
@@ -251,14 +251,15 @@ impl<'e> Coalescer<'e> {
 
     /// Emits `data` at `offset` as it is (a buffer the caller filled);
     /// what was gathered before goes first.
-    pub fn data_owned(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
+    pub fn data_owned(&mut self, offset: u64, data: AlignedBuf) -> Result<()> {
         self.flush()?;
         (self.emit)(Piece::Data { offset, data })
     }
 
-    /// An empty buffer from the pool, for the caller's next read.
-    pub fn spare(&self) -> Vec<u8> {
-        self.pool.get_empty(MAX_CHUNK)
+    /// A buffer from the pool for the caller's next read (which
+    /// overwrites it).
+    pub fn spare(&self) -> AlignedBuf {
+        self.pool.get_filled(MAX_CHUNK)
     }
 
     pub fn zero(&mut self, offset: u64, len: u64) -> Result<()> {

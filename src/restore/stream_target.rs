@@ -7,6 +7,7 @@
 //! reader gone) leaves its reader with a short stream and exits non-zero,
 //! so pipelines must check the exit status (`set -o pipefail`).
 
+use crate::buffers::AlignedBuf;
 use std::io::Write;
 
 use super::RestoreTarget;
@@ -59,7 +60,7 @@ impl<W: Write> RestoreTarget for StreamTarget<W> {
         true // holes are filled here, in order
     }
 
-    fn write(&mut self, offset: u64, data: Vec<u8>) -> Result<Option<Vec<u8>>> {
+    fn write(&mut self, offset: u64, data: AlignedBuf) -> Result<Option<AlignedBuf>> {
         if offset < self.pos {
             return Err(Error::Invalid(format!(
                 "{}: a write at {offset} after byte {} (a stream only goes forward)",
@@ -103,10 +104,13 @@ mod tests {
     #[test]
     fn holes_become_zeros_and_the_stream_ends_at_the_size() {
         let mut t = Box::new(StreamTarget::new(Vec::new(), 10, "test"));
-        t.write(2, vec![1, 2]).unwrap();
+        t.write(2, AlignedBuf::from_slice(&[1, 2])).unwrap();
         t.zero(4, 2).unwrap();
-        t.write(7, vec![3]).unwrap();
-        assert!(t.write(5, vec![9]).is_err(), "backwards");
+        t.write(7, AlignedBuf::from_slice(&[3])).unwrap();
+        assert!(
+            t.write(5, AlignedBuf::from_slice(&[9])).is_err(),
+            "backwards"
+        );
         let out = {
             let mut t = t;
             t.fill(10).unwrap();

@@ -7,6 +7,7 @@
 //! record order, records within the image, no truncation) before anything
 //! is imported; it keeps only where each record's data lies in the file.
 
+use crate::buffers::AlignedBuf;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
@@ -136,7 +137,7 @@ impl SourceSnapshot for DiffOverBase {
         extents: &[Extent],
         _depth: usize,
         pool: &BufferPool,
-        sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
+        sink: &mut dyn FnMut(Extent, AlignedBuf) -> Result<()>,
     ) -> Result<()> {
         let spans = &self.diff.spans;
         super::check_within(extents, self.size(), &self.diff.path.display())?;

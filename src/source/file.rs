@@ -2,6 +2,7 @@
 //! each snapshot a copy of it. Change detection compares snapshots in 4 KiB
 //! units, like Ceph reporting exact extents, and "allocated" means non-zero.
 
+use crate::buffers::AlignedBuf;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -139,7 +140,7 @@ impl SourceSnapshot for FileSnapshot {
         extents: &[Extent],
         _depth: usize,
         pool: &BufferPool,
-        sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
+        sink: &mut dyn FnMut(Extent, AlignedBuf) -> Result<()>,
     ) -> Result<()> {
         super::check_within(extents, self.size(), &self.name)?;
         for e in extents {

@@ -24,6 +24,7 @@ pub mod file;
 pub mod raw;
 pub mod rbd;
 
+use crate::buffers::AlignedBuf;
 use crate::buffers::BufferPool;
 use crate::error::Result;
 
@@ -102,6 +103,6 @@ pub trait SourceSnapshot: Send {
         extents: &[Extent],
         depth: usize,
         pool: &BufferPool,
-        sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
+        sink: &mut dyn FnMut(Extent, AlignedBuf) -> Result<()>,
     ) -> Result<()>;
 }

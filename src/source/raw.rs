@@ -3,6 +3,7 @@
 //! (`SEEK_DATA`/`SEEK_HOLE`), so a sparse file reads only its data;
 //! `rbdelta import` turns it into a full revision.
 
+use crate::buffers::AlignedBuf;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -73,7 +74,7 @@ impl SourceSnapshot for RawFile {
         extents: &[Extent],
         _depth: usize,
         pool: &BufferPool,
-        sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
+        sink: &mut dyn FnMut(Extent, AlignedBuf) -> Result<()>,
     ) -> Result<()> {
         super::check_within(extents, self.size, &self.path.display())?;
         for &e in extents {

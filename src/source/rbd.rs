@@ -8,6 +8,7 @@
 //! go through [`crate::ceph`]; this file holds no unsafe code.
 
 use super::{Extent, ImageLayout, SourceImage, SourceSnapshot};
+use crate::buffers::AlignedBuf;
 use crate::buffers::BufferPool;
 use crate::ceph::features;
 use crate::ceph::{Image, IoCtx};
@@ -137,7 +138,7 @@ impl SourceSnapshot for RbdSnapshot {
         extents: &[Extent],
         depth: usize,
         pool: &BufferPool,
-        sink: &mut dyn FnMut(Extent, Vec<u8>) -> Result<()>,
+        sink: &mut dyn FnMut(Extent, AlignedBuf) -> Result<()>,
     ) -> Result<()> {
         super::check_within(extents, self.size, &self.image.name())?;
         let pairs: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.len)).collect();

@@ -5,12 +5,17 @@
 //! every page) and lets the allocator keep freed memory per thread; handing
 //! buffers back instead keeps memory at the pipeline's depth and the pages
 //! warm. The pool is bounded: buffers beyond its capacity are freed.
+//! Its buffers are [`AlignedBuf`]s, so any of them can be written with
+//! `O_DIRECT` as it is.
 
+pub mod aligned;
+
+pub use aligned::AlignedBuf;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 pub struct BufferPool {
-    tx: Sender<Vec<u8>>,
-    rx: Receiver<Vec<u8>>,
+    tx: Sender<AlignedBuf>,
+    rx: Receiver<AlignedBuf>,
 }
 
 impl BufferPool {
@@ -21,31 +26,40 @@ impl BufferPool {
     }
 
     /// A zeroed buffer of `len` bytes, reused when one is idle.
-    pub fn get(&self, len: usize) -> Vec<u8> {
+    pub fn get(&self, len: usize) -> AlignedBuf {
         match self.rx.try_recv() {
             Ok(mut v) => {
                 v.clear();
-                v.resize(len, 0);
+                v.resize(len);
                 v
             }
-            Err(_) => vec![0u8; len],
+            Err(_) => AlignedBuf::zeroed(len),
         }
     }
 
     /// An empty buffer with room for `capacity` bytes.
-    pub fn get_empty(&self, capacity: usize) -> Vec<u8> {
+    pub fn get_empty(&self, capacity: usize) -> AlignedBuf {
         match self.rx.try_recv() {
             Ok(mut v) => {
                 v.clear();
                 v.reserve(capacity);
                 v
             }
-            Err(_) => Vec::with_capacity(capacity),
+            Err(_) => AlignedBuf::with_capacity(capacity),
         }
     }
 
+    /// A buffer to be filled by a read: its bytes are whatever they were,
+    /// its length whatever it was (the reader resizes it, which zeroes
+    /// only the growth).
+    pub fn get_filled(&self, capacity: usize) -> AlignedBuf {
+        self.rx
+            .try_recv()
+            .unwrap_or_else(|_| AlignedBuf::with_capacity(capacity))
+    }
+
     /// Returns a buffer for reuse (freed if the pool is full).
-    pub fn put(&self, v: Vec<u8>) {
+    pub fn put(&self, v: AlignedBuf) {
         let _ = self.tx.try_send(v);
     }
 }
@@ -61,10 +75,10 @@ mod tests {
         a[0] = 7;
         let ptr = a.as_ptr();
         pool.put(a);
-        pool.put(vec![1; 8]); // pool full: freed
+        pool.put(AlignedBuf::from_slice(&[1; 8])); // pool full: freed
         let b = pool.get(4);
         assert_eq!(b.as_ptr(), ptr);
-        assert_eq!(b, vec![0; 4]);
-        assert_eq!(pool.get(3), vec![0; 3]);
+        assert_eq!(b, [0; 4][..]);
+        assert_eq!(pool.get(3), [0; 3][..]);
     }
 }
