@@ -42,10 +42,23 @@ YAML
   export RBDELTA_CONFIG="$work/config.yaml"
 }
 
+# archive_apart: copies the archive to tmpfs (RAM, which drop_caches
+# leaves alone), standing in for a backup host whose archive and restore
+# target are on different disks, and sets `apart` to the command prefix
+# that runs rbdelta against that copy: "${apart[@]}" "$bin" restore ...
+archive_apart() {
+  [[ -n ${shm:-} ]] && rm -rf "$shm"
+  shm=$(mktemp -d /dev/shm/rbdelta-bench.XXXXXX)
+  cp -a --sparse=always "$work/archive" "$shm/archive"
+  sed "s|^archive: .*|archive: $shm/archive|" "$work/config.yaml" > "$work/config-apart.yaml"
+  apart=(env RBDELTA_CONFIG="$work/config-apart.yaml")
+}
+
 # Runs bench_before_cleanup (if the script defines it), then stops the
-# cluster and removes the work directory.
+# cluster and removes the work directory (and an archive_apart copy).
 bench_cleanup() {
   if declare -F bench_before_cleanup >/dev/null; then bench_before_cleanup || true; fi
+  [[ -n ${shm:-} ]] && rm -rf "$shm"
   rbd-fixtures/cluster.sh stop "$work/cluster" >/dev/null 2>&1 || true
   rm -rf "$work"
 }

@@ -43,13 +43,7 @@ bench_config '  - pool: rbd
     image: bench'
 "$bin" --no-progress backup bench >/dev/null
 rbd export --no-progress rbd/bench "$work/bench.raw"
-# The same archive on tmpfs (RAM, not dropped by drop_caches): a second
-# device that the file restore reads while only writing to this disk.
-shm=$(mktemp -d /dev/shm/rbdelta-restore.XXXXXX)
-bench_before_cleanup() { rm -rf "$shm"; }
-cp -a --sparse=always "$work/archive" "$shm/archive"
-sed "s|^archive: .*|archive: $shm/archive|" "$work/config.yaml" > "$work/config-shm.yaml"
-apart=(env RBDELTA_CONFIG="$work/config-shm.yaml")
+archive_apart
 obj=$(rbd info rbd/bench --format json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["object_size"])')
 
 for rep in $(seq "$REPS"); do

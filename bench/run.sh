@@ -10,7 +10,11 @@
 #   incremental      rbdelta backup (delta)    vs  rbd export-diff + sync
 #   restore          rbdelta restore --to-image vs rbd import
 #   restore to file  rbdelta restore --to-file  vs  fio writing as many bytes
-#                    with O_DIRECT at queue depth 16, then fsync
+#                    with O_DIRECT at queue depth 16, then fsync; once with
+#                    the archive on this disk (the restore reads and writes
+#                    it at once) and once with a copy of it on tmpfs, which
+#                    stands in for an archive on another disk (this disk
+#                    then only takes the restore's writes, as it does fio's)
 #   synthetic full   rbdelta synthetic-full    vs  rbdelta backup --full (from Ceph)
 #   merge            MiB/s of delta folded by rbdelta merge
 #
@@ -67,6 +71,7 @@ full_rev=$("$bin" list bench --json | "$py" -c 'import json,sys; print(json.load
 measure export_diff sh -c "rbd -c '$CEPH_CONF' export-diff --no-progress --from-snap s1 rbd/bench@s2 '$work/diff.bin' && sync"
 measure incremental "$bin" --no-progress -v backup bench  # -v: phase timings on stderr
 
+archive_apart
 for rep in $(seq "$REPS"); do
   rbd rm rbd/imported >/dev/null 2>&1 || true
   rbd rm rbd/restored >/dev/null 2>&1 || true
@@ -77,6 +82,8 @@ for rep in $(seq "$REPS"); do
     --size="$((full_bytes / 1048576))M" --ioengine=libaio --direct=1 --iodepth=16 --end_fsync=1
   rm -f "$work/fio.raw"
   measure file "$bin" --no-progress restore bench --revision "$full_rev" --to-file "$work/file.raw"
+  rm -f "$work/file.raw"
+  measure file_apart "${apart[@]}" "$bin" --no-progress restore bench --revision "$full_rev" --to-file "$work/file.raw"
   rm -f "$work/file.raw"
 done
 
@@ -108,11 +115,13 @@ row "full backup" full export
 row "incremental" incremental export_diff
 row "restore" restore import
 row "file restore" file fio_direct
+row "  (apart)" file_apart fio_direct
 row "synthetic full" synthetic ceph_full
 echo "(ranges over $REPS pair(s) for full and restore, one for the rest; RSS: peak over all runs)"
 echo "(synthetic full: rbdelta synthetic-full vs rbdelta backup --full reading the image from Ceph)"
 echo "(file restore: rbdelta restore --to-file vs fio writing the full's $((full_bytes / 1048576)) MiB of data with O_DIRECT, 16 in flight, then fsync)"
 echo "restore-to-file rate / fio rate, pair by pair (issue 14: >= 0.80): $(ratios "${secs[fio_direct]}" "${secs[file]}")"
+echo "  the same with the archive apart (on tmpfs): $(ratios "${secs[fio_direct]}" "${secs[file_apart]}")"
 pct() { awk "BEGIN{printf \"%.1f\", 100 * $1 * 1024 / $2}"; }
 echo "page cache growth (Cached): full backup $(mib "${cached[full]}") MiB = $(pct "${cached[full]}" "$full_bytes") % of the $((full_bytes / 1048576)) MiB it wrote (issue 14: < 10 %);" \
   "rbd export + sync $(mib "${cached[export]}") MiB; restore to a file $(mib "${cached[file]}") MiB; restore to an image $(mib "${cached[restore]}") MiB"

@@ -30,6 +30,9 @@ const PIECE: usize = 4 << 20;
 const THREADS: usize = 8;
 /// Buffers: one per thread, and two being filled.
 const BUFFERS: usize = THREADS + 2;
+/// Queued writes past which [`DirectWriter::write_owned`] waits for a
+/// written buffer to hand back.
+const BACKLOG: usize = 2;
 
 pub struct DirectWriter {
     path: PathBuf,
@@ -147,6 +150,11 @@ impl DirectWriter {
         self.send_pending()?;
         let jobs = self.jobs.as_ref().expect("jobs open until finish");
         jobs.send((offset, buf)).map_err(|_| self.stopped())?;
+        if jobs.len() >= BACKLOG {
+            // the caller is ahead of the disk: it waits for a buffer to
+            // come back rather than allocating another for its next read
+            return self.free.recv().map(Some).map_err(|_| self.stopped());
+        }
         Ok(self.free.try_recv().ok())
     }
 
