@@ -309,15 +309,14 @@ impl Chain {
     pub fn read_entry(&self, link: usize, entry: &BlockEntry, buf: &mut AlignedBuf) -> Result<()> {
         if entry.zero {
             buf.clear();
+            buf.resize(entry.len as usize);
+            return Ok(());
         }
-        // bytes the read overwrites are not zeroed first: a 4 MiB memset
-        // per read was 6 % of a restore's CPU
-        buf.resize(entry.len as usize);
-        if !entry.zero {
-            let l = &self.links[link];
-            crate::archive::read::read_at(&l.file, &l.path, buf, entry.offset)?;
-        }
-        Ok(())
+        // not zeroed first: the read overwrites every byte (a 4 MiB memset
+        // per read was 6 % of a restore's CPU)
+        buf.resize_to_fill(entry.len as usize);
+        let l = &self.links[link];
+        crate::archive::read::read_at(&l.file, &l.path, buf, entry.offset)
     }
 }
 

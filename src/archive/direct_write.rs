@@ -241,6 +241,27 @@ pub fn write_at(
     }
 }
 
+/// Writes `buf` at `offset` of `file` (at `path`) as [`write_at`] does,
+/// handing the buffer itself to `direct` where it takes it
+/// ([`DirectWriter::write_owned`]); returns a buffer for the caller's
+/// next read, if one is idle.
+pub fn write_owned_at(
+    direct: &mut Option<DirectWriter>,
+    file: &File,
+    path: &Path,
+    offset: u64,
+    buf: AlignedBuf,
+) -> Result<Option<AlignedBuf>> {
+    match direct.as_mut().filter(|d| d.takes(offset)) {
+        Some(d) => d.write_owned(offset, buf),
+        None => {
+            file.write_all_at(&buf, offset)
+                .map_err(|e| Error::io(path, e))?;
+            Ok(Some(buf))
+        }
+    }
+}
+
 /// A writing thread: writes what it is given, hands the buffer back; after
 /// the first error (kept for the caller) it only hands buffers back.
 fn write_loop(

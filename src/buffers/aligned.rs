@@ -107,6 +107,18 @@ impl AlignedBuf {
         }
     }
 
+    /// Sets the length to `len` for a read that overwrites every byte:
+    /// bytes within the capacity keep whatever they held (no zeroing, the
+    /// point of it: zeroing each 4 MiB buffer before a read was a sixth of
+    /// a full backup's CPU), bytes past it are zeros.
+    pub fn resize_to_fill(&mut self, len: usize) {
+        if len <= self.cap {
+            self.len = len;
+        } else {
+            self.resize(len);
+        }
+    }
+
     pub fn extend_from_slice(&mut self, data: &[u8]) {
         self.reserve(data.len());
         let old = self.len;
@@ -207,8 +219,13 @@ mod tests {
         b.resize(20);
         assert_eq!(&b[..10], &data[..10]);
         assert!(b[10..].iter().all(|&x| x == 0));
+        b.resize_to_fill(12);
+        assert_eq!(&b[..10], &data[..10], "kept, not zeroed");
         b.clear();
         assert!(b.is_empty());
+        b.resize_to_fill(b.capacity() + 1);
+        assert!(b.iter().all(|&x| x == 0), "grown: zeros");
+        b.clear();
         assert_eq!(b.clone(), AlignedBuf::new());
     }
 }

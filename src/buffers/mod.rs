@@ -37,6 +37,17 @@ impl BufferPool {
         }
     }
 
+    /// A buffer of `len` bytes for a read that overwrites all of them
+    /// (see [`AlignedBuf::resize_to_fill`]).
+    pub fn get_to_fill(&self, len: usize) -> AlignedBuf {
+        let mut v = self
+            .rx
+            .try_recv()
+            .unwrap_or_else(|_| AlignedBuf::with_capacity(len));
+        v.resize_to_fill(len);
+        v
+    }
+
     /// An empty buffer with room for `capacity` bytes.
     pub fn get_empty(&self, capacity: usize) -> AlignedBuf {
         match self.rx.try_recv() {

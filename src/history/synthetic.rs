@@ -20,6 +20,7 @@ use crate::archive::atomic::TempFile;
 use crate::archive::direct_write::{self, DirectWriter};
 use crate::archive::read::Readahead;
 use crate::archive::{Revision, VolumeDir};
+use crate::buffers::AlignedBuf;
 use crate::chain::{Chain, Source};
 use crate::error::{IoContext, Result};
 use crate::format::full_index::FullIndexWriter;
@@ -42,7 +43,7 @@ pub fn stage(vol: &VolumeDir, s: &Revision) -> Result<(PathBuf, PathBuf)> {
         index_tmp.file.try_clone().at(&index_tmp.path)?,
         index_tmp.path.clone(),
     )?;
-    let mut buf = crate::buffers::AlignedBuf::new();
+    let mut buf = AlignedBuf::new();
     let mut punch = Punch::default();
     for r in chain.blocks()? {
         let r = r?;
@@ -104,7 +105,7 @@ fn copy_base(from: &File, path: &std::path::Path, to: &TempFile, len: u64) -> Re
     }
     let mut direct = DirectWriter::or_cache(&to.file, &to.path);
     let mut ahead = Readahead::dropping_behind();
-    let mut buf = vec![0u8; COPY_PIECE];
+    let mut spare = None;
     let mut pos = 0u64;
     while pos < len {
         let Some((start, end)) = crate::archive::sparse::next_data(from, pos, len).at(path)? else {
@@ -114,8 +115,12 @@ fn copy_base(from: &File, path: &std::path::Path, to: &TempFile, len: u64) -> Re
         while at < end {
             let n = ((end - at) as usize).min(COPY_PIECE);
             ahead.before(from, at, n as u64);
-            crate::archive::read::read_at(from, path, &mut buf[..n], at)?;
-            direct_write::write_at(&mut direct, &to.file, &to.path, at, &buf[..n])?;
+            let mut buf = spare
+                .take()
+                .unwrap_or_else(|| AlignedBuf::with_capacity(COPY_PIECE));
+            buf.resize_to_fill(n);
+            crate::archive::read::read_at(from, path, &mut buf, at)?;
+            spare = direct_write::write_owned_at(&mut direct, &to.file, &to.path, at, buf)?;
             at += n as u64;
         }
         pos = end;

@@ -144,7 +144,7 @@ impl SourceSnapshot for FileSnapshot {
     ) -> Result<()> {
         super::check_within(extents, self.size(), &self.name)?;
         for e in extents {
-            let mut buf = pool.get(e.len as usize);
+            let mut buf = pool.get_to_fill(e.len as usize);
             buf.copy_from_slice(&self.data[e.offset as usize..e.end() as usize]);
             sink(*e, buf)?;
         }

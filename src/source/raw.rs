@@ -78,7 +78,7 @@ impl SourceSnapshot for RawFile {
     ) -> Result<()> {
         super::check_within(extents, self.size, &self.path.display())?;
         for &e in extents {
-            let mut buf = pool.get(e.len as usize);
+            let mut buf = pool.get_to_fill(e.len as usize);
             self.file.read_exact_at(&mut buf, e.offset).at(&self.path)?;
             sink(e, buf)?;
         }

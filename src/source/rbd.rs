@@ -145,7 +145,7 @@ impl SourceSnapshot for RbdSnapshot {
         self.image.read_pipelined(
             &pairs,
             depth,
-            |len| pool.get(len),
+            |len| pool.get_to_fill(len),
             |i, buf| sink(extents[i], buf),
         )
     }
