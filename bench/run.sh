@@ -120,6 +120,8 @@ row "synthetic full" synthetic ceph_full
 echo "(ranges over $REPS pair(s) for full and restore, one for the rest; RSS: peak over all runs)"
 echo "(synthetic full: rbdelta synthetic-full vs rbdelta backup --full reading the image from Ceph)"
 echo "(file restore: rbdelta restore --to-file vs fio writing the full's $((full_bytes / 1048576)) MiB of data with O_DIRECT, 16 in flight, then fsync)"
+echo "full backup time / rbd time, pair by pair (issue 14: <= 0.45): $(ratios "${secs[full]}" "${secs[export]}")"
+echo "full backup time / fio's time writing as many bytes O_DIRECT QD16 (not back to back: fio runs in the restore loop): $(ratios "${secs[full]}" "${secs[fio_direct]}")"
 echo "restore-to-file rate / fio rate, pair by pair (issue 14: >= 0.80): $(ratios "${secs[fio_direct]}" "${secs[file]}")"
 echo "  the same with the archive apart (on tmpfs): $(ratios "${secs[fio_direct]}" "${secs[file_apart]}")"
 pct() { awk "BEGIN{printf \"%.1f\", 100 * $1 * 1024 / $2}"; }
