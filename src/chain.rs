@@ -11,11 +11,11 @@
 //! backup always rewrites the block that straddles a resize boundary, so a
 //! supplying entry's length always equals the block's length at the target.
 
-use crate::buffers::AlignedBuf;
 use std::fs::File;
 use std::path::PathBuf;
 
 use crate::archive::{Revision, StorageKind, VolumeDir};
+use crate::buffers::AlignedBuf;
 use crate::checksum::{block_count, block_len, Hash, ZeroHashes};
 use crate::error::{Error, IoContext, Result};
 use crate::format::delta::DeltaFile;

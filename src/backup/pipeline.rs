@@ -6,11 +6,10 @@
 //! the blocks. A bounded channel between them caps memory at about
 //! `(depth + QUEUE) × MAX_READ` bytes whatever the image size.
 
-use crate::buffers::AlignedBuf;
 use crossbeam_channel::bounded;
 
 use super::plan::MAX_READ;
-use crate::buffers::BufferPool;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::checksum::{block_hash, is_zero, Hash, ZeroHashes};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -45,6 +44,9 @@ pub trait BlockWriter: Send {
     /// Takes `chunk`'s blocks; hands back its buffer, or another one the
     /// writer is done with, for the next read.
     fn put_chunk(&mut self, chunk: Chunk) -> Result<Option<AlignedBuf>>;
+    /// Buffers the writer keeps past `put_chunk` go back to `pool` when
+    /// it is done with them.
+    fn recycle_into(&mut self, _pool: &BufferPool) {}
 }
 
 /// Byte counts of one copy.
@@ -69,6 +71,7 @@ pub fn copy_blocks(
     let mut stats = CopyStats::default();
     let zeros = ZeroHashes::new(block_size);
     let pool = BufferPool::new(depth + QUEUE + 2);
+    writer.recycle_into(&pool);
     std::thread::scope(|scope| {
         let pool = &pool;
         let writer_thread = scope.spawn(move || -> Result<()> {

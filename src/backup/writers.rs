@@ -5,7 +5,7 @@ use std::path::Path;
 use super::pipeline::{BlockWriter, Chunk};
 use crate::archive::atomic::TempFile;
 use crate::archive::direct_write::{self, DirectWriter};
-use crate::buffers::AlignedBuf;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::checksum::{block_count, block_len, Hash, ImageChecksum, ZeroHashes};
 use crate::error::{IoContext, Result};
 use crate::format::delta::DeltaWriter;
@@ -129,6 +129,12 @@ impl BlockWriter for FullWriter {
             self.bytes_written += (to - from) as u64;
         }
         Ok(Some(chunk.data))
+    }
+
+    fn recycle_into(&mut self, pool: &BufferPool) {
+        if let Some(d) = &self.direct {
+            d.recycle_into(pool);
+        }
     }
 }
 

@@ -3,6 +3,13 @@
 //! archive or from Ceph can go to a direct write as it is, with no copy
 //! into an aligned one (a 2 GiB restore to a file spent a third of its
 //! CPU on that copy).
+//!
+//! Buffers of [`MAP_MIN`] or more are mapped from the kernel directly
+//! rather than taken from malloc: freed, they go back to the system at
+//! once, so the process's memory is the buffers it holds. Through malloc,
+//! 4 MiB buffers freed on one thread and allocated on another stayed in
+//! its per-thread arenas: a full backup's peak RSS reached 273-281 MiB in
+//! some runs, against 108-229 MiB with mapped buffers.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
@@ -10,6 +17,9 @@ use std::ptr::NonNull;
 /// The alignment of buffers, offsets and lengths for direct I/O: the
 /// logical block size of any disk rbdelta expects to sit on.
 pub const ALIGN: usize = 4096;
+
+/// Buffers this large or larger are mapped, not taken from malloc.
+pub const MAP_MIN: usize = 1 << 20;
 
 /// A heap byte vector aligned to [`ALIGN`]; its capacity is a multiple of
 /// it. Like a `Vec<u8>` it has a length and grows; unlike one, the bytes
@@ -51,8 +61,28 @@ impl AlignedBuf {
             return AlignedBuf::new();
         }
         let cap = cap.div_ceil(ALIGN) * ALIGN;
-        // SAFETY: a non-zero size with a valid alignment.
-        let raw = unsafe { alloc_zeroed(layout(cap)) };
+        let raw = if cap >= MAP_MIN {
+            // SAFETY: a private anonymous mapping of `cap` bytes; the
+            // kernel zeroes it and aligns it to a page (>= ALIGN).
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    cap,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                std::ptr::null_mut()
+            } else {
+                p.cast::<u8>()
+            }
+        } else {
+            // SAFETY: a non-zero size with a valid alignment.
+            unsafe { alloc_zeroed(layout(cap)) }
+        };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout(cap)));
         AlignedBuf { ptr, len: 0, cap }
     }
@@ -179,7 +209,10 @@ impl std::ops::DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if self.cap > 0 {
+        if self.cap >= MAP_MIN {
+            // SAFETY: mapped in `with_capacity` with this length.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.cap) };
+        } else if self.cap > 0 {
             // SAFETY: allocated in `with_capacity` with this layout.
             unsafe { dealloc(self.ptr.as_ptr(), layout(self.cap)) }
         }
@@ -192,7 +225,7 @@ mod tests {
 
     #[test]
     fn buffers_are_aligned_and_zeroed() {
-        for len in [1, ALIGN - 1, ALIGN, 3 * ALIGN + 5] {
+        for len in [1, ALIGN - 1, ALIGN, 3 * ALIGN + 5, MAP_MIN, 4 * MAP_MIN + 1] {
             let mut b = AlignedBuf::zeroed(len);
             assert_eq!(b.as_ptr() as usize % ALIGN, 0);
             assert_eq!(b.len(), len);

@@ -13,6 +13,8 @@ pub mod aligned;
 pub use aligned::AlignedBuf;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+/// A clone is another handle to the same pool.
+#[derive(Clone)]
 pub struct BufferPool {
     tx: Sender<AlignedBuf>,
     rx: Receiver<AlignedBuf>,
@@ -67,6 +69,11 @@ impl BufferPool {
         self.rx
             .try_recv()
             .unwrap_or_else(|_| AlignedBuf::with_capacity(capacity))
+    }
+
+    /// How many idle buffers it holds.
+    pub fn idle(&self) -> usize {
+        self.rx.len()
     }
 
     /// Returns a buffer for reuse (freed if the pool is full).

@@ -4,12 +4,11 @@
 //! between reads so a daemon shutdown aborts a backup cleanly (the engine
 //! then removes its snapshot and temp files, and no revision appears).
 
-use crate::buffers::AlignedBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::hooks::run_hook;
-use crate::buffers::BufferPool;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::config::Volume;
 use crate::error::{Error, Result};
 use crate::source::{Extent, ImageLayout, SourceImage, SourceSnapshot};

@@ -3,7 +3,6 @@
 //! fsynced, so a failed restore never leaves a half file under the real name
 //! (see [`super::partial`] for what a killed one leaves).
 
-use crate::buffers::AlignedBuf;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -11,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::{partial, RestoreTarget, TargetOptions};
 use crate::archive::atomic::TempFile;
 use crate::archive::direct_write::DirectWriter;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::error::{Error, IoContext, Result};
 
 pub struct FileTarget {
@@ -120,6 +120,12 @@ impl RestoreTarget for FileTarget {
             .at(&self.tmp.path)?;
         self.writeback(offset + data.len() as u64);
         Ok(Some(data))
+    }
+
+    fn recycle_into(&mut self, pool: &BufferPool) {
+        if let Some(d) = &self.direct {
+            d.recycle_into(pool);
+        }
     }
 
     fn zero(&mut self, _offset: u64, _len: u64) -> Result<()> {

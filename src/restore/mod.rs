@@ -15,7 +15,6 @@ pub mod reader;
 pub mod stream_target;
 pub mod verify_target;
 
-use crate::buffers::AlignedBuf;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,7 +24,7 @@ use crossbeam_channel::bounded;
 
 use crate::archive::oplog::Operation;
 use crate::archive::{Revision, VolumeDir};
-use crate::buffers::BufferPool;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::chain::Chain;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -39,6 +38,9 @@ pub trait RestoreTarget {
     /// Writes `data` at `offset`. May hand back a buffer it is done with
     /// (this one or an earlier one) for reuse.
     fn write(&mut self, offset: u64, data: AlignedBuf) -> Result<Option<AlignedBuf>>;
+    /// Buffers the target keeps past `write` go back to `pool` when it is
+    /// done with them.
+    fn recycle_into(&mut self, _pool: &BufferPool) {}
     /// Makes `[offset, offset + len)` read as zeros.
     fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Completes the target durably.
@@ -144,6 +146,7 @@ fn run(
     progress.begin("restore", chain.size());
     let mut written = 0u64;
     let pool = BufferPool::new(QUEUE + 4);
+    target.recycle_into(&pool);
     let (read, write) = std::thread::scope(|scope| {
         let (chain, pool) = (&chain, &pool);
         let reader = scope.spawn(move || {

@@ -7,10 +7,10 @@
 //! once complete ([`super::partial`]); a failed restore removes it, or
 //! keeps it under a name that says it is partial.
 
-use crate::buffers::AlignedBuf;
 use std::time::Duration;
 
 use super::{partial, RestoreTarget, TargetOptions};
+use crate::buffers::AlignedBuf;
 use crate::ceph::{AioWriter, Image, IoCtx};
 use crate::error::{Error, Result};
 use crate::source::ImageLayout;

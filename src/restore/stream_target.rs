@@ -7,10 +7,10 @@
 //! reader gone) leaves its reader with a short stream and exits non-zero,
 //! so pipelines must check the exit status (`set -o pipefail`).
 
-use crate::buffers::AlignedBuf;
 use std::io::Write;
 
 use super::RestoreTarget;
+use crate::buffers::AlignedBuf;
 use crate::error::{Error, Result};
 
 /// Zeros written per call while filling a hole.

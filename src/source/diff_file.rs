@@ -7,14 +7,13 @@
 //! record order, records within the image, no truncation) before anything
 //! is imported; it keeps only where each record's data lies in the file.
 
-use crate::buffers::AlignedBuf;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{Extent, SourceSnapshot};
-use crate::buffers::BufferPool;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::error::{Error, IoContext, Result};
 use crate::format::rbd_diff::{DiffHeader, DiffReader, Record};
 use crate::mount::image::RevisionImage;

@@ -2,13 +2,12 @@
 //! each snapshot a copy of it. Change detection compares snapshots in 4 KiB
 //! units, like Ceph reporting exact extents, and "allocated" means non-zero.
 
-use crate::buffers::AlignedBuf;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::{Extent, ImageLayout, SourceImage, SourceSnapshot};
-use crate::buffers::BufferPool;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::error::{Error, IoContext, Result};
 
 const UNIT: u64 = 4096;

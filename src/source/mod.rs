@@ -24,8 +24,7 @@ pub mod file;
 pub mod raw;
 pub mod rbd;
 
-use crate::buffers::AlignedBuf;
-use crate::buffers::BufferPool;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::error::Result;
 
 /// A byte range `[offset, offset + len)` of an image.

@@ -3,14 +3,13 @@
 //! (`SEEK_DATA`/`SEEK_HOLE`), so a sparse file reads only its data;
 //! `rbdelta import` turns it into a full revision.
 
-use crate::buffers::AlignedBuf;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{Extent, SourceSnapshot};
 use crate::archive::sparse::next_data;
-use crate::buffers::BufferPool;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::error::{Error, IoContext, Result};
 
 pub struct RawFile {

@@ -8,8 +8,7 @@
 //! go through [`crate::ceph`]; this file holds no unsafe code.
 
 use super::{Extent, ImageLayout, SourceImage, SourceSnapshot};
-use crate::buffers::AlignedBuf;
-use crate::buffers::BufferPool;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::ceph::features;
 use crate::ceph::{Image, IoCtx};
 use crate::error::{Error, Result};
