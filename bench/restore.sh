@@ -95,4 +95,10 @@ echo "archive on another device (tmpfs):"
 echo "  restore rate / rbd bench rate (target >= 0.80): $(ratios "${secs[rbd_bench]}" "${secs[restore_apart]}")"
 echo "  restore-to-file rate / buffered write+fsync rate (target >= 0.80): $(ratios "${secs[fio_buffered]}" "${secs[file_apart]}")"
 echo "  restore-to-file rate / O_DIRECT QD16 write rate (issue 14: >= 0.80): $(ratios "${secs[fio_direct]}" "${secs[file_apart]}")"
+pairs() { awk -v a="$1" -v b="$2" 'BEGIN{n=split(a,x," "); split(b,y," "); for (i=1;i<=n;i++) printf "%s%.2f", (i>1?" ":""), x[i]/y[i]}'; }
+echo "pair by pair: into an image / rbd bench: $(pairs "${secs[rbd_bench]}" "${secs[restore]}");" \
+  "apart: $(pairs "${secs[rbd_bench]}" "${secs[restore_apart]}")"
+echo "pair by pair: into a file / O_DIRECT QD16: $(pairs "${secs[fio_direct]}" "${secs[file]}");" \
+  "apart: $(pairs "${secs[fio_direct]}" "${secs[file_apart]}");" \
+  "apart / buffered: $(pairs "${secs[fio_buffered]}" "${secs[file_apart]}")"
 echo "(image ${IMAGE_GIB} GiB, ${data_mib} MiB of data, object size $obj; $REPS pair(s) each; rates are data MiB over wall time)"
