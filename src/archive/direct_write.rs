@@ -343,14 +343,21 @@ fn lock(m: &Mutex<Option<std::io::Error>>) -> std::sync::MutexGuard<'_, Option<s
 mod tests {
     use super::*;
 
+    /// A new file in a temporary directory and a direct writer for it, or
+    /// None where the filesystem refuses direct I/O.
+    fn direct_file() -> Option<(tempfile::TempDir, PathBuf, File, DirectWriter)> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        let w = DirectWriter::new(&file, &path).ok()?;
+        Some((dir, path, file, w))
+    }
+
     /// Pieces at aligned offsets, one longer than a buffer and a short last
     /// one, land where they belong; the gaps stay holes of zeros.
     #[test]
     fn writes_land_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = File::create(&path).unwrap();
-        let Ok(mut w) = DirectWriter::new(&file, &path) else {
+        let Some((_dir, path, file, mut w)) = direct_file() else {
             return; // no direct I/O here: FileTarget writes through the cache
         };
         let big: Vec<u8> = (0..PIECE + 3 * ALIGN).map(|i| (i % 253) as u8).collect();
@@ -375,11 +382,8 @@ mod tests {
     /// for reuse is a buffer the writers are done with.
     #[test]
     fn owned_buffers_land_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = File::create(&path).unwrap();
-        let Ok(mut w) = DirectWriter::new(&file, &path) else {
-            return;
+        let Some((_dir, path, file, mut w)) = direct_file() else {
+            return; // no direct I/O here: FileTarget writes through the cache
         };
         let pattern = |n: usize, seed: usize| -> Vec<u8> {
             (0..n).map(|i| ((i * 7 + seed) % 251) as u8).collect()
@@ -423,11 +427,8 @@ mod tests {
     /// to that pool, and none comes back from write_owned.
     #[test]
     fn handed_over_buffers_go_back_to_the_pool() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = File::create(&path).unwrap();
-        let Ok(mut w) = DirectWriter::new(&file, &path) else {
-            return;
+        let Some((_dir, path, _file, mut w)) = direct_file() else {
+            return; // no direct I/O here: FileTarget writes through the cache
         };
         let pool = BufferPool::new(64);
         w.recycle_into(&pool);
