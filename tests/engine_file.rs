@@ -359,3 +359,33 @@ fn an_unreadable_parent_makes_the_next_backup_a_full() {
     );
     assert!(!report.problems.is_empty());
 }
+
+/// `has_revision_since` answers from the manifests written since about
+/// then (by mtime), and a manifest whose mtime lies far before its own
+/// creation is missed: the safe side, one backup too many.
+#[test]
+fn a_revision_since_a_time_is_found_by_recent_manifests() {
+    let f = fixture();
+    resize(&f.image, 100_000).unwrap();
+    write_at(&f.image, 0, &[1; 100]).unwrap();
+    let rev = backup(&f.vol, &f.image, &opts(), &NoProgress)
+        .unwrap()
+        .revision;
+    let created = rbdelta::status::unix_of(&rev.manifest.created);
+    assert!(created > 0);
+    assert!(f.vol.has_revision_since(created).unwrap());
+    assert!(!f.vol.has_revision_since(created + 1).unwrap());
+    let manifest = std::fs::File::options()
+        .write(true)
+        .open(f.vol.manifest_path(&rev.id))
+        .unwrap();
+    let at = |t: i64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t as u64);
+    let slack = rbdelta::archive::MTIME_SLACK;
+    manifest.set_modified(at(created - slack + 5)).unwrap();
+    assert!(
+        f.vol.has_revision_since(created).unwrap(),
+        "within the slack"
+    );
+    manifest.set_modified(at(created - slack - 5)).unwrap();
+    assert!(!f.vol.has_revision_since(created).unwrap(), "not read");
+}

@@ -107,6 +107,11 @@ pub struct VolumeDir {
     pub id: String,
 }
 
+/// How far before the asked time [`VolumeDir::has_revision_since`] still
+/// reads a manifest by its mtime: hosts of a shared archive whose clocks
+/// disagree by up to this much are still answered right.
+pub const MTIME_SLACK: i64 = 3600;
+
 impl VolumeDir {
     /// Opens an existing volume directory.
     pub fn open(root: &Path, name: &str) -> Result<VolumeDir> {
@@ -272,6 +277,41 @@ impl VolumeDir {
         }
         out.sort_by(|a, b| a.manifest.seq.cmp(&b.manifest.seq).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+
+    /// Whether a committed revision was created at or after `since` (Unix
+    /// seconds). Reads only manifests written since about then (by their
+    /// mtime, with [`MTIME_SLACK`] for clocks that disagree), not every
+    /// manifest of the volume: a shared daemon asks this before each
+    /// leased backup, on CephFS where each read is a round trip. A
+    /// manifest whose mtime lies more than the slack before its own
+    /// creation time is missed, and the answer is then "no": at worst one
+    /// backup too many, never one too few.
+    pub fn has_revision_since(&self, since: i64) -> Result<bool> {
+        let dir = self.revisions_dir();
+        let from = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(since.saturating_sub(MTIME_SLACK).max(0) as u64);
+        for entry in std::fs::read_dir(&dir).at(&dir)? {
+            let entry = entry.at(&dir)?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let recent = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_or(true, |t| t >= from);
+            if !recent || checksum::from_hex(id).is_none() {
+                continue;
+            }
+            match self.read_revision(id) {
+                Ok(r) if crate::status::unix_of(&r.manifest.created) >= since => return Ok(true),
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
     }
 
     /// Reads one manifest and checks it hashes to its id.

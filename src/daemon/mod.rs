@@ -379,13 +379,8 @@ fn run_leased(
 /// Whether `volume` has a revision made at or after `since` (Unix seconds).
 fn backed_up_since(archive: &Path, volume: &str, since: i64) -> bool {
     crate::archive::VolumeDir::open(archive, volume)
-        .and_then(|d| d.revisions())
-        .ok()
-        .and_then(|r| {
-            r.last()
-                .map(|r| crate::status::unix_of(&r.manifest.created))
-        })
-        .is_some_and(|t| t >= since)
+        .and_then(|d| d.has_revision_since(since))
+        .unwrap_or(false)
 }
 
 fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Outcome {
