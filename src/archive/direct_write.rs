@@ -442,7 +442,7 @@ mod tests {
         w.finish().unwrap();
         let mut back = 0;
         while pool.idle() > 0 {
-            assert_eq!(pool.get_filled(0).capacity(), ALIGN);
+            assert_eq!(pool.get_empty(0).capacity(), ALIGN);
             back += 1;
         }
         assert_eq!(back, 20);

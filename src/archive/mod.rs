@@ -257,24 +257,7 @@ impl VolumeDir {
     /// All committed revisions, oldest first, each manifest checked against
     /// its id.
     pub fn revisions(&self) -> Result<Vec<Revision>> {
-        let dir = self.revisions_dir();
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).at(&dir)? {
-            let entry = entry.at(&dir)?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            if checksum::from_hex(id).is_none() {
-                continue;
-            }
-            match self.read_revision(id) {
-                Ok(r) => out.push(r),
-                // removed by a history edit since the directory was read
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        let mut out = self.manifests(|_| true)?;
         out.sort_by(|a, b| a.manifest.seq.cmp(&b.manifest.seq).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -288,30 +271,41 @@ impl VolumeDir {
     /// creation time is missed, and the answer is then "no": at worst one
     /// backup too many, never one too few.
     pub fn has_revision_since(&self, since: i64) -> Result<bool> {
-        let dir = self.revisions_dir();
         let from = std::time::UNIX_EPOCH
             + std::time::Duration::from_secs(since.saturating_sub(MTIME_SLACK).max(0) as u64);
+        let recent = self.manifests(|entry| {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_or(true, |t| t >= from)
+        })?;
+        Ok(recent
+            .iter()
+            .any(|r| crate::status::unix_of(&r.manifest.created) >= since))
+    }
+
+    /// The committed revisions whose manifest's directory entry passes
+    /// `wanted`, in directory order, each checked against its id.
+    fn manifests(&self, wanted: impl Fn(&std::fs::DirEntry) -> bool) -> Result<Vec<Revision>> {
+        let dir = self.revisions_dir();
+        let mut out = Vec::new();
         for entry in std::fs::read_dir(&dir).at(&dir)? {
             let entry = entry.at(&dir)?;
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
                 continue;
             };
-            let recent = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map_or(true, |t| t >= from);
-            if !recent || checksum::from_hex(id).is_none() {
+            if checksum::from_hex(id).is_none() || !wanted(&entry) {
                 continue;
             }
             match self.read_revision(id) {
-                Ok(r) if crate::status::unix_of(&r.manifest.created) >= since => return Ok(true),
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
+                Ok(r) => out.push(r),
+                // removed by a history edit since the directory was read
+                Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e),
             }
         }
-        Ok(false)
+        Ok(out)
     }
 
     /// Reads one manifest and checks it hashes to its id.

@@ -27,51 +27,39 @@ impl BufferPool {
         BufferPool { tx, rx }
     }
 
+    /// An idle buffer, or a new one with room for `capacity` bytes.
+    fn take(&self, capacity: usize) -> AlignedBuf {
+        self.rx
+            .try_recv()
+            .unwrap_or_else(|_| AlignedBuf::with_capacity(capacity))
+    }
+
     /// A zeroed buffer of `len` bytes, reused when one is idle.
     pub fn get(&self, len: usize) -> AlignedBuf {
-        match self.rx.try_recv() {
-            Ok(mut v) => {
-                v.clear();
-                v.resize(len);
-                v
-            }
-            Err(_) => AlignedBuf::zeroed(len),
-        }
+        let mut v = self.take(len);
+        v.clear();
+        v.resize(len);
+        v
     }
 
     /// A buffer of `len` bytes for a read that overwrites all of them
     /// (see [`AlignedBuf::resize_to_fill`]).
     pub fn get_to_fill(&self, len: usize) -> AlignedBuf {
-        let mut v = self
-            .rx
-            .try_recv()
-            .unwrap_or_else(|_| AlignedBuf::with_capacity(len));
+        let mut v = self.take(len);
         v.resize_to_fill(len);
         v
     }
 
     /// An empty buffer with room for `capacity` bytes.
     pub fn get_empty(&self, capacity: usize) -> AlignedBuf {
-        match self.rx.try_recv() {
-            Ok(mut v) => {
-                v.clear();
-                v.reserve(capacity);
-                v
-            }
-            Err(_) => AlignedBuf::with_capacity(capacity),
-        }
-    }
-
-    /// A buffer to be filled by a read: its bytes are whatever they were,
-    /// its length whatever it was (the reader resizes it, which zeroes
-    /// only the growth).
-    pub fn get_filled(&self, capacity: usize) -> AlignedBuf {
-        self.rx
-            .try_recv()
-            .unwrap_or_else(|_| AlignedBuf::with_capacity(capacity))
+        let mut v = self.take(capacity);
+        v.clear();
+        v.reserve(capacity);
+        v
     }
 
     /// How many idle buffers it holds.
+    #[cfg(test)]
     pub fn idle(&self) -> usize {
         self.rx.len()
     }

@@ -3,13 +3,12 @@
 //! fsynced, so a failed restore never leaves a half file under the real name
 //! (see [`super::partial`] for what a killed one leaves).
 
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::{partial, RestoreTarget, TargetOptions};
 use crate::archive::atomic::TempFile;
-use crate::archive::direct_write::DirectWriter;
+use crate::archive::direct_write::{self, DirectWriter};
 use crate::buffers::{AlignedBuf, BufferPool};
 use crate::error::{Error, IoContext, Result};
 
@@ -111,15 +110,19 @@ impl RestoreTarget for FileTarget {
     }
 
     fn write(&mut self, offset: u64, data: AlignedBuf) -> Result<Option<AlignedBuf>> {
-        if let Some(d) = self.direct.as_mut().filter(|d| d.takes(offset)) {
-            return d.write_owned(offset, data);
+        let cached = !self.direct.as_ref().is_some_and(|d| d.takes(offset));
+        let end = offset + data.len() as u64;
+        let back = direct_write::write_owned_at(
+            &mut self.direct,
+            &self.tmp.file,
+            &self.tmp.path,
+            offset,
+            data,
+        )?;
+        if cached {
+            self.writeback(end);
         }
-        self.tmp
-            .file
-            .write_all_at(&data, offset)
-            .at(&self.tmp.path)?;
-        self.writeback(offset + data.len() as u64);
-        Ok(Some(data))
+        Ok(back)
     }
 
     fn recycle_into(&mut self, pool: &BufferPool) {

@@ -256,10 +256,10 @@ impl<'e> Coalescer<'e> {
         (self.emit)(Piece::Data { offset, data })
     }
 
-    /// A buffer from the pool for the caller's next read (which
-    /// overwrites it).
+    /// A buffer from the pool for the caller's next read (which sets its
+    /// length without zeroing, [`AlignedBuf::resize_to_fill`]).
     pub fn spare(&self) -> AlignedBuf {
-        self.pool.get_filled(MAX_CHUNK)
+        self.pool.get_empty(MAX_CHUNK)
     }
 
     pub fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
