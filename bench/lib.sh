@@ -67,21 +67,34 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 
 cached_kib() { awk '/^Cached:/ {print $2}' /proc/meminfo; }
 
+# CPU time (clock ticks, user + system) the bench cluster's OSD has used.
+osd_ticks() {
+  local pid
+  pid=$(cat "$work/cluster/run/osd.0.pid" 2>/dev/null) || { echo 0; return; }
+  awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0
+}
+
 # measure NAME CMD...: drops the page cache, runs CMD under GNU time (its
 # stdout kept in $work/out.NAME, its stderr shown), appends its seconds to
 # secs[NAME], keeps the peak RSS (KiB) over all runs in rss[NAME] and the
 # largest growth of the page cache (`Cached` in /proc/meminfo, KiB) over
-# a run in cached[NAME].
-declare -A secs rss cached
+# a run in cached[NAME]; appends the CPU seconds (user + system) of CMD
+# and its children to cpu[NAME] and those the OSD spent meanwhile to
+# osd_cpu[NAME]: on this 2-core host the OSD and the client share the CPU.
+declare -A secs rss cached cpu osd_cpu
 measure() {
   local name=$1; shift
   drop_caches
-  local out="$work/time.$name" before
+  local out="$work/time.$name" before osd0
   before=$(cached_kib)
-  /usr/bin/time -f '%e %M' -o "$out" "$@" > "$work/out.$name"
+  osd0=$(osd_ticks)
+  /usr/bin/time -f '%e %M %U %S' -o "$out" "$@" > "$work/out.$name"
   local grew=$(( $(cached_kib) - before ))
-  read -r s m < "$out"
+  local osd=$(( $(osd_ticks) - osd0 ))
+  read -r s m u sy < "$out"
   secs[$name]="${secs[$name]:-} $s"
+  cpu[$name]="${cpu[$name]:-} $(awk "BEGIN{print $u + $sy}")"
+  osd_cpu[$name]="${osd_cpu[$name]:-} $(awk -v t="$osd" -v hz="$(getconf CLK_TCK)" 'BEGIN{print t / hz}')"
   if [[ -z ${rss[$name]:-} ]] || ((m > rss[$name])); then rss[$name]=$m; fi
   if [[ -z ${cached[$name]:-} ]] || ((grew > cached[$name])); then cached[$name]=$grew; fi
 }

@@ -22,7 +22,8 @@
 # Workload: an image of IMAGE_GIB (default 4) with half of it written in
 # 4 MiB pieces, backed up once (a full). Each comparison runs REPS times
 # (default 3), the two sides back to back; every pair's ratio counts.
-# Reported: rates in MiB/s of data written, ratios pair by pair, peak RSS.
+# Reported: rates in MiB/s of data written, ratios pair by pair, peak RSS,
+# and the CPU seconds of each side and of the OSD while it ran.
 # Env: IMAGE_GIB, REPS, MEMSTORE_GIB (default 14), BENCH_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,6 +96,15 @@ echo "archive on another device (tmpfs):"
 echo "  restore rate / rbd bench rate (target >= 0.80): $(ratios "${secs[rbd_bench]}" "${secs[restore_apart]}")"
 echo "  restore-to-file rate / buffered write+fsync rate (target >= 0.80): $(ratios "${secs[fio_buffered]}" "${secs[file_apart]}")"
 echo "  restore-to-file rate / O_DIRECT QD16 write rate (issue 14: >= 0.80): $(ratios "${secs[fio_direct]}" "${secs[file_apart]}")"
+# CPU seconds per run (mean), the command's own and the OSD's meanwhile: the
+# restore and the OSD share this host's cores, rbd bench needs almost none.
+mean() { awk '{t=0; for (i=1;i<=NF;i++) t+=$i; printf "%.2f", t/NF}' <<<"$1"; }
+cores=$(nproc)
+echo "CPU seconds per run (mean; $cores cores shared with the OSD):"
+for n in rbd_bench restore restore_apart; do
+  echo "  $n: wall $(mean "${secs[$n]}"), own $(mean "${cpu[$n]}"), OSD $(mean "${osd_cpu[$n]}")," \
+    "least wall time the cores allow (own + OSD) / $cores: $(awk -v a="$(mean "${cpu[$n]}")" -v b="$(mean "${osd_cpu[$n]}")" -v c="$cores" 'BEGIN{printf "%.2f", (a + b) / c}')"
+done
 pairs() { awk -v a="$1" -v b="$2" 'BEGIN{n=split(a,x," "); split(b,y," "); for (i=1;i<=n;i++) printf "%s%.2f", (i>1?" ":""), x[i]/y[i]}'; }
 echo "pair by pair: into an image / rbd bench: $(pairs "${secs[rbd_bench]}" "${secs[restore]}");" \
   "apart: $(pairs "${secs[rbd_bench]}" "${secs[restore_apart]}")"

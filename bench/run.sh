@@ -5,6 +5,9 @@
 #
 #   full backup      rbdelta backup (first)    vs  rbd snap create + rbd export
 #                                                  + sync
+#                    and fio writing as many bytes with O_DIRECT at queue
+#                    depth 16 right after it: the least time this disk
+#                    allows any writer of those bytes
 #   page cache       growth of `Cached` during the full backup, against the
 #                    bytes it wrote (issue 14: under 10 %)
 #   incremental      rbdelta backup (delta)    vs  rbd export-diff + sync
@@ -58,6 +61,11 @@ for rep in $(seq "$REPS"); do
   rbd snap rm rbd/bench@e$rep >/dev/null 2>&1
   measure full "$bin" --no-progress backup bench
   full_bytes=$(du -B1 "$work/archive/bench/data/"*.full | awk '{print $1}')
+  # the disk's own limit for this pair: writing as many bytes, O_DIRECT QD16
+  rm -f "$work/fio.raw"
+  measure fio_full fio --name=w --filename="$work/fio.raw" --rw=write --bs=4M \
+    --size="$((full_bytes / 1048576))M" --ioengine=libaio --direct=1 --iodepth=16 --end_fsync=1
+  rm -f "$work/fio.raw"
 done
 
 echo "bench: scattered writes and a grow" >&2
@@ -121,7 +129,8 @@ echo "(ranges over $REPS pair(s) for full and restore, one for the rest; RSS: pe
 echo "(synthetic full: rbdelta synthetic-full vs rbdelta backup --full reading the image from Ceph)"
 echo "(file restore: rbdelta restore --to-file vs fio writing the full's $((full_bytes / 1048576)) MiB of data with O_DIRECT, 16 in flight, then fsync)"
 echo "full backup time / rbd time, pair by pair (issue 14: <= 0.45): $(ratios "${secs[full]}" "${secs[export]}")"
-echo "full backup time / fio's time writing as many bytes O_DIRECT QD16 (not back to back: fio runs in the restore loop): $(ratios "${secs[full]}" "${secs[fio_direct]}")"
+echo "full backup time / fio's time writing as many bytes O_DIRECT QD16 right after it: $(ratios "${secs[full]}" "${secs[fio_full]}")"
+echo "  floor: that fio time / rbd time, pair by pair (a pair whose floor is over 0.45 cannot meet issue 14's target by any writer of these bytes): $(ratios "${secs[fio_full]}" "${secs[export]}")"
 echo "restore-to-file rate / fio rate, pair by pair (issue 14: >= 0.80): $(ratios "${secs[fio_direct]}" "${secs[file]}")"
 echo "  the same with the archive apart (on tmpfs): $(ratios "${secs[fio_direct]}" "${secs[file_apart]}")"
 pct() { awk "BEGIN{printf \"%.1f\", 100 * $1 * 1024 / $2}"; }
