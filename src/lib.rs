@@ -23,6 +23,7 @@ pub mod fsck;
 pub mod history;
 pub mod host;
 pub mod mount;
+pub mod ordered;
 pub mod progress;
 pub mod repair;
 pub mod restore;

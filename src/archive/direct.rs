@@ -12,11 +12,18 @@ pub use crate::buffers::aligned::{AlignedBuf, ALIGN};
 /// since been unlinked) that writes with `O_DIRECT`; or the filesystem's
 /// refusal.
 pub fn reopen(file: &File) -> std::io::Result<File> {
+    reopen_as(file, OpenOptions::new().write(true))
+}
+
+/// The same for reading with `O_DIRECT`.
+pub fn reopen_for_reading(file: &File) -> std::io::Result<File> {
+    reopen_as(file, OpenOptions::new().read(true))
+}
+
+fn reopen_as(file: &File, opts: &mut OpenOptions) -> std::io::Result<File> {
     if crate::fault::direct_refused() {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
-    OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
+    opts.custom_flags(libc::O_DIRECT)
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }

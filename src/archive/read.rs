@@ -40,6 +40,8 @@ pub struct Readahead {
     last_end: Option<u64>,
     /// Whether pages behind the reader are dropped, and up to where.
     drop_behind: bool,
+    /// How far behind the reader they are dropped.
+    lag: u64,
     dropped: u64,
     /// The last data region the file system reported, `[start, end)`:
     /// asking again costs a round trip on FUSE (ceph-fuse: about 70 µs
@@ -50,7 +52,7 @@ pub struct Readahead {
 
 /// How far behind a forward reader its pages are dropped: reads a little
 /// out of order still find theirs.
-const DROP_LAG: u64 = 16 << 20;
+pub const DROP_LAG: u64 = 16 << 20;
 
 /// A read that starts within this distance of where the last one ended
 /// counts as sequential (FUSE may reorder a few requests; a restore skips
@@ -61,8 +63,16 @@ impl Readahead {
     /// For a reader that reads each byte once: also drops the pages it
     /// left behind.
     pub fn dropping_behind() -> Readahead {
+        Readahead::dropping_behind_by(DROP_LAG)
+    }
+
+    /// The same for a caller that plans reads which others make up to
+    /// `lag` bytes behind it: their pages are dropped only once behind
+    /// the slowest of them.
+    pub fn dropping_behind_by(lag: u64) -> Readahead {
         Readahead {
             drop_behind: true,
+            lag,
             ..Readahead::default()
         }
     }
@@ -82,7 +92,7 @@ impl Readahead {
             return;
         }
         self.advised = self.advised.max(offset);
-        let behind = offset.saturating_sub(DROP_LAG);
+        let behind = offset.saturating_sub(self.lag);
         if self.drop_behind && behind >= self.dropped + READAHEAD_STEP {
             advise(file, self.dropped, behind, libc::POSIX_FADV_DONTNEED);
             self.dropped = behind;

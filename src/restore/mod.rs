@@ -7,9 +7,12 @@
 //! blocks, which then get reported instead).
 
 pub mod block_set;
+pub mod coalescer;
 pub mod file_target;
 pub mod in_place;
+mod lanes;
 pub mod partial;
+mod plan;
 pub mod rbd_target;
 pub mod reader;
 pub mod stream_target;
@@ -145,7 +148,7 @@ fn run(
     let (tx, rx) = bounded::<Piece>(QUEUE);
     progress.begin("restore", chain.size());
     let mut written = 0u64;
-    let pool = BufferPool::new(QUEUE + 4);
+    let pool = BufferPool::new(QUEUE + 4 + reader::BUFFERS);
     target.recycle_into(&pool);
     let (read, write) = std::thread::scope(|scope| {
         let (chain, pool) = (&chain, &pool);

@@ -3,19 +3,41 @@
 //!
 //! Contiguous blocks stored contiguously in the same file are read with one
 //! `pread` (up to 4 MiB); each byte is read once; zero blocks are never read.
+//! A planner thread gathers those groups, [`LANES`] threads read and hash
+//! them at once ([`crate::ordered`]), with `O_DIRECT` where the file system
+//! allows and the group is aligned, and this thread checks the hashes and
+//! hands the blocks on in image order.
 
 use std::ops::Range;
 
 use super::block_set::BlockSet;
-use crate::archive::read::Readahead;
+pub use super::coalescer::Coalescer;
+use super::lanes::Files;
+use super::plan::{plan, stored, Done, Group, Job, Pass};
+use crate::archive::read::{Readahead, DROP_LAG};
 use crate::buffers::{AlignedBuf, BufferPool};
-use crate::chain::{Chain, Resolved, Source};
-use crate::checksum::{block_hash, Hash, ImageChecksum};
+use crate::chain::{Chain, Resolved};
+use crate::checksum::{Hash, ImageChecksum};
 use crate::error::{Error, Result};
 use crate::format::index::BlockEntry;
 
 /// Largest read from an archive file and largest write piece.
 pub const MAX_CHUNK: usize = 4 << 20;
+
+/// Groups read at once. Direct reads of 4 MiB one at a time are slower
+/// than the kernel's readahead on a virtual disk that serves several
+/// requests at once, and hashing in these threads spreads it over the
+/// cores. (Six lanes were no faster than four, and a restore into an
+/// image came near the 256 MiB limit with them: 234–250 MiB.)
+pub const LANES: usize = 4;
+
+/// Read buffers a restore's reader holds at most: per lane one read and
+/// one waiting, and one being checked.
+pub const BUFFERS: usize = 2 * LANES + 1;
+
+/// How far the lanes' reads may lag behind the planner: a group waiting
+/// for each lane, one in its hands and one done.
+const PLANNED_AHEAD: u64 = (3 * LANES * MAX_CHUNK) as u64;
 
 /// What the target receives.
 #[derive(Debug)]
@@ -50,52 +72,51 @@ pub fn read_blocks(
     pool: &BufferPool,
     emit: &mut dyn FnMut(Piece) -> Result<()>,
 ) -> Result<ReadOutcome> {
-    let mut w = Coalescer::new(emit, pool, send_zeros);
+    let files = Files::open(chain);
     let mut rd = Reader {
         chain,
         allow_bad,
         sum: ImageChecksum::new(chain.size(), chain.block_size),
         bad: Vec::new(),
         bytes_read: 0,
-        buf: AlignedBuf::new(),
-        group: Vec::new(),
-        ahead: vec![Readahead::dropping_behind(); chain.links.len()],
     };
-    for r in chain.blocks()? {
-        let r = r?;
-        if only.is_some_and(|set| !set.contains(r.block)) {
-            rd.flush_group(&mut w)?;
-            rd.sum.push(r.block, &chain.hash_of(&r)?);
-            continue;
-        }
-        match stored(&r) {
-            Some((link, e)) => {
-                if !rd.joins(link, &e) {
-                    rd.flush_group(&mut w)?;
+    let mut w = Coalescer::new(emit, pool, send_zeros);
+    std::thread::scope(|scope| {
+        let files = &files;
+        let (mut feed, results) = crate::ordered::start(scope, LANES, move |job| match job {
+            Job::Read(g) => files.read(chain, pool, g).map(Done::Read),
+            Job::Pass(items) => Ok(Done::Pass(items)),
+        });
+        let planner = scope.spawn(move || {
+            // Buffered reads get the kernel reading ahead of the planner
+            // (and their pages dropped behind the slowest lane).
+            let mut ahead =
+                vec![Readahead::dropping_behind_by(DROP_LAG + PLANNED_AHEAD); chain.links.len()];
+            plan(chain, only, &mut |job| {
+                if let Job::Read(g) = &job {
+                    let span = g.span();
+                    if !files.is_direct(g.link, &span) {
+                        let file = &chain.links[g.link].file;
+                        ahead[g.link].before(file, span.offset, span.len.into());
+                    }
                 }
-                rd.group.push(r);
+                feed.send(job)
+            })
+        });
+        let checked = (|| {
+            for done in results {
+                rd.check(&mut w, done?)?;
             }
-            None => {
-                rd.flush_group(&mut w)?;
-                rd.zero_block(&mut w, &r)?;
-            }
-        }
-    }
-    rd.flush_group(&mut w)?;
-    w.flush()?;
+            w.flush()
+        })();
+        let planned = planner.join().expect("restore planner panicked");
+        checked.and(planned)
+    })?;
     Ok(ReadOutcome {
         checksum: rd.sum.finish(),
         bad: rd.bad,
         bytes_read: rd.bytes_read,
     })
-}
-
-/// The stored, non-zero entry behind a resolved block.
-fn stored(r: &Resolved) -> Option<(usize, BlockEntry)> {
-    match r.source {
-        Source::Stored { link, entry } if !entry.zero => Some((link, entry)),
-        _ => None,
-    }
 }
 
 struct Reader<'c> {
@@ -104,72 +125,54 @@ struct Reader<'c> {
     sum: ImageChecksum,
     bad: Vec<Range<u64>>,
     bytes_read: u64,
-    buf: AlignedBuf,
-    /// Blocks stored back to back in one file, read together.
-    group: Vec<Resolved>,
-    /// Per link: the kernel reads ahead of us.
-    ahead: Vec<Readahead>,
 }
 
 impl Reader<'_> {
-    fn joins(&self, link: usize, e: &BlockEntry) -> bool {
-        let (Some(first), Some(last)) = (self.group.first(), self.group.last()) else {
-            return false;
-        };
-        let (fl, fe) = stored(first).expect("groups hold stored blocks");
-        let (_, le) = stored(last).expect("groups hold stored blocks");
-        fl == link
-            && le.offset + le.len as u64 == e.offset
-            && e.offset + e.len as u64 - fe.offset <= MAX_CHUNK as u64
+    /// Checks what a lane did and hands it on to `w`, in image order.
+    fn check(&mut self, w: &mut Coalescer, done: Done) -> Result<()> {
+        match done {
+            Done::Pass(items) => {
+                for p in items {
+                    match p {
+                        Pass::Zero(r) => self.zero_block(w, &r)?,
+                        Pass::Known(r) => self.sum.push(r.block, &self.chain.hash_of(&r)?),
+                    }
+                }
+                Ok(())
+            }
+            Done::Read((g, buf, hashes)) => self.check_group(w, g, buf, hashes),
+        }
     }
 
-    fn flush_group(&mut self, w: &mut Coalescer) -> Result<()> {
-        let Some(first) = self.group.first() else {
-            return Ok(());
-        };
-        let (link, fe) = stored(first).expect("stored");
-        let (_, le) = stored(self.group.last().unwrap()).expect("stored");
-        let span = BlockEntry {
-            len: (le.offset + le.len as u64 - fe.offset) as u32,
-            ..fe
-        };
-        let mut buf = std::mem::take(&mut self.buf);
-        let file = &self.chain.links[link].file;
-        self.ahead[link].before(file, span.offset, span.len.into());
-        self.chain.read_entry(link, &span, &mut buf)?;
-        self.bytes_read += span.len as u64;
-        let group = std::mem::take(&mut self.group);
-        // Hash every block; when all are good and back to back in the
-        // image too (always so in a full), the read buffer itself is the
-        // piece: no copy.
-        let (mut at, mut whole) = (0usize, true);
-        let mut hashes = Vec::with_capacity(group.len());
-        for (i, r) in group.iter().enumerate() {
+    fn check_group(
+        &mut self,
+        w: &mut Coalescer,
+        g: Group,
+        buf: AlignedBuf,
+        hashes: Vec<Hash>,
+    ) -> Result<()> {
+        self.bytes_read += buf.len() as u64;
+        let first = g.blocks[0].block;
+        // When all are good and back to back in the image too (always so
+        // in a full), the read buffer itself is the piece: no copy.
+        let whole = g.blocks.iter().zip(&hashes).enumerate().all(|(i, (r, h))| {
             let (_, e) = stored(r).expect("stored");
-            let h = block_hash(&buf[at..at + e.len as usize]);
-            at += e.len as usize;
-            whole &=
-                h == e.hash && u64::from(e.len) == r.len && r.block == group[0].block + i as u64;
-            hashes.push(h);
-        }
+            *h == e.hash && u64::from(e.len) == r.len && r.block == first + i as u64
+        });
         if whole {
-            for (r, h) in group.iter().zip(&hashes) {
+            for (r, h) in g.blocks.iter().zip(&hashes) {
                 self.sum.push(r.block, h);
             }
-            w.data_owned(group[0].block * self.chain.block_size, buf)?;
-            buf = w.spare();
-        } else {
-            let mut at = 0usize;
-            for (r, h) in group.iter().zip(&hashes) {
-                let (_, e) = stored(r).expect("stored");
-                let d = &buf[at..at + e.len as usize];
-                at += e.len as usize;
-                self.data_block(w, r, link, &e, d, h)?;
-            }
+            return w.data_owned(first * self.chain.block_size, buf);
         }
-        self.group = group;
-        self.group.clear();
-        self.buf = buf;
+        let mut at = 0usize;
+        for (r, h) in g.blocks.iter().zip(&hashes) {
+            let (_, e) = stored(r).expect("stored");
+            let d = &buf[at..at + e.len as usize];
+            at += e.len as usize;
+            self.data_block(w, r, g.link, &e, d, h)?;
+        }
+        w.recycle(buf);
         Ok(())
     }
 
@@ -205,95 +208,5 @@ impl Reader<'_> {
         self.sum
             .push(r.block, &self.chain.zero_hashes().for_len(r.len));
         w.zero(r.block * self.chain.block_size, r.len)
-    }
-}
-
-/// Merges adjacent data (and zero) ranges into pieces of up to [`MAX_CHUNK`]
-/// (data buffers from `pool`), handed to `emit` in order.
-pub struct Coalescer<'e> {
-    emit: &'e mut dyn FnMut(Piece) -> Result<()>,
-    pool: &'e BufferPool,
-    send_zeros: bool,
-    data: Option<(u64, AlignedBuf)>,
-    zeros: Option<(u64, u64)>,
-}
-
-impl<'e> Coalescer<'e> {
-    /// Zero ranges are dropped unless `send_zeros`.
-    pub fn new(
-        emit: &'e mut dyn FnMut(Piece) -> Result<()>,
-        pool: &'e BufferPool,
-        send_zeros: bool,
-    ) -> Coalescer<'e> {
-        Coalescer {
-            emit,
-            pool,
-            send_zeros,
-            data: None,
-            zeros: None,
-        }
-    }
-
-    pub fn data(&mut self, offset: u64, d: &[u8]) -> Result<()> {
-        self.flush_zeros()?;
-        if let Some((start, v)) = &mut self.data {
-            if *start + v.len() as u64 == offset && v.len() + d.len() <= MAX_CHUNK {
-                v.extend_from_slice(d);
-                return Ok(());
-            }
-        }
-        self.flush_data()?;
-        let mut v = self.pool.get_empty(MAX_CHUNK);
-        v.extend_from_slice(d);
-        self.data = Some((offset, v));
-        Ok(())
-    }
-
-    /// Emits `data` at `offset` as it is (a buffer the caller filled);
-    /// what was gathered before goes first.
-    pub fn data_owned(&mut self, offset: u64, data: AlignedBuf) -> Result<()> {
-        self.flush()?;
-        (self.emit)(Piece::Data { offset, data })
-    }
-
-    /// A buffer from the pool for the caller's next read (which sets its
-    /// length without zeroing, [`AlignedBuf::resize_to_fill`]).
-    pub fn spare(&self) -> AlignedBuf {
-        self.pool.get_empty(MAX_CHUNK)
-    }
-
-    pub fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
-        self.flush_data()?;
-        if !self.send_zeros {
-            return Ok(());
-        }
-        match &mut self.zeros {
-            Some((start, l)) if *start + *l == offset => *l += len,
-            _ => {
-                self.flush_zeros()?;
-                self.zeros = Some((offset, len));
-            }
-        }
-        Ok(())
-    }
-
-    fn flush_data(&mut self) -> Result<()> {
-        match self.data.take() {
-            Some((offset, data)) => (self.emit)(Piece::Data { offset, data }),
-            None => Ok(()),
-        }
-    }
-
-    fn flush_zeros(&mut self) -> Result<()> {
-        match self.zeros.take() {
-            Some((offset, len)) => (self.emit)(Piece::Zero { offset, len }),
-            None => Ok(()),
-        }
-    }
-
-    /// Emits what is still gathered; call at the end.
-    pub fn flush(&mut self) -> Result<()> {
-        self.flush_data()?;
-        self.flush_zeros()
     }
 }

@@ -234,7 +234,7 @@ fn deep(
     progress: &dyn Progress,
     bytes_read: &mut u64,
 ) -> Vec<Problem> {
-    let pool = BufferPool::new(4);
+    let pool = BufferPool::new(crate::restore::reader::BUFFERS + 1);
     let mut emit = |p: crate::restore::reader::Piece| {
         if let crate::restore::reader::Piece::Data { data, .. } = p {
             progress.advance(data.len() as u64);
