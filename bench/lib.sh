@@ -67,6 +67,15 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 
 cached_kib() { awk '/^Cached:/ {print $2}' /proc/meminfo; }
 
+# pin_cluster CPUS: runs the bench cluster's daemons (every thread) on
+# CPUS only (taskset list, e.g. 0 or 0,1).
+pin_cluster() {
+  local f
+  for f in "$work"/cluster/run/*.pid; do
+    taskset -a -p -c "$1" "$(cat "$f")" >/dev/null 2>&1 || true
+  done
+}
+
 # CPU time (clock ticks, user + system) the bench cluster's OSD has used.
 osd_ticks() {
   local pid
