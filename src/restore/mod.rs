@@ -44,6 +44,11 @@ pub trait RestoreTarget {
     /// Buffers the target keeps past `write` go back to `pool` when it is
     /// done with them.
     fn recycle_into(&mut self, _pool: &BufferPool) {}
+    /// How many read lanes feed it: fewer beside a target that holds many
+    /// buffers of its own.
+    fn read_lanes(&self) -> usize {
+        reader::LANES
+    }
     /// Makes `[offset, offset + len)` read as zeros.
     fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Completes the target durably.
@@ -148,7 +153,8 @@ fn run(
     let (tx, rx) = bounded::<Piece>(QUEUE);
     progress.begin("restore", chain.size());
     let mut written = 0u64;
-    let pool = BufferPool::new(QUEUE + 4 + reader::BUFFERS);
+    let lanes = target.read_lanes();
+    let pool = BufferPool::new(QUEUE + 4 + reader::buffers(lanes));
     target.recycle_into(&pool);
     let (read, write) = std::thread::scope(|scope| {
         let (chain, pool) = (&chain, &pool);
@@ -159,6 +165,7 @@ fn run(
                 opts.allow_inconsistent,
                 send_zeros,
                 only,
+                lanes,
                 pool,
                 &mut |p| {
                     tx.send(p)

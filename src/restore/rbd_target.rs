@@ -133,6 +133,10 @@ impl RestoreTarget for RbdTarget {
         self.created
     }
 
+    fn read_lanes(&self) -> usize {
+        super::reader::FEW_LANES
+    }
+
     fn write(&mut self, offset: u64, data: AlignedBuf) -> Result<Option<AlignedBuf>> {
         self.writer().submit(offset, data)
     }

@@ -234,7 +234,8 @@ fn deep(
     progress: &dyn Progress,
     bytes_read: &mut u64,
 ) -> Vec<Problem> {
-    let pool = BufferPool::new(crate::restore::reader::BUFFERS + 1);
+    let lanes = crate::restore::reader::LANES;
+    let pool = BufferPool::new(crate::restore::reader::buffers(lanes) + 1);
     let mut emit = |p: crate::restore::reader::Piece| {
         if let crate::restore::reader::Piece::Data { data, .. } = p {
             progress.advance(data.len() as u64);
@@ -242,7 +243,7 @@ fn deep(
         }
         Ok(())
     };
-    match crate::restore::reader::read_blocks(chain, true, false, None, &pool, &mut emit) {
+    match crate::restore::reader::read_blocks(chain, true, false, None, lanes, &pool, &mut emit) {
         Ok(o) => {
             *bytes_read += o.bytes_read;
             let mut out: Vec<Problem> = o
