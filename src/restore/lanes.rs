@@ -40,13 +40,12 @@ impl Files {
         Files { direct }
     }
 
-    /// Whether `span` of link `link` is read with `O_DIRECT`: the file
-    /// system allows it and the span is aligned (a full's last block of
-    /// an odd-sized image is not).
-    pub fn is_direct(&self, link: usize, span: &BlockEntry) -> bool {
-        self.direct[link].is_some()
-            && span.offset % ALIGN as u64 == 0
-            && span.len as usize % ALIGN == 0
+    /// The `O_DIRECT` descriptor that reads `span` of link `link`, if the
+    /// file system allows one and the span is aligned (a full's last block
+    /// of an odd-sized image is not); else it is read through the cache.
+    pub fn direct(&self, link: usize, span: &BlockEntry) -> Option<&File> {
+        let aligned = span.offset % ALIGN as u64 == 0 && span.len as usize % ALIGN == 0;
+        self.direct[link].as_ref().filter(|_| aligned)
     }
 
     /// Reads group `g` into a buffer from `pool` and hashes its blocks.
@@ -57,16 +56,12 @@ impl Files {
         g: Group,
     ) -> Result<(Group, AlignedBuf, Vec<Hash>)> {
         let span = g.span();
+        let link = &chain.links[g.link];
+        let file = self.direct(g.link, &span).unwrap_or(&link.file);
         let mut buf = pool.get_empty(MAX_CHUNK);
-        match &self.direct[g.link] {
-            Some(d) if self.is_direct(g.link, &span) => {
-                // not zeroed first: the read overwrites every byte
-                buf.resize_to_fill(span.len as usize);
-                let path = &chain.links[g.link].path;
-                crate::archive::read::read_at(d, path, &mut buf, span.offset)?;
-            }
-            _ => chain.read_entry(g.link, &span, &mut buf)?,
-        }
+        // not zeroed first: the read overwrites every byte
+        buf.resize_to_fill(span.len as usize);
+        crate::archive::read::read_at(file, &link.path, &mut buf, span.offset)?;
         let mut at = 0usize;
         let hashes = g
             .blocks

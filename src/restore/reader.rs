@@ -102,7 +102,7 @@ pub fn read_blocks(
             plan(chain, only, &mut |job| {
                 if let Job::Read(g) = &job {
                     let span = g.span();
-                    if !files.is_direct(g.link, &span) {
+                    if files.direct(g.link, &span).is_none() {
                         let file = &chain.links[g.link].file;
                         ahead[g.link].before(file, span.offset, span.len.into());
                     }
