@@ -106,6 +106,25 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits for a successful `op` of `volume` in the fleet log; shows that
+/// log if none comes.
+fn wait_for_ok(env: &Env, volume: &str, op: &str) {
+    let t = Instant::now();
+    loop {
+        let log = fleet_log(env, volume);
+        if log.iter().any(|r| r["op"] == op && r["outcome"] == "ok") {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for a {op} of {volume}; its log:\n{}\nthe daemon's output:\n{}",
+            log.iter().map(|r| format!("{r}\n")).collect::<String>(),
+            std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Revisions of `volume`, 0 when it has no archive yet.
 fn count(env: &Env, volume: &str) -> usize {
     if !env.archive().join(volume).exists() {
@@ -164,17 +183,9 @@ fn daemon_runs_backups_and_verifies_by_schedule_and_writes_status() {
         Duration::from_secs(60),
         || count(&env, "a") >= 2 && count(&env, "b") >= 2,
     );
-    wait_until("a verify", Duration::from_secs(30), || {
-        fleet_log(&env, "a")
-            .iter()
-            .any(|r| r["op"] == "verify" && r["outcome"] == "ok")
-    });
+    wait_for_ok(&env, "a", "verify");
     // a's fsck: no partition table, no filesystem it knows: skipped, ok
-    wait_until("an fsck of a", Duration::from_secs(30), || {
-        fleet_log(&env, "a")
-            .iter()
-            .any(|r| r["op"] == "fsck" && r["outcome"] == "ok")
-    });
+    wait_for_ok(&env, "a", "fsck");
     assert!(fleet_log(&env, "b").iter().all(|r| r["op"] != "fsck"));
     let status = d.stop(Duration::from_secs(30));
     assert!(status.success(), "{status}");
@@ -491,7 +502,8 @@ fn status_prometheus_check_and_log_report_what_happened() {
             "backup end",
             "verify start",
             "verify end"
-        ]
+        ],
+        "{a_log}"
     );
     let broken = env.ok(&["log", "broken"]);
     assert!(

@@ -7,9 +7,11 @@
 use super::{ceph_error, check, cstring, sys, IoCtx};
 use crate::error::{Error, Result};
 use std::any::Any;
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
+use std::time::{Duration, Instant};
 
 /// `rbd_stat` facts about an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,9 +23,26 @@ pub struct ImageStat {
     pub order: u8,
 }
 
+/// How long after its last call an image is left before it is closed.
+///
+/// librbd 16.2 finishes an open or a refresh of the image's state by
+/// waking the caller and only then taking the state's lock again
+/// (`ImageState::complete_action_unlock`). A caller that closes the image
+/// at once frees that lock while the waking thread may not have reached
+/// it: the thread then locks freed memory and the process aborts (seen
+/// here as `__pthread_mutex_lock_full: Assertion 'e != ESRCH || !robust'`
+/// in about one backup worker of a few hundred on a loaded 2-core host,
+/// the core showing librbd's `ImageState` lock inside a freed heap block).
+/// No API waits for that thread, so a close waits this long after the
+/// image's last call instead: a thread that was just woken runs well
+/// within it on any host that still gets work done.
+const CLOSE_GRACE: Duration = Duration::from_millis(50);
+
 /// An open image (at its head, or read-only at a snapshot).
 pub struct Image {
     handle: sys::rbd_image_t,
+    /// When the image was last handed to librbd (see [`CLOSE_GRACE`]).
+    last_call: Cell<Instant>,
     name: String,
     /// Closed after `handle` (fields drop after `Drop::drop`).
     ioctx: IoCtx,
@@ -43,6 +62,10 @@ impl std::fmt::Debug for Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
+        let settled = self.last_call.get() + CLOSE_GRACE;
+        if let Some(wait) = settled.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
         // SAFETY: opened by rbd_open*, closed exactly once. Every AIO
         // completion borrows the image, so none is in flight here.
         unsafe { sys::rbd_close(self.handle) };
@@ -71,13 +94,24 @@ impl Image {
         check(|| format!("{op} {what}"), rc)?;
         Ok(Image {
             handle,
+            last_call: Cell::new(Instant::now()),
             name: what,
             ioctx: io.clone(),
         })
     }
 
+    /// The handle, for a call into librbd (which starts [`CLOSE_GRACE`]
+    /// anew).
     pub(crate) fn raw(&self) -> sys::rbd_image_t {
+        self.last_call.set(Instant::now());
         self.handle
+    }
+
+    /// [`check`] of a call that just returned (which starts
+    /// [`CLOSE_GRACE`] anew).
+    fn checked(&self, op: impl FnOnce() -> String, rc: i32) -> Result<i32> {
+        self.last_call.set(Instant::now());
+        check(op, rc)
     }
 
     /// `pool/image[@snap]`, for messages.
@@ -93,8 +127,8 @@ impl Image {
     pub fn size(&self) -> Result<u64> {
         let mut size = 0u64;
         // SAFETY: open handle, valid out-pointer.
-        let rc = unsafe { sys::rbd_get_size(self.handle, &mut size) };
-        check(|| self.op("rbd_get_size"), rc)?;
+        let rc = unsafe { sys::rbd_get_size(self.raw(), &mut size) };
+        self.checked(|| self.op("rbd_get_size"), rc)?;
         Ok(size)
     }
 
@@ -103,8 +137,8 @@ impl Image {
         let mut info: sys::rbd_image_info_t = unsafe { std::mem::zeroed() };
         let len = std::mem::size_of::<sys::rbd_image_info_t>();
         // SAFETY: open handle; `info` is as large as we say.
-        let rc = unsafe { sys::rbd_stat(self.handle, &mut info, len) };
-        check(|| self.op("rbd_stat"), rc)?;
+        let rc = unsafe { sys::rbd_stat(self.raw(), &mut info, len) };
+        self.checked(|| self.op("rbd_stat"), rc)?;
         Ok(ImageStat {
             size: info.size,
             obj_size: info.obj_size,
@@ -117,8 +151,8 @@ impl Image {
     pub fn features(&self) -> Result<u64> {
         let mut f = 0u64;
         // SAFETY: open handle, valid out-pointer.
-        let rc = unsafe { sys::rbd_get_features(self.handle, &mut f) };
-        check(|| self.op("rbd_get_features"), rc)?;
+        let rc = unsafe { sys::rbd_get_features(self.raw(), &mut f) };
+        self.checked(|| self.op("rbd_get_features"), rc)?;
         Ok(f)
     }
 
@@ -131,8 +165,9 @@ impl Image {
         let c = cstring("snapshot name", snap)?;
         // SAFETY: open handle and valid C string; `f` is one of librbd's
         // (image, snapname) calls.
-        let rc = unsafe { f(self.handle, c.as_ptr()) };
-        check(|| format!("{op} {}@{snap}", self.name), rc).map(drop)
+        let rc = unsafe { f(self.raw(), c.as_ptr()) };
+        self.checked(|| format!("{op} {}@{snap}", self.name), rc)
+            .map(drop)
     }
 
     /// The clients watching the image: (address, instance id).
@@ -148,11 +183,11 @@ impl Image {
                 max
             ];
             // SAFETY: valid handle; `w` has room for `max` entries.
-            let rc = unsafe { sys::rbd_watchers_list(self.handle, w.as_mut_ptr(), &mut max) };
+            let rc = unsafe { sys::rbd_watchers_list(self.raw(), w.as_mut_ptr(), &mut max) };
             if rc == -libc::ERANGE {
                 continue; // `max` now holds the needed count
             }
-            check(|| format!("rbd_watchers_list {}", self.name), rc)?;
+            self.checked(|| format!("rbd_watchers_list {}", self.name), rc)?;
             let out = w[..max]
                 .iter()
                 // SAFETY: librbd filled the first `max` entries.
@@ -178,13 +213,12 @@ impl Image {
         let mut owners = [ptr::null_mut::<c_char>(); 8];
         let mut n = owners.len();
         // SAFETY: valid handle; `owners` has room for `n` pointers.
-        let rc = unsafe {
-            sys::rbd_lock_get_owners(self.handle, &mut mode, owners.as_mut_ptr(), &mut n)
-        };
+        let rc =
+            unsafe { sys::rbd_lock_get_owners(self.raw(), &mut mode, owners.as_mut_ptr(), &mut n) };
         if rc == -libc::ENOENT {
             return Ok(Vec::new()); // no lock, or no exclusive-lock feature
         }
-        check(|| format!("rbd_lock_get_owners {}", self.name), rc)?;
+        self.checked(|| format!("rbd_lock_get_owners {}", self.name), rc)?;
         let names = owners[..n]
             .iter()
             // SAFETY: librbd filled the first `n` entries with C strings.
@@ -202,12 +236,13 @@ impl Image {
         // SAFETY: valid handle and C string.
         let rc = unsafe {
             sys::rbd_lock_break(
-                self.handle,
+                self.raw(),
                 sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE,
                 c.as_ptr(),
             )
         };
-        check(|| format!("rbd_lock_break {} ({owner})", self.name), rc).map(drop)
+        self.checked(|| format!("rbd_lock_break {} ({owner})", self.name), rc)
+            .map(drop)
     }
 
     /// Takes the image's exclusive lock and keeps it until
@@ -218,16 +253,18 @@ impl Image {
     pub fn lock_acquire(&self) -> Result<()> {
         // SAFETY: open handle.
         let rc = unsafe {
-            sys::rbd_lock_acquire(self.handle, sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE)
+            sys::rbd_lock_acquire(self.raw(), sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE)
         };
-        check(|| format!("rbd_lock_acquire {}", self.name), rc).map(drop)
+        self.checked(|| format!("rbd_lock_acquire {}", self.name), rc)
+            .map(drop)
     }
 
     /// Releases a lock taken with [`Image::lock_acquire`].
     pub fn lock_release(&self) -> Result<()> {
         // SAFETY: open handle.
-        let rc = unsafe { sys::rbd_lock_release(self.handle) };
-        check(|| format!("rbd_lock_release {}", self.name), rc).map(drop)
+        let rc = unsafe { sys::rbd_lock_release(self.raw()) };
+        self.checked(|| format!("rbd_lock_release {}", self.name), rc)
+            .map(drop)
     }
 
     /// Cuts `client` (`client.<id>`, a dead process's connection) off the
@@ -282,8 +319,8 @@ impl Image {
         let c = cstring("snapshot name", snap)?;
         let mut exists = false;
         // SAFETY: open handle, C string and out-pointer.
-        let rc = unsafe { sys::rbd_snap_exists(self.handle, c.as_ptr(), &mut exists) };
-        check(|| format!("rbd_snap_exists {}@{snap}", self.name), rc)?;
+        let rc = unsafe { sys::rbd_snap_exists(self.raw(), c.as_ptr(), &mut exists) };
+        self.checked(|| format!("rbd_snap_exists {}@{snap}", self.name), rc)?;
         Ok(exists)
     }
 
@@ -298,11 +335,11 @@ impl Image {
         loop {
             let mut snaps = vec![empty; max as usize];
             // SAFETY: `snaps` has room for `max` entries, as we tell librbd.
-            let rc = unsafe { sys::rbd_snap_list(self.handle, snaps.as_mut_ptr(), &mut max) };
+            let rc = unsafe { sys::rbd_snap_list(self.raw(), snaps.as_mut_ptr(), &mut max) };
             if rc == -libc::ERANGE {
                 continue; // `max` now holds the needed size (+1 terminator)
             }
-            let n = check(|| self.op("rbd_snap_list"), rc)? as usize;
+            let n = self.checked(|| self.op("rbd_snap_list"), rc)? as usize;
             let out = snaps[..n]
                 .iter()
                 .map(|s| {
@@ -320,14 +357,15 @@ impl Image {
 
     pub fn resize(&self, size: u64) -> Result<()> {
         // SAFETY: open handle.
-        let rc = unsafe { sys::rbd_resize(self.handle, size) };
-        check(|| format!("rbd_resize {} to {size}", self.name), rc).map(drop)
+        let rc = unsafe { sys::rbd_resize(self.raw(), size) };
+        self.checked(|| format!("rbd_resize {} to {size}", self.name), rc)
+            .map(drop)
     }
 
     /// Writes all of `data` at `offset`.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         // SAFETY: open handle; `data` is valid for reads of its length.
-        let rc = unsafe { sys::rbd_write(self.handle, offset, data.len(), data.as_ptr().cast()) };
+        let rc = unsafe { sys::rbd_write(self.raw(), offset, data.len(), data.as_ptr().cast()) };
         if rc < 0 {
             return Err(ceph_error(self.op("rbd_write"), rc as i64));
         }
@@ -340,8 +378,8 @@ impl Image {
     /// Deallocates `[offset, offset + len)`; it reads back as zeros.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         // SAFETY: open handle.
-        let rc = unsafe { sys::rbd_discard(self.handle, offset, len) };
-        check(|| self.op("rbd_discard"), rc).map(drop)
+        let rc = unsafe { sys::rbd_discard(self.raw(), offset, len) };
+        self.checked(|| self.op("rbd_discard"), rc).map(drop)
     }
 
     /// Makes `[offset, offset + len)` read as zeros, whatever its
@@ -354,7 +392,7 @@ impl Image {
         while at < offset + len {
             let n = (offset + len - at).min(STEP);
             // SAFETY: open handle.
-            let rc = unsafe { sys::rbd_write_zeroes(self.handle, at, n as usize, 0, 0) };
+            let rc = unsafe { sys::rbd_write_zeroes(self.raw(), at, n as usize, 0, 0) };
             if rc < 0 {
                 return Err(ceph_error(self.op("rbd_write_zeroes"), rc as i64));
             }
@@ -366,7 +404,7 @@ impl Image {
     /// Reads into `buf`, returning the byte count (short only at the end).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         // SAFETY: open handle; `buf` is valid for writes of its length.
-        let rc = unsafe { sys::rbd_read(self.handle, offset, buf.len(), buf.as_mut_ptr().cast()) };
+        let rc = unsafe { sys::rbd_read(self.raw(), offset, buf.len(), buf.as_mut_ptr().cast()) };
         if rc < 0 {
             return Err(ceph_error(self.op("rbd_read"), rc as i64));
         }
@@ -375,8 +413,8 @@ impl Image {
 
     pub fn flush(&self) -> Result<()> {
         // SAFETY: open handle.
-        let rc = unsafe { sys::rbd_flush(self.handle) };
-        check(|| self.op("rbd_flush"), rc).map(drop)
+        let rc = unsafe { sys::rbd_flush(self.raw()) };
+        self.checked(|| self.op("rbd_flush"), rc).map(drop)
     }
 
     /// Calls `cb(offset, len, exists)` for each extent of `[ofs, ofs+len)`
@@ -405,7 +443,7 @@ impl Image {
         // the trampoline only during it, from one thread at a time.
         let rc = unsafe {
             sys::rbd_diff_iterate2(
-                self.handle,
+                self.raw(),
                 snap_ptr,
                 ofs,
                 len,
@@ -423,7 +461,7 @@ impl Image {
             ))),
             None => {
                 let from = from_snap.unwrap_or("(none)");
-                check(
+                self.checked(
                     || format!("rbd_diff_iterate2 {} from {from}", self.name),
                     rc,
                 )
