@@ -150,9 +150,11 @@ mod imp {
     /// `RBDELTA_TEST_JOB_FAULT=VOLUME:abort` or `VOLUME:hang`, a worker backing
     /// up VOLUME aborts (or stops answering) when the backup's data phase
     /// begins, with the volume locked and its snapshot taken; with
-    /// `VOLUME:hang-snapshot` it hangs in the snapshot phase instead. With a
-    /// third field, `VOLUME:abort:FILE`, only while FILE does not exist yet
-    /// (it is created first), so a retry succeeds.
+    /// `VOLUME:hang-snapshot` it hangs in the snapshot phase instead, and
+    /// with `VOLUME:abort-opened` it aborts as soon as the image is open
+    /// (its watch registered, no intent record written yet). With a third
+    /// field, `VOLUME:abort:FILE`, only while FILE does not exist yet (it is
+    /// created first), so a retry succeeds.
     pub fn job_fault(volume: &str, phase: &str) {
         static SPEC: OnceLock<Option<String>> = OnceLock::new();
         let Some(spec) = SPEC.get_or_init(|| std::env::var("RBDELTA_TEST_JOB_FAULT").ok()) else {
@@ -162,8 +164,16 @@ mod imp {
         let (Some(v), Some(what)) = (parts.next(), parts.next()) else {
             return;
         };
-        let at_snapshot = what == "hang-snapshot";
-        if v != volume || at_snapshot != (phase == "snapshot") {
+        let at = match what {
+            "hang-snapshot" => "snapshot",
+            "abort-opened" => "opened",
+            _ => "data",
+        };
+        let here = match phase {
+            "snapshot" | "opened" => phase,
+            _ => "data",
+        };
+        if v != volume || at != here {
             return;
         }
         if let Some(once) = parts.next() {
@@ -177,7 +187,7 @@ mod imp {
             }
         }
         match what {
-            "abort" => std::process::abort(),
+            "abort" | "abort-opened" => std::process::abort(),
             "hang" | "hang-snapshot" => loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             },

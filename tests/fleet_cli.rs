@@ -373,3 +373,42 @@ fn a_worker_stuck_taking_the_snapshot_is_killed_long_before_the_stall_timeout() 
     assert_eq!(env.revisions("snaphang").len(), 1);
     env.ok(&["verify", "snaphang"]);
 }
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_worker_dead_before_its_intent_record_is_cut_off_by_the_retry() {
+    common::require_fault_injection();
+    let (conf, io) = (test_conf(), test_ioctx());
+    let src = ScratchImage::create(&io, "opendeath", 4 * MIB);
+    io.open_image(&src.name)
+        .unwrap()
+        .write(0, &pattern(50_000, 3))
+        .unwrap();
+    let env = Env::new(&conf, &[("opendeath", &src.name)]);
+    // The worker aborts with the image open (its watch registered) before
+    // any record in the archive names it; only the parent knows its
+    // client, and the retry must cut that off rather than wait for Ceph to
+    // time the watch out.
+    let once = env.dir.path().join("died-once");
+    let out = env
+        .cmd()
+        .env("RBDELTA_LOG", "info")
+        .env(
+            "RBDELTA_TEST_JOB_FAULT",
+            format!("opendeath:abort-opened:{}", once.display()),
+        )
+        .args(["backup", "opendeath"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(once.exists(), "the fault was never reached");
+    assert!(err.contains("retrying in a new worker"), "{err}");
+    assert!(
+        err.contains("cut off client.")
+            && err.contains("the connection of a backup worker that died on this job"),
+        "{err}"
+    );
+    assert_eq!(env.revisions("opendeath").len(), 1);
+    env.ok(&["verify", "opendeath"]);
+}

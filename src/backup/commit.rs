@@ -273,11 +273,21 @@ fn evict_dead_owner(vol: &VolumeDir, image: &dyn SourceImage, pending: &Pending)
     if crate::host::owner(&o.host, o.pid) != crate::host::Owner::Gone {
         return;
     }
+    evict(
+        vol,
+        image,
+        client,
+        &format!("backup process {} that is gone", o.pid),
+    );
+}
+
+/// Cuts `client`, the connection of `whose` (a process known to be gone),
+/// off the image, if it still watches or locks it.
+pub(super) fn evict(vol: &VolumeDir, image: &dyn SourceImage, client: &str, whose: &str) {
     match image.evict(client) {
         Ok(true) => tracing::info!(
             volume = %vol.name,
-            "cut off {client}, the connection of backup process {} that is gone",
-            o.pid
+            "cut off {client}, the connection of {whose}"
         ),
         Ok(false) => {}
         Err(e) => tracing::warn!(volume = %vol.name, "could not cut off {client}: {e}"),

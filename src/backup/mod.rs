@@ -54,6 +54,10 @@ pub struct BackupOptions {
     pub leave_intent: bool,
     /// The revision's time, when it is not now (an imported backup's).
     pub created: Option<String>,
+    /// Ceph clients of processes known to be gone that may still watch or
+    /// lock the image: a backup worker that died on this very job, perhaps
+    /// before its intent record could name it. They are cut off first.
+    pub dead_clients: Vec<String>,
 }
 
 impl Default for BackupOptions {
@@ -68,6 +72,7 @@ impl Default for BackupOptions {
             synthetic_fulls: false,
             leave_intent: false,
             created: None,
+            dead_clients: Vec::new(),
         }
     }
 }
@@ -158,6 +163,9 @@ fn backup_locked(
     // A history edit first: its staged files live in tmp/, which the
     // backup's own recovery empties.
     crate::history::recover(vol)?;
+    for client in &opts.dead_clients {
+        commit::evict(vol, image, client, "a backup worker that died on this job");
+    }
     recover(vol, image)?;
     let revisions = vol.revisions()?;
     let state = VolumeState::load(&vol.state_path())?;

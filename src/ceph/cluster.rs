@@ -145,6 +145,14 @@ impl Cluster {
         check(|| format!("rados_conf_set {key}={value}"), rc).map(drop)
     }
 
+    /// This client's name in the cluster (`client.<instance id>`), as
+    /// image lock owners and watchers are named.
+    pub fn client(&self) -> String {
+        // SAFETY: a connected client handle; the call only reads it.
+        let id = unsafe { sys::rados_get_instance_id(self.handle) };
+        format!("client.{id}")
+    }
+
     /// Opens pool `pool`.
     pub fn ioctx(self: &Arc<Self>, pool: &str) -> Result<IoCtx> {
         let name = cstring("pool name", pool)?;
@@ -260,9 +268,7 @@ impl IoCtx {
     /// This client's name in the cluster (`client.<instance id>`), as
     /// image lock owners and watchers are named.
     pub fn client(&self) -> String {
-        // SAFETY: a connected client handle; the call only reads it.
-        let id = unsafe { sys::rados_get_instance_id(self.inner._cluster.handle) };
-        format!("client.{id}")
+        self.inner._cluster.client()
     }
 
     /// The pool's name.

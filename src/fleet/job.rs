@@ -164,6 +164,7 @@ pub fn backup_volume(
     vol: &Volume,
     full: bool,
     tags: &[String],
+    dead_clients: &[String],
     obs: &dyn Observer,
 ) -> Outcome {
     let started = Instant::now();
@@ -175,7 +176,18 @@ pub fn backup_volume(
         let e = Error::Cancelled("shutting down before the backup started".into());
         (Err(e), None)
     } else {
-        run_backup(fleet, vol, full, tags, progress.as_ref(), &mut reached)
+        let opts = BackupOptions {
+            full,
+            whole_object: vol.settings.whole_object,
+            source_name: vol.source_name(),
+            full_every: vol.settings.full_every,
+            tags: tags.to_vec(),
+            synthetic_fulls: vol.settings.synthetic_fulls,
+            leave_intent: true,
+            dead_clients: dead_clients.to_vec(),
+            ..Default::default()
+        };
+        run_backup(fleet, vol, &opts, progress.as_ref(), &mut reached)
     };
     let in_volume_log = reached && !matches!(result, Err(Error::Locked(_)));
     let committed = result.as_ref().ok().map(|r| r.revision.clone());
@@ -228,8 +240,7 @@ struct Handles {
 fn run_backup(
     fleet: &Fleet,
     vol: &Volume,
-    full: bool,
-    tags: &[String],
+    opts: &BackupOptions,
     progress: &dyn crate::progress::Progress,
     reached: &mut bool,
 ) -> (Result<crate::backup::BackupReport>, Option<Handles>) {
@@ -239,6 +250,7 @@ fn run_backup(
             .map_err(|e| context(e, &format!("pool {}", vol.pool)))?;
         let image = RbdImage::open(&ioctx, &vol.image)
             .map_err(|e| context(e, &format!("image {}", vol.source_name())))?;
+        crate::fault::job_fault(&vol.name, "opened");
         Ok((image, ioctx, cluster))
     });
     let (image, ioctx, cluster) = match opened {
@@ -261,18 +273,8 @@ fn run_backup(
             cancel: Some(fleet.cancel.clone()),
         },
     };
-    let opts = BackupOptions {
-        full,
-        whole_object: vol.settings.whole_object,
-        source_name: vol.source_name(),
-        full_every: vol.settings.full_every,
-        tags: tags.to_vec(),
-        synthetic_fulls: vol.settings.synthetic_fulls,
-        leave_intent: true,
-        ..Default::default()
-    };
     *reached = true;
-    let result = backup(&dir, &guarded, &opts, progress);
+    let result = backup(&dir, &guarded, opts, progress);
     let handles = Handles {
         _image: guarded.inner,
         _ioctx: ioctx,

@@ -11,7 +11,10 @@
 //! down before the next (a connection shared by many jobs is what upset
 //! librbd). The parent relays
 //! the worker's progress and outcome; if the worker dies, the job's
-//! failure is recorded and the job is retried once in a new worker; if it
+//! failure is recorded and the job is retried once in a new worker, which
+//! first cuts the dead one's cluster connection (named to the parent as
+//! soon as it opened) off the image, since its watch would hold up
+//! every snapshot for about 30 s; if it
 //! reports nothing for `stall-timeout`, or is still taking the snapshot
 //! long after the cluster should have answered (where the hangs were
 //! seen, even with a fresh connection), it is killed. Workers die with
@@ -100,6 +103,8 @@ pub struct Worker {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
+    /// The running job's cluster connection, once the worker names it.
+    client: Option<String>,
 }
 
 impl Worker {
@@ -148,6 +153,7 @@ impl Worker {
             stdin: child.stdin.take(),
             child,
             lines,
+            client: None,
         })
     }
 
@@ -160,6 +166,7 @@ impl Worker {
         cancel: &AtomicBool,
         limits: Limits,
     ) -> std::result::Result<Outcome, String> {
+        self.client = None;
         let mut line = serde_json::to_string(job).expect("jobs serialize");
         line.push('\n');
         let sent = self
@@ -179,6 +186,7 @@ impl Worker {
                 Ok(l) => {
                     heard = Instant::now();
                     match serde_json::from_str::<Message>(&l) {
+                        Ok(Message::Client { client }) => self.client = Some(client),
                         Ok(Message::Begin { phase, total }) => {
                             snapshot = (phase == "snapshot").then(Instant::now);
                             progress.begin(&phase, total)
@@ -288,14 +296,14 @@ pub fn backup_isolated(
     obs: &dyn Observer,
 ) -> Outcome {
     let Some(spawner) = &fleet.workers else {
-        return backup_volume(fleet, vol, full, tags, obs);
+        return backup_volume(fleet, vol, full, tags, &[], obs);
     };
     if fleet.cancel.load(Ordering::Relaxed) {
-        return backup_volume(fleet, vol, full, tags, obs); // fails as cancelled
+        return backup_volume(fleet, vol, full, tags, &[], obs); // fails as cancelled
     }
     let started = Instant::now();
     let progress = obs.started(&vol.name, "backup");
-    let job = Job::new(fleet, vol, full, tags);
+    let mut job = Job::new(fleet, vol, full, tags);
     let limits = Limits::of(fleet, vol);
     let mut attempt = 0;
     let outcome = loop {
@@ -323,7 +331,10 @@ pub fn backup_isolated(
                 break o;
             }
             Err(how) => {
-                *slot = None;
+                // Dead and reaped: its connection may still watch the
+                // image (for about 30 s), which the retry cuts off.
+                job.dead_clients
+                    .extend(slot.take().and_then(|w| w.client.clone()));
                 let e = Error::Invalid(format!("backup worker {how}"));
                 let o = Outcome {
                     transient: true,

@@ -20,6 +20,10 @@ pub struct Job {
     pub volume: JobVolume,
     pub full: bool,
     pub tags: Vec<String>,
+    /// Connections of earlier workers that died on this job: the worker
+    /// cuts them off the image first (see `BackupOptions::dead_clients`).
+    #[serde(default)]
+    pub dead_clients: Vec<String>,
 }
 
 /// The parts of a [`Volume`] a backup uses.
@@ -59,6 +63,7 @@ impl Job {
             },
             full,
             tags: tags.to_vec(),
+            dead_clients: Vec::new(),
         }
     }
 }
@@ -88,10 +93,22 @@ impl JobVolume {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum Message {
-    Begin { phase: String, total: u64 },
-    Advance { bytes: u64 },
+    /// The job's cluster connection (`client.<id>`), sent once it is open:
+    /// if the worker dies, the retry cuts that client off the image.
+    Client {
+        client: String,
+    },
+    Begin {
+        phase: String,
+        total: u64,
+    },
+    Advance {
+        bytes: u64,
+    },
     End,
-    Outcome { outcome: Outcome },
+    Outcome {
+        outcome: Outcome,
+    },
 }
 
 #[cfg(test)]

@@ -35,9 +35,13 @@ pub fn serve(
         // hangs and aborts were seen with many images over one connection.
         let mut fleet = Fleet::bare(job.ceph, job.archive, job.total_bandwidth);
         fleet.cancel = cancel.clone();
+        if let Ok(c) = fleet.client() {
+            // before the image opens, so the parent knows whom to cut off
+            send(&out, &Message::Client { client: c.client() });
+        }
         let vol = job.volume.into_volume();
         let wire = Wire { out: out.clone() };
-        backup_volume(&fleet, &vol, job.full, &job.tags, &wire);
+        backup_volume(&fleet, &vol, job.full, &job.tags, &job.dead_clients, &wire);
     }
     Ok(())
 }
