@@ -247,6 +247,21 @@ fn config_check_reports_errors_with_line_and_key() {
     assert!(out.contains("ok: 1 image(s), 0 pool selection(s)"), "{out}");
 }
 
+/// Runs rbdelta `args` with backup workers failing as `fault` says
+/// (`RBDELTA_TEST_JOB_FAULT`), logging at info level; its output and
+/// stderr.
+fn with_job_fault(env: &Env, fault: &str, args: &[&str]) -> (std::process::Output, String) {
+    let out = env
+        .cmd()
+        .env("RBDELTA_LOG", "info")
+        .env("RBDELTA_TEST_JOB_FAULT", fault)
+        .args(args)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    (out, err)
+}
+
 #[test]
 #[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
 fn a_dead_worker_is_retried_and_a_hung_one_is_killed_while_the_others_finish() {
@@ -271,16 +286,11 @@ fn a_dead_worker_is_retried_and_a_hung_one_is_killed_while_the_others_finish() {
         .write(0, &pattern(70_000, 9))
         .unwrap();
     let once = env.dir.path().join("aborted-once");
-    let out = env
-        .cmd()
-        .env(
-            "RBDELTA_TEST_JOB_FAULT",
-            format!("{}:abort:{}", vol("b"), once.display()),
-        )
-        .args(["backup", "--all"])
-        .output()
-        .unwrap();
-    let err = stderr(&out);
+    let (out, err) = with_job_fault(
+        &env,
+        &format!("{}:abort:{}", vol("b"), once.display()),
+        &["backup", "--all"],
+    );
     assert!(out.status.success(), "{err}");
     assert!(once.exists(), "the fault was never reached");
     assert!(
@@ -312,13 +322,7 @@ fn a_dead_worker_is_retried_and_a_hung_one_is_killed_while_the_others_finish() {
     )
     .unwrap();
     let t = std::time::Instant::now();
-    let out = env
-        .cmd()
-        .env("RBDELTA_TEST_JOB_FAULT", format!("{}:hang", vol("c")))
-        .args(["backup", "--all"])
-        .output()
-        .unwrap();
-    let err = stderr(&out);
+    let (out, err) = with_job_fault(&env, &format!("{}:hang", vol("c")), &["backup", "--all"]);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
     assert!(
@@ -352,16 +356,11 @@ fn a_worker_stuck_taking_the_snapshot_is_killed_long_before_the_stall_timeout() 
     std::fs::write(&env.config, config.replace("timeout: 20", "timeout: 5")).unwrap();
     let once = env.dir.path().join("hung-once");
     let t = std::time::Instant::now();
-    let out = env
-        .cmd()
-        .env(
-            "RBDELTA_TEST_JOB_FAULT",
-            format!("snaphang:hang-snapshot:{}", once.display()),
-        )
-        .args(["backup", "snaphang"])
-        .output()
-        .unwrap();
-    let err = stderr(&out);
+    let (out, err) = with_job_fault(
+        &env,
+        &format!("snaphang:hang-snapshot:{}", once.display()),
+        &["backup", "snaphang"],
+    );
     assert!(out.status.success(), "{err}");
     assert!(once.exists(), "the fault was never reached");
     assert!(
@@ -390,17 +389,11 @@ fn a_worker_dead_before_its_intent_record_is_cut_off_by_the_retry() {
     // client, and the retry must cut that off rather than wait for Ceph to
     // time the watch out.
     let once = env.dir.path().join("died-once");
-    let out = env
-        .cmd()
-        .env("RBDELTA_LOG", "info")
-        .env(
-            "RBDELTA_TEST_JOB_FAULT",
-            format!("opendeath:abort-opened:{}", once.display()),
-        )
-        .args(["backup", "opendeath"])
-        .output()
-        .unwrap();
-    let err = stderr(&out);
+    let (out, err) = with_job_fault(
+        &env,
+        &format!("opendeath:abort-opened:{}", once.display()),
+        &["backup", "opendeath"],
+    );
     assert!(out.status.success(), "{err}");
     assert!(once.exists(), "the fault was never reached");
     assert!(err.contains("retrying in a new worker"), "{err}");

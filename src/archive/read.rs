@@ -52,7 +52,7 @@ pub struct Readahead {
 
 /// How far behind a forward reader its pages are dropped: reads a little
 /// out of order still find theirs.
-pub const DROP_LAG: u64 = 16 << 20;
+const DROP_LAG: u64 = 16 << 20;
 
 /// A read that starts within this distance of where the last one ended
 /// counts as sequential (FUSE may reorder a few requests; a restore skips
@@ -63,16 +63,16 @@ impl Readahead {
     /// For a reader that reads each byte once: also drops the pages it
     /// left behind.
     pub fn dropping_behind() -> Readahead {
-        Readahead::dropping_behind_by(DROP_LAG)
+        Readahead::dropping_behind_by(0)
     }
 
     /// The same for a caller that plans reads which others make up to
-    /// `lag` bytes behind it: their pages are dropped only once behind
+    /// `behind` bytes after it: their pages are dropped only once behind
     /// the slowest of them.
-    pub fn dropping_behind_by(lag: u64) -> Readahead {
+    pub fn dropping_behind_by(behind: u64) -> Readahead {
         Readahead {
             drop_behind: true,
-            lag,
+            lag: DROP_LAG + behind,
             ..Readahead::default()
         }
     }

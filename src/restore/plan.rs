@@ -124,12 +124,8 @@ pub(super) fn plan(
 /// Whether a block stored at `e` in `link` extends group `g` (back to back
 /// in the same file, and the group within [`MAX_CHUNK`]).
 fn joins(g: &Group, link: usize, e: &BlockEntry) -> bool {
-    let (Some(first), Some(last)) = (g.blocks.first(), g.blocks.last()) else {
-        return false;
-    };
-    let (_, fe) = stored(first).expect("groups hold stored blocks");
-    let (_, le) = stored(last).expect("groups hold stored blocks");
+    let span = g.span();
     g.link == link
-        && le.offset + le.len as u64 == e.offset
-        && e.offset + e.len as u64 - fe.offset <= MAX_CHUNK as u64
+        && span.offset + u64::from(span.len) == e.offset
+        && e.offset + u64::from(e.len) - span.offset <= MAX_CHUNK as u64
 }

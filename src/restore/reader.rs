@@ -14,7 +14,7 @@ use super::block_set::BlockSet;
 pub use super::coalescer::Coalescer;
 use super::lanes::Files;
 use super::plan::{plan, stored, Done, Group, Job, Pass};
-use crate::archive::read::{Readahead, DROP_LAG};
+use crate::archive::read::Readahead;
 use crate::buffers::{AlignedBuf, BufferPool};
 use crate::chain::{Chain, Resolved};
 use crate::checksum::{Hash, ImageChecksum};
@@ -97,7 +97,7 @@ pub fn read_blocks(
             // and their pages dropped behind the slowest lane: reads lag
             // the planner by a group waiting for each lane, one in its
             // hands and one done.
-            let lag = DROP_LAG + (3 * lanes * MAX_CHUNK) as u64;
+            let lag = (3 * lanes * MAX_CHUNK) as u64;
             let mut ahead = vec![Readahead::dropping_behind_by(lag); chain.links.len()];
             plan(chain, only, &mut |job| {
                 if let Job::Read(g) = &job {

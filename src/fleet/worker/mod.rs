@@ -334,7 +334,7 @@ pub fn backup_isolated(
                 // Dead and reaped: its connection may still watch the
                 // image (for about 30 s), which the retry cuts off.
                 job.dead_clients
-                    .extend(slot.take().and_then(|w| w.client.clone()));
+                    .extend(slot.take().and_then(|mut w| w.client.take()));
                 let e = Error::Invalid(format!("backup worker {how}"));
                 let o = Outcome {
                     transient: true,
