@@ -405,3 +405,48 @@ fn a_worker_dead_before_its_intent_record_is_cut_off_by_the_retry() {
     assert_eq!(env.revisions("opendeath").len(), 1);
     env.ok(&["verify", "opendeath"]);
 }
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_dead_worker_is_cut_off_even_while_another_process_holds_the_volume() {
+    common::require_fault_injection();
+    let (conf, io) = (test_conf(), test_ioctx());
+    let src = ScratchImage::create(&io, "heldvol", 4 * MIB);
+    io.open_image(&src.name)
+        .unwrap()
+        .write(0, &pattern(50_000, 5))
+        .unwrap();
+    let env = Env::new(&conf, &[("heldvol", &src.name)]);
+    env.ok(&["backup", "heldvol"]);
+    // A prune or merge holds the volume while the worker dies with the
+    // image open: its retry cannot back up, but the dead connection (which
+    // could hold the image's exclusive lock, stalling the VM) must not wait
+    // for the volume to be free, nor for Ceph's 30 s watch timeout.
+    let dir = rbdelta::archive::VolumeDir::open(&env.archive(), "heldvol").unwrap();
+    let held = dir.lock().unwrap();
+    let once = env.dir.path().join("died-once");
+    let (out, err) = with_job_fault(
+        &env,
+        &format!("heldvol:abort-opened:{}", once.display()),
+        &["backup", "heldvol"],
+    );
+    drop(held);
+    assert!(!out.status.success(), "{err}");
+    assert!(once.exists(), "the fault was never reached");
+    assert!(
+        err.contains("is locked by another rbdelta process"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cut off client.")
+            && err.contains("the connection of a backup worker that died on this job"),
+        "{err}"
+    );
+    let watchers = io.open_image(&src.name).unwrap().watchers().unwrap();
+    assert_eq!(
+        watchers.len(),
+        1,
+        "only this check's own watch: {watchers:?}"
+    );
+    assert_eq!(env.revisions("heldvol").len(), 1);
+}

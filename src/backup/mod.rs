@@ -56,7 +56,8 @@ pub struct BackupOptions {
     pub created: Option<String>,
     /// Ceph clients of processes known to be gone that may still watch or
     /// lock the image: a backup worker that died on this very job, perhaps
-    /// before its intent record could name it. They are cut off first.
+    /// before its intent record could name it. They are cut off first,
+    /// even when another process holds the volume.
     pub dead_clients: Vec<String>,
 }
 
@@ -130,6 +131,12 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupReport> {
+    // Before the volume lock: a process known to be dead is cut off
+    // whoever holds the volume (a prune, a merge), since its connection may
+    // hold the image's exclusive lock and stall the VM's writes meanwhile.
+    for client in &opts.dead_clients {
+        commit::evict(vol, image, client, "a backup worker that died on this job");
+    }
     let _lock = vol.lock()?;
     let op = Operation::start(
         vol.log_path(),
@@ -163,9 +170,6 @@ fn backup_locked(
     // A history edit first: its staged files live in tmp/, which the
     // backup's own recovery empties.
     crate::history::recover(vol)?;
-    for client in &opts.dead_clients {
-        commit::evict(vol, image, client, "a backup worker that died on this job");
-    }
     recover(vol, image)?;
     let revisions = vol.revisions()?;
     let state = VolumeState::load(&vol.state_path())?;
