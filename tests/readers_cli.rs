@@ -6,65 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::cli::{read_image, Env};
+use common::cli::{read_image, Env, Paused};
 use common::{pattern, test_conf, test_ioctx, test_pool, ScratchImage};
 
 const MIB: u64 = 1 << 20;
-
-/// An `rbdelta` process held at a pause point until [`Paused::finish`].
-struct Paused {
-    child: Option<Child>,
-    go: PathBuf,
-}
-
-impl Paused {
-    fn start(env: &Env, args: &[&str], point: &str) -> Paused {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let child = Command::new(assert_cmd::cargo::cargo_bin("rbdelta"))
-            .arg("-c")
-            .arg(&env.config)
-            .arg("--no-progress")
-            .args(args)
-            .env("RBDELTA_TEST_PAUSE", format!("{point}:{}", dir.display()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let file = point.replace(' ', "-");
-        let paused = dir.join(format!("{file}.paused"));
-        let t = Instant::now();
-        while !paused.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "rbdelta {args:?} never reached {point:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Paused {
-            child: Some(child),
-            go: dir.join(format!("{file}.go")),
-        }
-    }
-
-    fn finish(mut self) -> Output {
-        std::fs::write(&self.go, b"").unwrap();
-        self.child.take().unwrap().wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = std::fs::write(&self.go, b"");
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn ok(out: &Output, what: &str) -> String {
     assert!(

@@ -75,6 +75,26 @@ impl VolumeState {
 /// (a blocking flock held only for the update), so concurrent verifies,
 /// tag commands and backups never lose each other's changes.
 pub fn update<T>(volume_dir: &Path, f: impl FnOnce(&mut VolumeState) -> T) -> Result<T> {
+    let _lock = lock(volume_dir)?;
+    let path = volume_dir.join("state.json");
+    let mut state = VolumeState::load(&path)?;
+    let out = f(&mut state);
+    state.save(&path)?;
+    Ok(out)
+}
+
+/// Runs `f` on the state with `<volume>/state.lock` held, changing nothing:
+/// for a step that must not interleave with a state update (a prune writes
+/// a removal's intent record under it, after seeing the revision untagged,
+/// and a tag command checks for that record under it).
+pub fn locked<T>(volume_dir: &Path, f: impl FnOnce(&VolumeState) -> Result<T>) -> Result<T> {
+    let _lock = lock(volume_dir)?;
+    f(&VolumeState::load(&volume_dir.join("state.json"))?)
+}
+
+/// Takes the blocking exclusive flock on `<volume>/state.lock`, released
+/// when the returned file drops.
+fn lock(volume_dir: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
     let lock_path = volume_dir.join("state.lock");
@@ -90,9 +110,5 @@ pub fn update<T>(volume_dir: &Path, f: impl FnOnce(&mut VolumeState) -> T) -> Re
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(Error::io(&lock_path, std::io::Error::last_os_error()));
     }
-    let path = volume_dir.join("state.json");
-    let mut state = VolumeState::load(&path)?;
-    let out = f(&mut state);
-    state.save(&path)?;
-    Ok(out)
+    Ok(lock)
 }

@@ -1,8 +1,6 @@
 //! `rbdelta tag VOLUME REV NAME...` and `rbdelta untag VOLUME REV NAME...`:
 //! tags protect a revision from pruning.
 
-use rbdelta::archive::state;
-
 use super::{open_volume, Ctx, Failure};
 
 #[derive(Debug, clap::Args)]
@@ -32,18 +30,15 @@ pub fn run(ctx: &Ctx, a: Args, add: bool) -> Result<(), Failure> {
     let cfg = ctx.config()?;
     let vol = open_volume(&cfg, &a.volume)?;
     let rev = vol.find_revision(&a.revision)?;
-    let tags = state::update(&vol.path, |s| {
-        let entry = s.revisions.entry(rev.id.clone()).or_default();
+    let tags = rbdelta::history::edit_tags(&vol, &rev.id, |tags| {
         for t in &a.names {
-            if add && !entry.tags.contains(t) {
-                entry.tags.push(t.clone());
+            if add && !tags.contains(t) {
+                tags.push(t.clone());
             }
             if !add {
-                entry.tags.retain(|x| x != t);
+                tags.retain(|x| x != t);
             }
         }
-        entry.tags.sort();
-        entry.tags.clone()
     })?;
     println!(
         "{}: revision {} tags: {}",

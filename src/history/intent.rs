@@ -145,6 +145,19 @@ pub fn apply(vol: &VolumeDir, i: &Intent) -> Result<Applied> {
     Ok(Applied::Done)
 }
 
+/// Removes staged files whose removal was called off before its record
+/// was written (best effort: the next writer empties `tmp/` anyway).
+pub fn discard_staged(vol: &VolumeDir, staged: &Staged) {
+    let names: Vec<&String> = match staged {
+        Staged::None => vec![],
+        Staged::Delta { tmp } => vec![tmp],
+        Staged::Full { full, fidx } => vec![full, fidx],
+    };
+    for n in names {
+        let _ = std::fs::remove_file(vol.tmp_dir().join(n));
+    }
+}
+
 /// Removes the record (the edit is complete).
 pub fn clear(vol: &VolumeDir) -> Result<()> {
     remove_if_present(&path(vol))?;

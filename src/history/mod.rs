@@ -108,9 +108,10 @@ fn remove_locked(vol: &VolumeDir, ids: &[String], edit: &str) -> Result<usize> {
                 continue;
             };
             let rest = &order[k + 1..];
-            remove_one(vol, &revisions, &r, rest, edit)?;
-            revisions.retain(|x| x.id != r.id);
-            done += 1;
+            if remove_one(vol, &revisions, &r, rest, edit)? {
+                revisions.retain(|x| x.id != r.id);
+                done += 1;
+            }
         }
         Ok(done)
     })();
@@ -121,13 +122,18 @@ fn remove_locked(vol: &VolumeDir, ids: &[String], edit: &str) -> Result<usize> {
     result
 }
 
+/// The edit that spares a revision tagged after it was planned (a merge
+/// checks its range's tags when it starts, and `--force` removes them).
+pub const PRUNE: &str = "prune";
+
+/// Removes `r`; false if a prune spared it (tagged since it was planned).
 fn remove_one(
     vol: &VolumeDir,
     revisions: &[Revision],
     r: &Revision,
     rest: &[String],
     edit: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let kids = children(vol, revisions, &r.id)?;
     if kids.len() > 1 {
         return Err(Error::Corrupt(format!(
@@ -158,6 +164,7 @@ fn remove_one(
         },
     };
     crate::fault::point("remove: staged");
+    crate::fault::pause("remove: staged");
     let i = Intent {
         op: "remove".into(),
         remove: r.id.clone(),
@@ -166,9 +173,62 @@ fn remove_one(
         then: rest.to_vec(),
         edit: Some(edit.to_string()),
     };
-    intent::write(vol, &i)?;
+    // The tags are read, and the record written, under the state lock: a
+    // tag command that comes first is seen here, one that comes later sees
+    // the record and refuses.
+    let spared = crate::archive::state::locked(&vol.path, |state| {
+        let tags = state.get(&r.id).tags;
+        if edit == PRUNE && !tags.is_empty() {
+            return Ok(Some(tags));
+        }
+        intent::write(vol, &i)?;
+        Ok(None)
+    })?;
+    if let Some(tags) = spared {
+        tracing::info!(
+            volume = %vol.name,
+            "kept revision {}: tagged {} since the prune was planned",
+            r.short(),
+            tags.join(",")
+        );
+        intent::discard_staged(vol, &i.staged);
+        return Ok(false);
+    }
     crate::fault::point("remove: intent written");
-    intent::apply(vol, &i).map(|_| ())
+    crate::fault::pause("remove: intent written");
+    intent::apply(vol, &i).map(|_| true)
+}
+
+/// Changes revision `id`'s tags with `change` (under the state lock) and
+/// returns them, sorted. Refused when the revision is gone, or when its
+/// removal is under way: a removal writes its record under the same lock
+/// after it last saw the revision untagged (a prune spares one tagged
+/// before that).
+pub fn edit_tags(
+    vol: &VolumeDir,
+    id: &str,
+    change: impl FnOnce(&mut Vec<String>),
+) -> Result<Vec<String>> {
+    crate::archive::state::update(&vol.path, |s| {
+        let short = crate::text::prefix(id, 12);
+        if let Some(i) = intent::read(vol)?.filter(|i| i.remove == id) {
+            let edit = i.edit.as_deref().unwrap_or("remove");
+            return Err(Error::Invalid(format!(
+                "revision {short} is being removed (a {edit} that is under way): its tags can no longer change"
+            )));
+        }
+        if !vol.manifest_path(id).exists() {
+            return Err(Error::Invalid(format!(
+                "revision {short} of volume {} is gone (removed meanwhile)",
+                vol.name
+            )));
+        }
+        let entry = s.revisions.entry(id.to_string()).or_default();
+        change(&mut entry.tags);
+        entry.tags.sort();
+        entry.tags.dedup();
+        Ok(entry.tags.clone())
+    })?
 }
 
 /// What `rules` decide at time `now` for `revisions` (one listing of
@@ -207,7 +267,7 @@ pub fn prune(vol: &VolumeDir, rules: &crate::retention::Retention, now: i64) -> 
     if remove.is_empty() {
         return Ok(0);
     }
-    remove_revisions(vol, &remove, "prune")
+    remove_revisions(vol, &remove, PRUNE)
 }
 
 /// Gives revision `id` (a delta) its own synthetic full, so later deltas no

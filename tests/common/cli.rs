@@ -2,7 +2,8 @@
 //! dir, helpers that run commands and read images back.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Command as StdCommand, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 
@@ -211,5 +212,56 @@ pub fn spawn_held(
             "{cmd:?} never held at point {at}"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// An `rbdelta` process held at a pause point until [`Paused::finish`].
+pub struct Paused {
+    child: Option<Child>,
+    go: PathBuf,
+}
+
+impl Paused {
+    pub fn start(env: &Env, args: &[&str], point: &str) -> Paused {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let child = StdCommand::new(assert_cmd::cargo::cargo_bin("rbdelta"))
+            .arg("-c")
+            .arg(&env.config)
+            .arg("--no-progress")
+            .args(args)
+            .env("RBDELTA_TEST_PAUSE", format!("{point}:{}", dir.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let file = point.replace(' ', "-");
+        let paused = dir.join(format!("{file}.paused"));
+        let t = Instant::now();
+        while !paused.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "rbdelta {args:?} never reached {point:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Paused {
+            child: Some(child),
+            go: dir.join(format!("{file}.go")),
+        }
+    }
+
+    pub fn finish(mut self) -> Output {
+        std::fs::write(&self.go, b"").unwrap();
+        self.child.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::fs::write(&self.go, b"");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
