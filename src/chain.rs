@@ -493,7 +493,13 @@ mod tests {
         let (vol2, middle) = (vol.clone(), ids[1].clone());
         HOOK.with(|h| {
             *h.borrow_mut() = Some(Box::new(move || {
-                crate::history::remove_revisions(&vol2, &[middle], "remove").unwrap();
+                crate::history::remove_revisions(
+                    &vol2,
+                    &[middle],
+                    "remove",
+                    crate::history::IfTagged::Remove,
+                )
+                .unwrap();
             }))
         });
         let chain = Chain::open(&vol, &newest).unwrap();

@@ -145,7 +145,7 @@ fn thirty_revisions_with_resizes_pruned_and_merged_restore_exactly() {
         .collect();
     assert_eq!(remove.len(), 32 - 7);
     assert_eq!(
-        history::remove_revisions(&f.vol, &remove, "remove").unwrap(),
+        history::remove_revisions(&f.vol, &remove, "remove", history::IfTagged::Remove).unwrap(),
         25
     );
     let left: Vec<String> = f
@@ -162,12 +162,24 @@ fn thirty_revisions_with_resizes_pruned_and_merged_restore_exactly() {
     assert_eq!(f.vol.storage_kind(&ids[4]).unwrap(), StorageKind::Full);
     check_all(&f);
     // Merge the middle away; a synthetic full for the newest.
-    history::remove_revisions(&f.vol, &[ids[17].clone(), ids[28].clone()], "remove").unwrap();
+    history::remove_revisions(
+        &f.vol,
+        &[ids[17].clone(), ids[28].clone()],
+        "remove",
+        history::IfTagged::Remove,
+    )
+    .unwrap();
     history::make_full(&f.vol, &ids[31]).unwrap();
     assert_eq!(f.vol.storage_kind(&ids[31]).unwrap(), StorageKind::Full);
     check_all(&f);
     assert!(
-        history::remove_revisions(&f.vol, &[ids[31].clone()], "remove").is_err(),
+        history::remove_revisions(
+            &f.vol,
+            &[ids[31].clone()],
+            "remove",
+            history::IfTagged::Remove
+        )
+        .is_err(),
         "the newest stays"
     );
 }
@@ -228,7 +240,7 @@ proptest! {
             ids.push(snap(&mut f, fulls[k] && k % 3 == 2));
         }
         let remove: Vec<String> = ids[..ids.len() - 1].iter().enumerate().filter(|(k, _)| gone[*k]).map(|(_, id)| id.clone()).collect();
-        history::remove_revisions(&f.vol, &remove, "remove").unwrap();
+        history::remove_revisions(&f.vol, &remove, "remove", history::IfTagged::Remove).unwrap();
         for id in &remove {
             f.want.remove(id);
         }
@@ -305,7 +317,13 @@ fn removing_a_shrunk_revision_between_grows() {
     check_all(&f);
     // Removing the shrunk revision lists a zero entry of the old length
     // for that block below the newest; it still reads as zeros.
-    history::remove_revisions(&f.vol, &[ids[4].clone()], "remove").unwrap();
+    history::remove_revisions(
+        &f.vol,
+        &[ids[4].clone()],
+        "remove",
+        history::IfTagged::Remove,
+    )
+    .unwrap();
     f.want.remove(&ids[4]);
     check_all(&f);
 }
@@ -352,7 +370,13 @@ fn readers_opening_chains_during_removals_read_exactly() {
             n
         });
         for id in &ids[..ids.len() - 1] {
-            history::remove_revisions(&f.vol, std::slice::from_ref(id), "remove").unwrap();
+            history::remove_revisions(
+                &f.vol,
+                std::slice::from_ref(id),
+                "remove",
+                history::IfTagged::Remove,
+            )
+            .unwrap();
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         reader.join().unwrap()

@@ -78,3 +78,47 @@ fn a_revision_whose_removal_is_under_way_cannot_be_tagged() {
     assert_eq!(env.revision_ids("v"), vec![ids[2].clone()]);
     env.ok(&["verify", "v"]);
 }
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_merge_stops_on_a_revision_tagged_after_it_began_and_then_refuses_new_tags() {
+    common::require_fault_injection();
+    let (env, _src, ids) = three_revisions("tag-during-merge");
+    // Merging revisions 0 and 1 into 2: revision 1 is tagged after the
+    // merge checked the range, before its first record.
+    let merge = Paused::start(&env, &["merge", "v", &ids[0], &ids[2]], "remove: staged");
+    env.ok(&["tag", "v", &ids[1], "keep"]);
+    let out = merge.finish();
+    assert!(!out.status.success(), "the merge went on");
+    let err = stderr(&out);
+    assert!(
+        err.contains("was tagged after the merge began: stopped (untag it or use --force)"),
+        "{err}"
+    );
+    assert_eq!(env.revision_ids("v"), ids, "nothing may be removed");
+    assert_eq!(
+        std::fs::read_dir(env.archive().join("v/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    env.ok(&["verify", "v"]);
+
+    // Once a merge has written its first record, the revisions it names
+    // can no longer be tagged: it removes them all (with --force here).
+    let merge = Paused::start(
+        &env,
+        &["merge", "v", &ids[0], &ids[2], "--force"],
+        "remove: intent written",
+    );
+    let refused = env.fails(&["tag", "v", &ids[1], "late"]);
+    let err = stderr(&refused);
+    assert!(
+        err.contains("is being removed (a merge that is under way)"),
+        "{err}"
+    );
+    let out = merge.finish();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.revision_ids("v"), vec![ids[2].clone()]);
+    env.ok(&["verify", "v"]);
+}

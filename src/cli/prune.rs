@@ -4,7 +4,7 @@
 
 use rbdelta::archive::state::VolumeState;
 use rbdelta::archive::VolumeDir;
-use rbdelta::history::{prune_plan, remove_revisions};
+use rbdelta::history::{prune_plan, remove_revisions, IfTagged, PRUNE};
 use rbdelta::retention::Retention;
 use rbdelta::text::prefix;
 
@@ -48,7 +48,7 @@ pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<(), Failure> {
         if remove.is_empty() || a.dry_run {
             continue;
         }
-        let n = remove_revisions(&vol, &remove, "prune")?;
+        let n = remove_revisions(&vol, &remove, PRUNE, IfTagged::Spare)?;
         println!("{name}: {n} revision(s) removed");
     }
     Ok(())
@@ -154,7 +154,15 @@ pub fn merge(ctx: &Ctx, a: MergeArgs) -> Result<(), Failure> {
         )));
     }
     let ids: Vec<String> = range.iter().map(|r| r.id.clone()).collect();
-    let n = remove_revisions(&vol, &ids, &format!("merge {} {}", from.id, to.id))?;
+    // The tags are checked again under the state lock as the merge begins:
+    // one added meanwhile stops it, unless --force.
+    let if_tagged = if a.force {
+        IfTagged::Remove
+    } else {
+        IfTagged::Refuse
+    };
+    let edit = format!("merge {} {}", from.id, to.id);
+    let n = remove_revisions(&vol, &ids, &edit, if_tagged)?;
     println!("{}: {n} revision(s) merged into {}", a.volume, to.short());
     Ok(())
 }

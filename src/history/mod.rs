@@ -29,7 +29,7 @@ pub fn recover(vol: &VolumeDir) -> Result<Option<String>> {
     let edit = i.edit.clone().unwrap_or_else(|| "remove".into());
     tracing::warn!(volume = %vol.name, "finishing the interrupted {edit} (removing revision {})", crate::text::prefix(&i.remove, 12));
     if intent::apply(vol, &i)? == intent::Applied::Done && !i.then.is_empty() {
-        remove_locked(vol, &i.then, &edit)?;
+        remove_locked(vol, &i.then, &edit, IfTagged::finishing(&edit))?;
     }
     Ok(Some(edit))
 }
@@ -64,7 +64,12 @@ fn children(vol: &VolumeDir, revisions: &[Revision], id: &str) -> Result<Vec<Rev
 /// `edit` names the whole edit in its intent records (`prune`, `merge FROM
 /// TO`, ...): once the first record is written, a crash anywhere is
 /// finished by the next writer, every removal of the edit included.
-pub fn remove_revisions(vol: &VolumeDir, ids: &[String], edit: &str) -> Result<usize> {
+pub fn remove_revisions(
+    vol: &VolumeDir,
+    ids: &[String],
+    edit: &str,
+    if_tagged: IfTagged,
+) -> Result<usize> {
     let _lock = vol.lock()?;
     recover(vol)?;
     vol.clear_tmp()?;
@@ -74,12 +79,17 @@ pub fn remove_revisions(vol: &VolumeDir, ids: &[String], edit: &str) -> Result<u
         None,
         Some(format!("{edit}: {} revision(s)", ids.len())),
     )?;
-    op.end(remove_locked(vol, ids, edit), |n, rec| {
+    op.end(remove_locked(vol, ids, edit, if_tagged), |n, rec| {
         rec.detail = Some(format!("{edit}: {n} revision(s) removed"))
     })
 }
 
-fn remove_locked(vol: &VolumeDir, ids: &[String], edit: &str) -> Result<usize> {
+fn remove_locked(
+    vol: &VolumeDir,
+    ids: &[String],
+    edit: &str,
+    if_tagged: IfTagged,
+) -> Result<usize> {
     let mut done = 0;
     let mut revisions = vol.revisions()?;
     let newest = revisions.last().map(|r| r.id.clone());
@@ -108,7 +118,7 @@ fn remove_locked(vol: &VolumeDir, ids: &[String], edit: &str) -> Result<usize> {
                 continue;
             };
             let rest = &order[k + 1..];
-            if remove_one(vol, &revisions, &r, rest, edit)? {
+            if remove_one(vol, &revisions, &r, rest, edit, if_tagged)? {
                 revisions.retain(|x| x.id != r.id);
                 done += 1;
             }
@@ -122,17 +132,43 @@ fn remove_locked(vol: &VolumeDir, ids: &[String], edit: &str) -> Result<usize> {
     result
 }
 
-/// The edit that spares a revision tagged after it was planned (a merge
-/// checks its range's tags when it starts, and `--force` removes them).
+/// The edit name of a prune (`Intent::edit`).
 pub const PRUNE: &str = "prune";
 
-/// Removes `r`; false if a prune spared it (tagged since it was planned).
+/// What a removal does with a revision that is tagged when its record is
+/// about to be written (under the state lock, where tag commands meet it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfTagged {
+    /// Keep it and go on (a prune: tags say what retention must keep).
+    Spare,
+    /// Stop before the edit's first record if any revision it removes is
+    /// tagged (a merge without `--force`).
+    Refuse,
+    /// Remove it anyway (`merge --force`, `remove`).
+    Remove,
+}
+
+impl IfTagged {
+    /// How an interrupted edit named `edit` is finished: a prune still
+    /// spares; any other edit removes the rest of what it committed to,
+    /// whose tags could no longer change once its first record existed.
+    pub fn finishing(edit: &str) -> IfTagged {
+        if edit == PRUNE {
+            IfTagged::Spare
+        } else {
+            IfTagged::Remove
+        }
+    }
+}
+
+/// Removes `r`; false if it was spared (tagged since the prune planned it).
 fn remove_one(
     vol: &VolumeDir,
     revisions: &[Revision],
     r: &Revision,
     rest: &[String],
     edit: &str,
+    if_tagged: IfTagged,
 ) -> Result<bool> {
     let kids = children(vol, revisions, &r.id)?;
     if kids.len() > 1 {
@@ -178,12 +214,24 @@ fn remove_one(
     // the record and refuses.
     let spared = crate::archive::state::locked(&vol.path, |state| {
         let tags = state.get(&r.id).tags;
-        if edit == PRUNE && !tags.is_empty() {
-            return Ok(Some(tags));
+        match if_tagged {
+            IfTagged::Spare if !tags.is_empty() => return Ok(Some(tags)),
+            IfTagged::Refuse => {
+                let ids = std::iter::once(&r.id).chain(rest);
+                if let Some(t) = ids.into_iter().find(|id| !state.get(id).tags.is_empty()) {
+                    let what = edit.split(' ').next().unwrap_or(edit);
+                    return Err(Error::Invalid(format!(
+                        "revision {} was tagged after the {what} began: stopped (untag it or use --force)",
+                        crate::text::prefix(t, 12),
+                    )));
+                }
+            }
+            _ => {}
         }
         intent::write(vol, &i)?;
         Ok(None)
-    })?;
+    })
+    .inspect_err(|_| intent::discard_staged(vol, &i.staged))?;
     if let Some(tags) = spared {
         tracing::info!(
             volume = %vol.name,
@@ -211,8 +259,14 @@ pub fn edit_tags(
 ) -> Result<Vec<String>> {
     crate::archive::state::update(&vol.path, |s| {
         let short = crate::text::prefix(id, 12);
-        if let Some(i) = intent::read(vol)?.filter(|i| i.remove == id) {
+        // A prune spares what is tagged before its turn; any other edit
+        // removes every revision it named once its first record exists.
+        let committed = |i: &Intent| {
+            i.remove == id || (i.edit.as_deref() != Some(PRUNE) && i.then.iter().any(|t| t == id))
+        };
+        if let Some(i) = intent::read(vol)?.filter(committed) {
             let edit = i.edit.as_deref().unwrap_or("remove");
+            let edit = edit.split(' ').next().unwrap_or(edit);
             return Err(Error::Invalid(format!(
                 "revision {short} is being removed (a {edit} that is under way): its tags can no longer change"
             )));
@@ -267,7 +321,7 @@ pub fn prune(vol: &VolumeDir, rules: &crate::retention::Retention, now: i64) -> 
     if remove.is_empty() {
         return Ok(0);
     }
-    remove_revisions(vol, &remove, PRUNE)
+    remove_revisions(vol, &remove, PRUNE, IfTagged::Spare)
 }
 
 /// Gives revision `id` (a delta) its own synthetic full, so later deltas no
