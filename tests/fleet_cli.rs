@@ -450,3 +450,33 @@ fn a_dead_worker_is_cut_off_even_while_another_process_holds_the_volume() {
     );
     assert_eq!(env.revisions("heldvol").len(), 1);
 }
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn when_the_retry_dies_too_a_fresh_worker_cuts_both_dead_connections_off() {
+    common::require_fault_injection();
+    let (conf, io) = (test_conf(), test_ioctx());
+    let src = ScratchImage::create(&io, "diestwice", 4 * MIB);
+    io.open_image(&src.name)
+        .unwrap()
+        .write(0, &pattern(50_000, 7))
+        .unwrap();
+    let env = Env::new(&conf, &[("diestwice", &src.name)]);
+    // Every backup worker of this volume dies with the image open, the
+    // retry's included, before either could cut anything off.
+    let (out, err) = with_job_fault(&env, "diestwice:abort-opened", &["backup", "diestwice"]);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("retrying in a new worker"), "{err}");
+    assert_eq!(
+        err.matches("the connection of a backup worker that died on this job")
+            .count(),
+        2,
+        "{err}"
+    );
+    let watchers = io.open_image(&src.name).unwrap().watchers().unwrap();
+    assert_eq!(
+        watchers.len(),
+        1,
+        "only this check's own watch: {watchers:?}"
+    );
+}

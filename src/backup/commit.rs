@@ -274,7 +274,7 @@ fn evict_dead_owner(vol: &VolumeDir, image: &dyn SourceImage, pending: &Pending)
         return;
     }
     evict(
-        vol,
+        &vol.name,
         image,
         client,
         &format!("backup process {} that is gone", o.pid),
@@ -282,15 +282,12 @@ fn evict_dead_owner(vol: &VolumeDir, image: &dyn SourceImage, pending: &Pending)
 }
 
 /// Cuts `client`, the connection of `whose` (a process known to be gone),
-/// off the image, if it still watches or locks it.
-pub(super) fn evict(vol: &VolumeDir, image: &dyn SourceImage, client: &str, whose: &str) {
+/// off the image of `volume`, if it still watches or locks it.
+pub fn evict(volume: &str, image: &dyn SourceImage, client: &str, whose: &str) {
     match image.evict(client) {
-        Ok(true) => tracing::info!(
-            volume = %vol.name,
-            "cut off {client}, the connection of {whose}"
-        ),
+        Ok(true) => tracing::info!(volume, "cut off {client}, the connection of {whose}"),
         Ok(false) => {}
-        Err(e) => tracing::warn!(volume = %vol.name, "could not cut off {client}: {e}"),
+        Err(e) => tracing::warn!(volume, "could not cut off {client}: {e}"),
     }
 }
 

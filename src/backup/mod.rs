@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::source::SourceImage;
 
-pub use commit::recover;
+pub use commit::{evict, recover};
 
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -124,6 +124,10 @@ impl BackupReport {
     }
 }
 
+/// Whose connection [`BackupOptions::dead_clients`] are, in the log line
+/// that says one was cut off.
+pub const DEAD_WORKER: &str = "a backup worker that died on this job";
+
 /// Backs up `image` into `vol`. Takes the volume lock exclusively.
 pub fn backup(
     vol: &VolumeDir,
@@ -135,7 +139,7 @@ pub fn backup(
     // whoever holds the volume (a prune, a merge), since its connection may
     // hold the image's exclusive lock and stall the VM's writes meanwhile.
     for client in &opts.dead_clients {
-        commit::evict(vol, image, client, "a backup worker that died on this job");
+        evict(&vol.name, image, client, DEAD_WORKER);
     }
     let _lock = vol.lock()?;
     let op = Operation::start(

@@ -227,6 +227,28 @@ pub fn backup_volume(
     outcome
 }
 
+/// Cuts `clients`, connections of backup workers that died on `vol`'s job,
+/// off its image (when its retry died too, so nothing else will soon);
+/// recorded nowhere, only logged.
+pub fn evict_volume(fleet: &Fleet, vol: &Volume, clients: &[String]) -> Outcome {
+    let started = Instant::now();
+    let done = fleet.client().and_then(|cluster| {
+        let ioctx = cluster
+            .ioctx(&vol.pool)
+            .map_err(|e| context(e, &format!("pool {}", vol.pool)))?;
+        let image = RbdImage::open(&ioctx, &vol.image)
+            .map_err(|e| context(e, &format!("image {}", vol.source_name())))?;
+        for c in clients {
+            crate::backup::evict(&vol.name, &image, c, crate::backup::DEAD_WORKER);
+        }
+        Ok(())
+    });
+    match done {
+        Ok(()) => Outcome::succeeded(&vol.name, "evict", started.elapsed()),
+        Err(e) => Outcome::failed(&vol.name, "evict", &e, started.elapsed()),
+    }
+}
+
 /// What a backup keeps open until its outcome is reported: closing them
 /// can wait out a timeout when the cluster does not answer.
 struct Handles {

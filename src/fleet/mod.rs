@@ -16,7 +16,7 @@ pub mod nodes;
 mod parallel;
 pub mod worker;
 
-pub use job::{backup_volume, fsck_volume, verify_volume, Fleet};
+pub use job::{backup_volume, evict_volume, fsck_volume, verify_volume, Fleet};
 pub use parallel::{run_parallel, run_parallel_with};
 pub use worker::backup_isolated;
 

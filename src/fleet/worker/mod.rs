@@ -341,7 +341,11 @@ pub fn backup_isolated(
                     ..Outcome::failed(&vol.name, "backup", &e, started.elapsed())
                 };
                 record(&fleet.archive, &o, false);
-                if attempt > 1 || fleet.cancel.load(Ordering::Relaxed) {
+                if fleet.cancel.load(Ordering::Relaxed) {
+                    break o;
+                }
+                if attempt > 1 {
+                    evict_in_new_worker(spawner, &job, &fleet.cancel, limits);
                     break o;
                 }
                 tracing::warn!("{}: {e}; retrying in a new worker", vol.name);
@@ -351,4 +355,30 @@ pub fn backup_isolated(
     drop(progress);
     obs.finished(&outcome);
     outcome
+}
+
+/// After the retry died too: a fresh worker cuts the dead workers'
+/// connections off the image, so that none keeps holding its lock (and the
+/// VM's writes waiting) until Ceph times it out.
+fn evict_in_new_worker(spawner: &Spawner, job: &Job, cancel: &AtomicBool, limits: Limits) {
+    if job.dead_clients.is_empty() {
+        return;
+    }
+    let job = Job {
+        evict_only: true,
+        ..job.clone()
+    };
+    let what = format!(
+        "{}: cutting off the connections of the dead workers ({})",
+        job.volume.name,
+        job.dead_clients.join(", ")
+    );
+    match Worker::spawn(spawner) {
+        Err(e) => tracing::warn!("{what}: cannot start a worker: {e}"),
+        Ok(mut w) => match w.run(&job, &crate::progress::NoProgress, cancel, limits) {
+            Ok(o) if o.ok => {}
+            Ok(o) => tracing::warn!("{what}: {}", o.error.unwrap_or_default()),
+            Err(how) => tracing::warn!("{what}: the worker {how}"),
+        },
+    }
 }

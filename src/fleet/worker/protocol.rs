@@ -24,6 +24,10 @@ pub struct Job {
     /// cuts them off the image first (see `BackupOptions::dead_clients`).
     #[serde(default)]
     pub dead_clients: Vec<String>,
+    /// No backup: only cut `dead_clients` off the image (after the retry
+    /// died too, so that no dead connection is left holding the image).
+    #[serde(default)]
+    pub evict_only: bool,
 }
 
 /// The parts of a [`Volume`] a backup uses.
@@ -64,6 +68,7 @@ impl Job {
             full,
             tags: tags.to_vec(),
             dead_clients: Vec::new(),
+            evict_only: false,
         }
     }
 }

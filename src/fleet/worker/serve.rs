@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::protocol::{Job, Message};
 use crate::error::{Error, Result};
-use crate::fleet::{backup_volume, Fleet, Observer, Outcome};
+use crate::fleet::{backup_volume, evict_volume, Fleet, Observer, Outcome};
 use crate::progress::Progress;
 
 /// Progress is forwarded at most this often (and at each phase change).
@@ -40,6 +40,11 @@ pub fn serve(
             send(&out, &Message::Client { client: c.client() });
         }
         let vol = job.volume.into_volume();
+        if job.evict_only {
+            let outcome = evict_volume(&fleet, &vol, &job.dead_clients);
+            send(&out, &Message::Outcome { outcome });
+            continue;
+        }
         let wire = Wire { out: out.clone() };
         backup_volume(&fleet, &vol, job.full, &job.tags, &job.dead_clients, &wire);
     }
