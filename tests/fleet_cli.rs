@@ -247,6 +247,22 @@ fn config_check_reports_errors_with_line_and_key() {
     assert!(out.contains("ok: 1 image(s), 0 pool selection(s)"), "{out}");
 }
 
+/// Volume `name` over a fresh 4 MiB image with some data.
+fn one_volume(
+    conf: &std::path::Path,
+    io: &rbdelta::ceph::IoCtx,
+    name: &str,
+    seed: u64,
+) -> (ScratchImage, Env) {
+    let src = ScratchImage::create(io, name, 4 * MIB);
+    io.open_image(&src.name)
+        .unwrap()
+        .write(0, &pattern(50_000, seed))
+        .unwrap();
+    let env = Env::new(conf, &[(name, &src.name)]);
+    (src, env)
+}
+
 /// Runs rbdelta `args` with backup workers failing as `fault` says
 /// (`RBDELTA_TEST_JOB_FAULT`), logging at info level; its output and
 /// stderr.
@@ -378,12 +394,7 @@ fn a_worker_stuck_taking_the_snapshot_is_killed_long_before_the_stall_timeout() 
 fn a_worker_dead_before_its_intent_record_is_cut_off_by_the_retry() {
     common::require_fault_injection();
     let (conf, io) = (test_conf(), test_ioctx());
-    let src = ScratchImage::create(&io, "opendeath", 4 * MIB);
-    io.open_image(&src.name)
-        .unwrap()
-        .write(0, &pattern(50_000, 3))
-        .unwrap();
-    let env = Env::new(&conf, &[("opendeath", &src.name)]);
+    let (_src, env) = one_volume(&conf, &io, "opendeath", 3);
     // The worker aborts with the image open (its watch registered) before
     // any record in the archive names it; only the parent knows its
     // client, and the retry must cut that off rather than wait for Ceph to
@@ -411,12 +422,7 @@ fn a_worker_dead_before_its_intent_record_is_cut_off_by_the_retry() {
 fn a_dead_worker_is_cut_off_even_while_another_process_holds_the_volume() {
     common::require_fault_injection();
     let (conf, io) = (test_conf(), test_ioctx());
-    let src = ScratchImage::create(&io, "heldvol", 4 * MIB);
-    io.open_image(&src.name)
-        .unwrap()
-        .write(0, &pattern(50_000, 5))
-        .unwrap();
-    let env = Env::new(&conf, &[("heldvol", &src.name)]);
+    let (src, env) = one_volume(&conf, &io, "heldvol", 5);
     env.ok(&["backup", "heldvol"]);
     // A prune or merge holds the volume while the worker dies with the
     // image open: its retry cannot back up, but the dead connection (which
@@ -456,12 +462,7 @@ fn a_dead_worker_is_cut_off_even_while_another_process_holds_the_volume() {
 fn when_the_retry_dies_too_a_fresh_worker_cuts_both_dead_connections_off() {
     common::require_fault_injection();
     let (conf, io) = (test_conf(), test_ioctx());
-    let src = ScratchImage::create(&io, "diestwice", 4 * MIB);
-    io.open_image(&src.name)
-        .unwrap()
-        .write(0, &pattern(50_000, 7))
-        .unwrap();
-    let env = Env::new(&conf, &[("diestwice", &src.name)]);
+    let (src, env) = one_volume(&conf, &io, "diestwice", 7);
     // Every backup worker of this volume dies with the image open, the
     // retry's included, before either could cut anything off.
     let (out, err) = with_job_fault(&env, "diestwice:abort-opened", &["backup", "diestwice"]);

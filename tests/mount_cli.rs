@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cli::{read_image, stderr, Env};
-use common::{pattern, test_conf, test_ioctx, test_pool, ScratchImage};
+use common::{pattern, test_conf, test_ioctx, ScratchImage};
 
 const MIB: u64 = 1 << 20;
 
@@ -124,14 +124,7 @@ fn volume(prefix: &str) -> (Env, ScratchImage, Vec<Vec<u8>>) {
     let (conf, io) = (test_conf(), test_ioctx());
     let src = ScratchImage::create(&io, prefix, 16 * MIB);
     let img = io.open_image(&src.name).unwrap();
-    let env = Env::with_yaml(
-        &conf,
-        &format!(
-            "volumes:\n  - name: v\n    pool: {}\n    image: {}\n    retention:\n      keep-last: 1\n",
-            test_pool(),
-            src.name
-        ),
-    );
+    let env = Env::keeping_last(&conf, &src.name, 1);
     let mut bytes = Vec::new();
     for i in 0..3u64 {
         img.write(i * 5 * MIB + 65536, &pattern(MIB as usize + 4096, 70 + i))

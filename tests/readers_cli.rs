@@ -11,7 +11,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::cli::{read_image, Env, Paused};
-use common::{pattern, test_conf, test_ioctx, test_pool, ScratchImage};
+use common::{pattern, test_conf, test_ioctx, ScratchImage};
 
 const MIB: u64 = 1 << 20;
 
@@ -31,14 +31,7 @@ fn three_revisions(prefix: &str, keep: u32) -> (Env, ScratchImage, Vec<String>, 
     let (conf, io) = (test_conf(), test_ioctx());
     let src = ScratchImage::create(&io, prefix, 8 * MIB);
     let img = io.open_image(&src.name).unwrap();
-    let env = Env::with_yaml(
-        &conf,
-        &format!(
-            "volumes:\n  - name: v\n    pool: {}\n    image: {}\n    retention:\n      keep-last: {keep}\n",
-            test_pool(),
-            src.name
-        ),
-    );
+    let env = Env::keeping_last(&conf, &src.name, keep);
     let mut bytes = Vec::new();
     for i in 0..3u64 {
         img.write(i * 2 * MIB + 4096, &pattern(3 * MIB as usize, 40 + i))

@@ -7,7 +7,7 @@
 mod common;
 
 use common::cli::{stderr, Env, Paused};
-use common::{pattern, test_conf, test_ioctx, test_pool, ScratchImage};
+use common::{pattern, test_conf, test_ioctx, ScratchImage};
 
 const MIB: u64 = 1 << 20;
 
@@ -17,14 +17,7 @@ fn three_revisions(prefix: &str) -> (Env, ScratchImage, Vec<String>) {
     let (conf, io) = (test_conf(), test_ioctx());
     let src = ScratchImage::create(&io, prefix, 8 * MIB);
     let img = io.open_image(&src.name).unwrap();
-    let env = Env::with_yaml(
-        &conf,
-        &format!(
-            "volumes:\n  - name: v\n    pool: {}\n    image: {}\n    retention:\n      keep-last: 1\n",
-            test_pool(),
-            src.name
-        ),
-    );
+    let env = Env::keeping_last(&conf, &src.name, 1);
     for i in 0..3u64 {
         img.write(i * 2 * MIB, &pattern(MIB as usize, 60 + i))
             .unwrap();

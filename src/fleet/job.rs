@@ -232,16 +232,10 @@ pub fn backup_volume(
 /// recorded nowhere, only logged.
 pub fn evict_volume(fleet: &Fleet, vol: &Volume, clients: &[String]) -> Outcome {
     let started = Instant::now();
-    let done = fleet.client().and_then(|cluster| {
-        let ioctx = cluster
-            .ioctx(&vol.pool)
-            .map_err(|e| context(e, &format!("pool {}", vol.pool)))?;
-        let image = RbdImage::open(&ioctx, &vol.image)
-            .map_err(|e| context(e, &format!("image {}", vol.source_name())))?;
+    let done = open_image(fleet, vol).map(|opened| {
         for c in clients {
-            crate::backup::evict(&vol.name, &image, c, crate::backup::DEAD_WORKER);
+            crate::backup::evict(&vol.name, &opened.0, c, crate::backup::DEAD_WORKER);
         }
-        Ok(())
     });
     match done {
         Ok(()) => Outcome::succeeded(&vol.name, "evict", started.elapsed()),
@@ -257,6 +251,18 @@ struct Handles {
     _cluster: Arc<Cluster>,
 }
 
+/// Connects and opens `vol`'s image; the tuple drops in field order,
+/// image first.
+fn open_image(fleet: &Fleet, vol: &Volume) -> Result<(RbdImage, IoCtx, Arc<Cluster>)> {
+    let cluster = fleet.client()?;
+    let ioctx = cluster
+        .ioctx(&vol.pool)
+        .map_err(|e| context(e, &format!("pool {}", vol.pool)))?;
+    let image = RbdImage::open(&ioctx, &vol.image)
+        .map_err(|e| context(e, &format!("image {}", vol.source_name())))?;
+    Ok((image, ioctx, cluster))
+}
+
 /// Opens the image and backs it up; the result, and the handles to close
 /// once it is reported (none if the image never opened).
 fn run_backup(
@@ -266,15 +272,7 @@ fn run_backup(
     progress: &dyn crate::progress::Progress,
     reached: &mut bool,
 ) -> (Result<crate::backup::BackupReport>, Option<Handles>) {
-    let opened = fleet.client().and_then(|cluster| {
-        let ioctx = cluster
-            .ioctx(&vol.pool)
-            .map_err(|e| context(e, &format!("pool {}", vol.pool)))?;
-        let image = RbdImage::open(&ioctx, &vol.image)
-            .map_err(|e| context(e, &format!("image {}", vol.source_name())))?;
-        crate::fault::job_fault(&vol.name, "opened");
-        Ok((image, ioctx, cluster))
-    });
+    let opened = open_image(fleet, vol).inspect(|_| crate::fault::job_fault(&vol.name, "opened"));
     let (image, ioctx, cluster) = match opened {
         Ok(o) => o,
         Err(e) => return (Err(e), None),

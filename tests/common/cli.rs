@@ -47,6 +47,18 @@ impl Env {
         Env::with_yaml(conf, &yaml)
     }
 
+    /// One volume `v` over `image` whose retention keeps the last `keep`
+    /// revisions.
+    pub fn keeping_last(conf: &Path, image: &str, keep: u32) -> Env {
+        Env::with_yaml(
+            conf,
+            &format!(
+                "volumes:\n  - name: v\n    pool: {}\n    image: {image}\n    retention:\n      keep-last: {keep}\n",
+                test_pool()
+            ),
+        )
+    }
+
     /// A config of the `ceph:` and `archive:` keys followed by `rest`.
     pub fn with_yaml(conf: &Path, rest: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
