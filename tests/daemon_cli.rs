@@ -434,6 +434,16 @@ fn status_prometheus_check_and_log_report_what_happened() {
         ),
         "{line}"
     );
+    // one volume at a time (the fleet log scanned for its name only)
+    let (code, line) = check(&env, &["broken"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with("RBDELTA CRITICAL - 1 volume(s): 1 critical, 0 warning, 0 ok; broken:"),
+        "{line}"
+    );
+    let (code, line) = check(&env, &["a"]);
+    assert_eq!(code, 0, "{line}");
+    assert!(line.starts_with("RBDELTA OK - 1 volume(s)"), "{line}");
     let prom = env.ok(&["status", "--format", "prometheus"]);
     let mut samples = std::collections::HashMap::new();
     for l in prom.lines().filter(|l| !l.starts_with('#')) {

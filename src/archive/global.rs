@@ -52,6 +52,12 @@ pub fn read_log(root: &Path) -> Result<Log> {
     oplog::read_merged(&dir(root))
 }
 
+/// [`read_log`], only the records of `volumes` when given (see
+/// [`oplog::read_merged_of`]).
+pub fn read_log_of(root: &Path, volumes: Option<&[String]>) -> Result<Log> {
+    oplog::read_merged_of(&dir(root), volumes)
+}
+
 /// `<archive>/.rbdelta/fleet-id`: names the fleet that shares this
 /// archive, so that its nodes' leases in RADOS are told apart from those
 /// of another fleet using the same lease pool.

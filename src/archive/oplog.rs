@@ -139,9 +139,27 @@ pub fn paths(dir: &Path) -> Result<Vec<(Option<String>, PathBuf)>> {
 /// Every log of `dir` merged in time order. A record from a node's file
 /// that does not name its node gets it.
 pub fn read_merged(dir: &Path) -> Result<Log> {
+    read_merged_of(dir, None)
+}
+
+/// [`read_merged`], keeping only the records of `volumes` when given. A
+/// line that does not mention one of their names (as JSON strings) is not
+/// parsed at all, unless it is not a whole `{...}` line: a torn or cut
+/// line is still parsed and reported as damaged. So a check of one volume
+/// scans a large fleet log instead of parsing every record of it.
+pub fn read_merged_of(dir: &Path, volumes: Option<&[String]>) -> Result<Log> {
+    let needles: Option<Vec<String>> = volumes.map(|v| {
+        v.iter()
+            .map(|n| serde_json::to_string(n).expect("strings serialize"))
+            .collect()
+    });
     let mut log = Log::default();
     for (node, path) in paths(dir)? {
-        let l = read_all(&path)?;
+        let mut l = read_lines(&path, needles.as_deref())?;
+        if let Some(v) = volumes {
+            l.records
+                .retain(|r| r.volume.as_ref().is_some_and(|n| v.contains(n)));
+        }
         log.records.extend(l.records.into_iter().map(|mut r| {
             if r.node.is_none() {
                 r.node.clone_from(&node);
@@ -166,6 +184,22 @@ pub struct Log {
 
 /// Reads a log; a missing file is an empty log.
 pub fn read_all(path: &Path) -> Result<Log> {
+    read_lines(path, None)
+}
+
+/// Whether line `line` must be parsed: always without `needles`; with
+/// them, if it mentions one, or is not a whole `{...}` record.
+fn wanted(line: &[u8], needles: Option<&[String]>) -> bool {
+    let Some(needles) = needles else { return true };
+    let whole = line.first() == Some(&b'{') && line.last() == Some(&b'}');
+    match std::str::from_utf8(line) {
+        Ok(text) => !whole || needles.iter().any(|n| text.contains(n.as_str())),
+        Err(_) => true, // reported as damaged by the parse
+    }
+}
+
+/// [`read_all`], parsing only the lines [`wanted`] by `needles`.
+fn read_lines(path: &Path, needles: Option<&[String]>) -> Result<Log> {
     let bytes = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Log::default()),
@@ -177,7 +211,7 @@ pub fn read_all(path: &Path) -> Result<Log> {
     // split leaves an empty piece after a final newline, or the torn line
     let (body, torn) = lines.split_at(lines.len() - 1);
     for (i, line) in body.iter().enumerate() {
-        if line.is_empty() {
+        if line.is_empty() || !wanted(line, needles) {
             continue;
         }
         match serde_json::from_slice(line) {
@@ -304,6 +338,40 @@ mod tests {
         assert_eq!(log.records.len(), 2);
         assert_eq!(log.damaged.len(), 2, "{:?}", log.damaged);
         assert!(log.damaged[0].contains(":2:"), "{:?}", log.damaged);
+    }
+
+    /// Reading for some volumes keeps exactly their records, from every
+    /// node's log, and still reports a cut line of anyone's.
+    #[test]
+    fn a_read_for_some_volumes_keeps_theirs_and_still_sees_cut_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let of = |v: &str, op: &str| LogRecord {
+            volume: Some(v.into()),
+            // every line mentions "vm1": the volume decides, not the text
+            revision: (v != "vm2").then(|| "vm1".into()),
+            ..rec(op)
+        };
+        let main = dir.path().join("log.jsonl");
+        append(&main, &of("vm1", "backup")).unwrap();
+        append(&main, &of("vm10", "backup")).unwrap();
+        append(&dir.path().join("log.n2.jsonl"), &of("vm2", "verify")).unwrap();
+        append(&dir.path().join("log.n2.jsonl"), &of("vm1", "fsck")).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&main).unwrap();
+        f.write_all(br#"{"time":"2026-11-29T00:00:01Z","volume":"vm3","op""#)
+            .unwrap();
+        append(&main, &of("vm3", "prune")).unwrap();
+        let only = ["vm1".to_string(), "vm2".to_string()];
+        let some = read_merged_of(dir.path(), Some(&only)).unwrap();
+        let all = read_merged(dir.path()).unwrap();
+        let want: Vec<&LogRecord> = all
+            .records
+            .iter()
+            .filter(|r| only.contains(r.volume.as_ref().unwrap()))
+            .collect();
+        assert_eq!(some.records.iter().collect::<Vec<_>>(), want);
+        assert_eq!(some.records.len(), 3);
+        assert_eq!(some.damaged, all.damaged);
+        assert_eq!(some.damaged.len(), 1, "{:?}", some.damaged);
     }
 
     /// Every node's log of a directory is read, merged by time, each

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rbdelta::config::units::parse_duration;
 use rbdelta::status::check::{judge, summary, Thresholds};
-use rbdelta::status::collect;
+use rbdelta::status::collect_of;
 
 use super::{Ctx, Failure};
 
@@ -33,7 +33,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         Failure::silent(3)
     };
     let cfg = ctx.config().map_err(unknown)?;
-    let statuses = collect(&cfg).map_err(|e| unknown(e.into()))?;
+    let only = (!a.volumes.is_empty()).then_some(a.volumes.as_slice());
+    let statuses = collect_of(&cfg, only).map_err(|e| unknown(e.into()))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let t = Thresholds {
         warning: a.warning,

@@ -108,7 +108,14 @@ pub fn fleet_records(archive: &Path, name: &str) -> Result<(Vec<LogRecord>, Vec<
 
 /// Every volume the config or the archive knows, with its status.
 pub fn collect(cfg: &Config) -> Result<Vec<VolumeStatus>> {
-    let fleet_log = global::read_log(&cfg.archive)?;
+    collect_of(cfg, None)
+}
+
+/// [`collect`], `only` for these volumes when given (those of them that
+/// the config or the archive knows): the fleet log is then scanned for
+/// their names rather than parsed whole, and no other volume is looked at.
+pub fn collect_of(cfg: &Config, only: Option<&[String]>) -> Result<Vec<VolumeStatus>> {
+    let fleet_log = global::read_log_of(&cfg.archive, only)?;
     let mut by_volume: BTreeMap<String, Vec<LogRecord>> = BTreeMap::new();
     for r in fleet_log.records {
         if let Some(v) = r.volume.clone() {
@@ -125,6 +132,9 @@ pub fn collect(cfg: &Config) -> Result<Vec<VolumeStatus>> {
             .into_iter()
             .filter(|n| !cfg.listed().any(|v| v.name == *n)),
     );
+    if let Some(only) = only {
+        names.retain(|n| only.contains(n));
+    }
     let mut out = Vec::new();
     for name in names {
         let fleet = by_volume.remove(&name).unwrap_or_default();
