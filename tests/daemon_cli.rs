@@ -444,6 +444,18 @@ fn status_prometheus_check_and_log_report_what_happened() {
     let (code, line) = check(&env, &["a"]);
     assert_eq!(code, 0, "{line}");
     assert!(line.starts_with("RBDELTA OK - 1 volume(s)"), "{line}");
+    let one: serde_json::Value =
+        serde_json::from_str(&env.ok(&["status", "broken", "--json"])).unwrap();
+    let one = one.as_array().unwrap();
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!(one[0]["volume"], "broken");
+    assert_eq!(one[0]["consecutive_failures"], 1);
+    let out = env.fails(&["status", "nosuch"]);
+    assert!(
+        stderr(&out).contains("no volume named \"nosuch\""),
+        "{}",
+        stderr(&out)
+    );
     let prom = env.ok(&["status", "--format", "prometheus"]);
     let mut samples = std::collections::HashMap::new();
     for l in prom.lines().filter(|l| !l.starts_with('#')) {

@@ -1,11 +1,11 @@
-//! `rbdelta status [--json | --format prometheus]`: per volume the last
+//! `rbdelta status [VOLUME...] [--json | --format prometheus]`: per volume the last
 //! success and its age, the last failure, revisions, archive size and the
 //! last verify, read from the archive (no cluster needed).
 
 use std::time::Duration;
 
 use rbdelta::config::units::format_duration;
-use rbdelta::status::{collect, prometheus, VolumeStatus};
+use rbdelta::status::{collect_of, prometheus, VolumeStatus};
 
 use super::{human, table, Ctx, Failure};
 
@@ -18,6 +18,9 @@ enum Format {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Only these volumes [default: every volume the config or the archive
+    /// knows].
+    volumes: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -28,7 +31,15 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
-    let statuses = collect(&cfg)?;
+    let only = (!a.volumes.is_empty()).then_some(a.volumes.as_slice());
+    let statuses = collect_of(&cfg, only)?;
+    if let Some(missing) = a
+        .volumes
+        .iter()
+        .find(|n| !statuses.iter().any(|s| s.volume == **n))
+    {
+        return Err(Failure::usage(format!("no volume named {missing:?}")));
+    }
     match if a.json { Format::Json } else { a.format } {
         Format::Json => println!(
             "{}",
