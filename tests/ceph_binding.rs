@@ -191,6 +191,30 @@ fn diff_callback_errors_and_panics_become_errors() {
     assert!(err.to_string().contains("boom"), "{err}");
 }
 
+/// An image closes no sooner than 50 ms after its last call into librbd
+/// returned (librbd may still be finishing that call's state change), even
+/// when the call itself took longer than that.
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn an_image_closes_a_grace_after_its_last_call_returned() {
+    let io = test_ioctx();
+    let s = ScratchImage::create(&io, "grace", 8 * MIB);
+    let img = io.open_image(&s.name).unwrap();
+    img.write(0, &[1; 4096]).unwrap();
+    img.diff_iterate2(None, 0, 8 * MIB, true, false, |_, _, _| {
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    })
+    .unwrap();
+    let t = Instant::now();
+    drop(img);
+    assert!(
+        t.elapsed() >= Duration::from_millis(45),
+        "closed {:?} after a call that returned just before",
+        t.elapsed()
+    );
+}
+
 #[test]
 #[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
 fn pipelined_reads_equal_sync_reads_in_order() {

@@ -42,7 +42,7 @@ impl InFlight {
         // submitted, is kept alive and unmoved (a Vec's heap block does not
         // move when the Vec does) until `Drop` has waited.
         let rc =
-            unsafe { sys::rbd_aio_read(image.raw(), offset, len, buf.as_mut_ptr().cast(), comp) };
+            unsafe { sys::rbd_aio_read(image.raw().0, offset, len, buf.as_mut_ptr().cast(), comp) };
         Self::submitted(image, "rbd_aio_read", comp, rc, buf, offset, tag)
     }
 
@@ -50,7 +50,7 @@ impl InFlight {
         let comp = new_completion("write")?;
         // SAFETY: as for reads; librbd only reads from `buf`.
         let rc = unsafe {
-            sys::rbd_aio_write(image.raw(), offset, buf.len(), buf.as_ptr().cast(), comp)
+            sys::rbd_aio_write(image.raw().0, offset, buf.len(), buf.as_ptr().cast(), comp)
         };
         Self::submitted(image, "rbd_aio_write", comp, rc, buf, offset, 0)
     }
@@ -96,6 +96,7 @@ impl InFlight {
             sys::rbd_aio_wait_for_complete(self.comp);
             sys::rbd_aio_get_return_value(self.comp)
         };
+        image.touch();
         let want = self.buf.len();
         let what = || format!("{op} {} at {}", image.name(), self.offset);
         if ret < 0 {

@@ -38,6 +38,15 @@ pub struct ImageStat {
 /// within it on any host that still gets work done.
 const CLOSE_GRACE: Duration = Duration::from_millis(50);
 
+/// An image's handle lent for one librbd call ([`Image::raw`]).
+pub(crate) struct Lent<'a>(pub sys::rbd_image_t, &'a Image);
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        self.1.touch();
+    }
+}
+
 /// An open image (at its head, or read-only at a snapshot).
 pub struct Image {
     handle: sys::rbd_image_t,
@@ -100,18 +109,17 @@ impl Image {
         })
     }
 
-    /// The handle, for a call into librbd (which starts [`CLOSE_GRACE`]
-    /// anew).
-    pub(crate) fn raw(&self) -> sys::rbd_image_t {
-        self.last_call.set(Instant::now());
-        self.handle
+    /// The handle, lent for one call into librbd: `self.raw().0` in the
+    /// call's statement, whose end (after the call returns) starts
+    /// [`CLOSE_GRACE`] anew.
+    pub(crate) fn raw(&self) -> Lent<'_> {
+        Lent(self.handle, self)
     }
 
-    /// [`check`] of a call that just returned (which starts
-    /// [`CLOSE_GRACE`] anew).
-    fn checked(&self, op: impl FnOnce() -> String, rc: i32) -> Result<i32> {
+    /// Starts [`CLOSE_GRACE`] anew: librbd just returned from, or
+    /// completed, a call on this image.
+    pub(crate) fn touch(&self) {
         self.last_call.set(Instant::now());
-        check(op, rc)
     }
 
     /// `pool/image[@snap]`, for messages.
@@ -127,8 +135,8 @@ impl Image {
     pub fn size(&self) -> Result<u64> {
         let mut size = 0u64;
         // SAFETY: open handle, valid out-pointer.
-        let rc = unsafe { sys::rbd_get_size(self.raw(), &mut size) };
-        self.checked(|| self.op("rbd_get_size"), rc)?;
+        let rc = unsafe { sys::rbd_get_size(self.raw().0, &mut size) };
+        check(|| self.op("rbd_get_size"), rc)?;
         Ok(size)
     }
 
@@ -137,8 +145,8 @@ impl Image {
         let mut info: sys::rbd_image_info_t = unsafe { std::mem::zeroed() };
         let len = std::mem::size_of::<sys::rbd_image_info_t>();
         // SAFETY: open handle; `info` is as large as we say.
-        let rc = unsafe { sys::rbd_stat(self.raw(), &mut info, len) };
-        self.checked(|| self.op("rbd_stat"), rc)?;
+        let rc = unsafe { sys::rbd_stat(self.raw().0, &mut info, len) };
+        check(|| self.op("rbd_stat"), rc)?;
         Ok(ImageStat {
             size: info.size,
             obj_size: info.obj_size,
@@ -151,8 +159,8 @@ impl Image {
     pub fn features(&self) -> Result<u64> {
         let mut f = 0u64;
         // SAFETY: open handle, valid out-pointer.
-        let rc = unsafe { sys::rbd_get_features(self.raw(), &mut f) };
-        self.checked(|| self.op("rbd_get_features"), rc)?;
+        let rc = unsafe { sys::rbd_get_features(self.raw().0, &mut f) };
+        check(|| self.op("rbd_get_features"), rc)?;
         Ok(f)
     }
 
@@ -165,9 +173,8 @@ impl Image {
         let c = cstring("snapshot name", snap)?;
         // SAFETY: open handle and valid C string; `f` is one of librbd's
         // (image, snapname) calls.
-        let rc = unsafe { f(self.raw(), c.as_ptr()) };
-        self.checked(|| format!("{op} {}@{snap}", self.name), rc)
-            .map(drop)
+        let rc = unsafe { f(self.raw().0, c.as_ptr()) };
+        check(|| format!("{op} {}@{snap}", self.name), rc).map(drop)
     }
 
     /// The clients watching the image: (address, instance id).
@@ -183,11 +190,11 @@ impl Image {
                 max
             ];
             // SAFETY: valid handle; `w` has room for `max` entries.
-            let rc = unsafe { sys::rbd_watchers_list(self.raw(), w.as_mut_ptr(), &mut max) };
+            let rc = unsafe { sys::rbd_watchers_list(self.raw().0, w.as_mut_ptr(), &mut max) };
             if rc == -libc::ERANGE {
                 continue; // `max` now holds the needed count
             }
-            self.checked(|| format!("rbd_watchers_list {}", self.name), rc)?;
+            check(|| format!("rbd_watchers_list {}", self.name), rc)?;
             let out = w[..max]
                 .iter()
                 // SAFETY: librbd filled the first `max` entries.
@@ -213,12 +220,13 @@ impl Image {
         let mut owners = [ptr::null_mut::<c_char>(); 8];
         let mut n = owners.len();
         // SAFETY: valid handle; `owners` has room for `n` pointers.
-        let rc =
-            unsafe { sys::rbd_lock_get_owners(self.raw(), &mut mode, owners.as_mut_ptr(), &mut n) };
+        let rc = unsafe {
+            sys::rbd_lock_get_owners(self.raw().0, &mut mode, owners.as_mut_ptr(), &mut n)
+        };
         if rc == -libc::ENOENT {
             return Ok(Vec::new()); // no lock, or no exclusive-lock feature
         }
-        self.checked(|| format!("rbd_lock_get_owners {}", self.name), rc)?;
+        check(|| format!("rbd_lock_get_owners {}", self.name), rc)?;
         let names = owners[..n]
             .iter()
             // SAFETY: librbd filled the first `n` entries with C strings.
@@ -236,13 +244,12 @@ impl Image {
         // SAFETY: valid handle and C string.
         let rc = unsafe {
             sys::rbd_lock_break(
-                self.raw(),
+                self.raw().0,
                 sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE,
                 c.as_ptr(),
             )
         };
-        self.checked(|| format!("rbd_lock_break {} ({owner})", self.name), rc)
-            .map(drop)
+        check(|| format!("rbd_lock_break {} ({owner})", self.name), rc).map(drop)
     }
 
     /// Takes the image's exclusive lock and keeps it until
@@ -253,18 +260,16 @@ impl Image {
     pub fn lock_acquire(&self) -> Result<()> {
         // SAFETY: open handle.
         let rc = unsafe {
-            sys::rbd_lock_acquire(self.raw(), sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE)
+            sys::rbd_lock_acquire(self.raw().0, sys::rbd_lock_mode_t_RBD_LOCK_MODE_EXCLUSIVE)
         };
-        self.checked(|| format!("rbd_lock_acquire {}", self.name), rc)
-            .map(drop)
+        check(|| format!("rbd_lock_acquire {}", self.name), rc).map(drop)
     }
 
     /// Releases a lock taken with [`Image::lock_acquire`].
     pub fn lock_release(&self) -> Result<()> {
         // SAFETY: open handle.
-        let rc = unsafe { sys::rbd_lock_release(self.raw()) };
-        self.checked(|| format!("rbd_lock_release {}", self.name), rc)
-            .map(drop)
+        let rc = unsafe { sys::rbd_lock_release(self.raw().0) };
+        check(|| format!("rbd_lock_release {}", self.name), rc).map(drop)
     }
 
     /// Cuts `client` (`client.<id>`, a dead process's connection) off the
@@ -319,8 +324,8 @@ impl Image {
         let c = cstring("snapshot name", snap)?;
         let mut exists = false;
         // SAFETY: open handle, C string and out-pointer.
-        let rc = unsafe { sys::rbd_snap_exists(self.raw(), c.as_ptr(), &mut exists) };
-        self.checked(|| format!("rbd_snap_exists {}@{snap}", self.name), rc)?;
+        let rc = unsafe { sys::rbd_snap_exists(self.raw().0, c.as_ptr(), &mut exists) };
+        check(|| format!("rbd_snap_exists {}@{snap}", self.name), rc)?;
         Ok(exists)
     }
 
@@ -335,11 +340,11 @@ impl Image {
         loop {
             let mut snaps = vec![empty; max as usize];
             // SAFETY: `snaps` has room for `max` entries, as we tell librbd.
-            let rc = unsafe { sys::rbd_snap_list(self.raw(), snaps.as_mut_ptr(), &mut max) };
+            let rc = unsafe { sys::rbd_snap_list(self.raw().0, snaps.as_mut_ptr(), &mut max) };
             if rc == -libc::ERANGE {
                 continue; // `max` now holds the needed size (+1 terminator)
             }
-            let n = self.checked(|| self.op("rbd_snap_list"), rc)? as usize;
+            let n = check(|| self.op("rbd_snap_list"), rc)? as usize;
             let out = snaps[..n]
                 .iter()
                 .map(|s| {
@@ -357,15 +362,14 @@ impl Image {
 
     pub fn resize(&self, size: u64) -> Result<()> {
         // SAFETY: open handle.
-        let rc = unsafe { sys::rbd_resize(self.raw(), size) };
-        self.checked(|| format!("rbd_resize {} to {size}", self.name), rc)
-            .map(drop)
+        let rc = unsafe { sys::rbd_resize(self.raw().0, size) };
+        check(|| format!("rbd_resize {} to {size}", self.name), rc).map(drop)
     }
 
     /// Writes all of `data` at `offset`.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         // SAFETY: open handle; `data` is valid for reads of its length.
-        let rc = unsafe { sys::rbd_write(self.raw(), offset, data.len(), data.as_ptr().cast()) };
+        let rc = unsafe { sys::rbd_write(self.raw().0, offset, data.len(), data.as_ptr().cast()) };
         if rc < 0 {
             return Err(ceph_error(self.op("rbd_write"), rc as i64));
         }
@@ -378,8 +382,8 @@ impl Image {
     /// Deallocates `[offset, offset + len)`; it reads back as zeros.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         // SAFETY: open handle.
-        let rc = unsafe { sys::rbd_discard(self.raw(), offset, len) };
-        self.checked(|| self.op("rbd_discard"), rc).map(drop)
+        let rc = unsafe { sys::rbd_discard(self.raw().0, offset, len) };
+        check(|| self.op("rbd_discard"), rc).map(drop)
     }
 
     /// Makes `[offset, offset + len)` read as zeros, whatever its
@@ -392,7 +396,7 @@ impl Image {
         while at < offset + len {
             let n = (offset + len - at).min(STEP);
             // SAFETY: open handle.
-            let rc = unsafe { sys::rbd_write_zeroes(self.raw(), at, n as usize, 0, 0) };
+            let rc = unsafe { sys::rbd_write_zeroes(self.raw().0, at, n as usize, 0, 0) };
             if rc < 0 {
                 return Err(ceph_error(self.op("rbd_write_zeroes"), rc as i64));
             }
@@ -404,7 +408,7 @@ impl Image {
     /// Reads into `buf`, returning the byte count (short only at the end).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         // SAFETY: open handle; `buf` is valid for writes of its length.
-        let rc = unsafe { sys::rbd_read(self.raw(), offset, buf.len(), buf.as_mut_ptr().cast()) };
+        let rc = unsafe { sys::rbd_read(self.raw().0, offset, buf.len(), buf.as_mut_ptr().cast()) };
         if rc < 0 {
             return Err(ceph_error(self.op("rbd_read"), rc as i64));
         }
@@ -413,8 +417,8 @@ impl Image {
 
     pub fn flush(&self) -> Result<()> {
         // SAFETY: open handle.
-        let rc = unsafe { sys::rbd_flush(self.raw()) };
-        self.checked(|| self.op("rbd_flush"), rc).map(drop)
+        let rc = unsafe { sys::rbd_flush(self.raw().0) };
+        check(|| self.op("rbd_flush"), rc).map(drop)
     }
 
     /// Calls `cb(offset, len, exists)` for each extent of `[ofs, ofs+len)`
@@ -443,7 +447,7 @@ impl Image {
         // the trampoline only during it, from one thread at a time.
         let rc = unsafe {
             sys::rbd_diff_iterate2(
-                self.raw(),
+                self.raw().0,
                 snap_ptr,
                 ofs,
                 len,
@@ -461,7 +465,7 @@ impl Image {
             ))),
             None => {
                 let from = from_snap.unwrap_or("(none)");
-                self.checked(
+                check(
                     || format!("rbd_diff_iterate2 {} from {from}", self.name),
                     rc,
                 )

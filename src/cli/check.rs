@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rbdelta::config::units::parse_duration;
 use rbdelta::status::check::{judge, summary, Thresholds};
-use rbdelta::status::collect_of;
+use rbdelta::status::{collect_of, first_unknown};
 
 use super::{Ctx, Failure};
 
@@ -51,11 +51,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         })
         .map(|s| judge(s, now, t))
         .collect();
-    if let Some(missing) = a
-        .volumes
-        .iter()
-        .find(|n| !statuses.iter().any(|s| s.volume == **n))
-    {
+    if let Some(missing) = first_unknown(&a.volumes, &statuses) {
         return Err(unknown(anyhow::anyhow!("no volume named {missing:?}")));
     }
     let (level, line) = summary(&verdicts);

@@ -23,7 +23,9 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
-    let fleet_log = global::read_log(&cfg.archive)?;
+    // one volume's: the fleet log scanned for its name, not parsed whole
+    let only = a.volume.as_ref().map(std::slice::from_ref);
+    let fleet_log = global::read_log_of(&cfg.archive, only)?;
     let mut damaged = fleet_log.damaged;
     let fleet = fleet_log.records;
     let mut records: Vec<LogRecord> = match &a.volume {

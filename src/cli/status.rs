@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rbdelta::config::units::format_duration;
-use rbdelta::status::{collect_of, prometheus, VolumeStatus};
+use rbdelta::status::{collect_of, first_unknown, prometheus, VolumeStatus};
 
 use super::{human, table, Ctx, Failure};
 
@@ -33,11 +33,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let cfg = ctx.config()?;
     let only = (!a.volumes.is_empty()).then_some(a.volumes.as_slice());
     let statuses = collect_of(&cfg, only)?;
-    if let Some(missing) = a
-        .volumes
-        .iter()
-        .find(|n| !statuses.iter().any(|s| s.volume == **n))
-    {
+    if let Some(missing) = first_unknown(&a.volumes, &statuses) {
         return Err(Failure::usage(format!("no volume named {missing:?}")));
     }
     match if a.json { Format::Json } else { a.format } {

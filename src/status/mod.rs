@@ -97,13 +97,16 @@ pub fn unix_nanos_of(t: &str) -> i128 {
 /// The fleet log records of volume `name`, and the fleet log's damaged
 /// lines (which may have been anyone's).
 pub fn fleet_records(archive: &Path, name: &str) -> Result<(Vec<LogRecord>, Vec<String>)> {
-    let log = global::read_log(archive)?;
-    let mine = log
-        .records
-        .into_iter()
-        .filter(|r| r.volume.as_deref() == Some(name))
-        .collect();
-    Ok((mine, log.damaged))
+    let log = global::read_log_of(archive, Some(&[name.to_string()]))?;
+    Ok((log.records, log.damaged))
+}
+
+/// The first of `names` that `statuses` (of [`collect_of`] for `names`)
+/// does not hold: a volume neither the config nor the archive knows.
+pub fn first_unknown<'a>(names: &'a [String], statuses: &[VolumeStatus]) -> Option<&'a String> {
+    names
+        .iter()
+        .find(|n| !statuses.iter().any(|s| s.volume == **n))
 }
 
 /// Every volume the config or the archive knows, with its status.
