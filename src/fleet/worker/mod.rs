@@ -9,16 +9,16 @@
 //! (its hidden `backup-worker` subcommand): a worker per parallel slot,
 //! which opens a cluster connection of its own for every job and shuts it
 //! down before the next (a connection shared by many jobs is what upset
-//! librbd). The parent relays
-//! the worker's progress and outcome; if the worker dies, the job's
-//! failure is recorded and the job is retried once in a new worker, which
-//! first cuts the dead one's cluster connection (named to the parent as
-//! soon as it opened) off the image, since its watch would hold up
-//! every snapshot for about 30 s; if it
-//! reports nothing for `stall-timeout`, or is still taking the snapshot
-//! long after the cluster should have answered (where the hangs were
-//! seen, even with a fresh connection), it is killed. Workers die with
-//! their parent (`PR_SET_PDEATHSIG`), like threads would.
+//! librbd). The parent relays the worker's progress and outcome. If the
+//! worker dies, the job's failure is recorded and the job is retried once
+//! in a new worker, which first cuts the dead one's cluster connection
+//! (named to the parent as soon as it opened) off the image, since its
+//! watch would hold up every snapshot, and its lock the VM's writes, for
+//! about 30 s; if the retry dies too, one more worker does only that cut.
+//! A worker that reports nothing for `stall-timeout`, or is still taking
+//! the snapshot long after the cluster should have answered (where the
+//! hangs were seen, even with a fresh connection), is killed. Workers die
+//! with their parent (`PR_SET_PDEATHSIG`), like threads would.
 
 mod protocol;
 mod serve;
