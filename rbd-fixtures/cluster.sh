@@ -13,6 +13,9 @@
 #   cluster.sh pause|resume|kill|restart DIR osd|mon
 #                                             fault injection: SIGSTOP, SIGCONT,
 #                                             SIGKILL, or start the dead daemon again
+#                                             (an OSD paused past the heartbeat
+#                                             grace is marked down on resume, as
+#                                             its peers would have had it)
 #
 # Progress goes to stderr; stdout stays empty. Clients use `-c DIR/ceph.conf`.
 # Auth is off unless --cephx: then ceph.conf names DIR/admin.keyring
@@ -240,7 +243,7 @@ cmd_start() {
         *) die "unknown option: $1" ;;
         esac
     done
-    for tool in ceph ceph-mon monmaptool ceph-osd ceph-authtool rbd uuidgen python3 timeout; do
+    for tool in ceph ceph-mon monmaptool ceph-osd ceph-authtool rbd rados uuidgen python3 timeout; do
         command -v "$tool" >/dev/null || die "$tool not found (run rbd-fixtures/install-deps.sh)"
     done
     if [[ -e $DIR ]] && [[ -n $(ls -A "$DIR" 2>/dev/null) ]]; then
@@ -369,6 +372,40 @@ pid_file() {
     esac
 }
 
+# Seconds an OSD may stop answering its peers' heartbeats before they report
+# it and the mon marks it down (Ceph's osd_heartbeat_grace default).
+HEARTBEAT_GRACE=20
+
+# SIGCONT to daemon kind $1 (pid $2). An OSD paused for longer than the
+# heartbeat grace is first marked down, which is what its peers would have
+# had the mon do in a cluster of several OSDs; a lone OSD has no peers to
+# report it. Once it runs again it sees itself marked down, boots and
+# re-peers, as a stalled OSD of a real cluster does. Without that, its PGs
+# come back past their read lease (0.8 of the grace): any PG an op reaches
+# before the lease is renewed turns "laggy" and parks its ops, and in CI
+# (2026-11-30, 2026-12-01) a PG of a lone OSD sometimes answered nothing for
+# over two minutes after a 45 s pause. Returns once the OSD is up again and
+# a listing of pool rbd (every PG) answers.
+resume() {
+    local what=$1 pid=$2 since paused
+    since=$(cat "$DIR/run/$what.paused" 2>/dev/null || date +%s)
+    rm -f "$DIR/run/$what.paused"
+    paused=$(($(date +%s) - since))
+    if [[ $what != osd ]] || ((paused < HEARTBEAT_GRACE)); then
+        kill -CONT "$pid"
+        return 0
+    fi
+    cephc osd down 0 >>"$DIR/log/daemons.log" 2>&1 || die "ceph osd down 0 failed"
+    kill -CONT "$pid"
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    until cephc osd dump 2>/dev/null | grep -q '^osd\.0 up' &&
+        timeout 15 rados -c "$DIR/ceph.conf" --rados-osd-op-timeout 5 -p rbd ls >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "osd.0 serves no listing ${READY_TIMEOUT}s after it was resumed"
+        sleep 0.5
+    done
+    log "osd paused for ${paused}s (over the ${HEARTBEAT_GRACE}s heartbeat grace): marked down, resumed, re-peered"
+}
+
 # pause|resume|kill|restart DIR osd|mon
 cmd_fault() {
     local what=$1 pid f
@@ -378,8 +415,14 @@ cmd_fault() {
     f=$(pid_file "$3")
     pid=$(cat "$f" 2>/dev/null || true)
     case $what in
-    pause) pid_alive "$pid" && kill -STOP "$pid" || die "$3 is not running" ;;
-    resume) pid_alive "$pid" && kill -CONT "$pid" || die "$3 is not running" ;;
+    pause)
+        pid_alive "$pid" && kill -STOP "$pid" || die "$3 is not running"
+        date +%s >"$DIR/run/$3.paused"
+        ;;
+    resume)
+        pid_alive "$pid" || die "$3 is not running"
+        resume "$3" "$pid"
+        ;;
     kill)
         pid_alive "$pid" || die "$3 is not running"
         kill -9 "$pid"

@@ -262,10 +262,12 @@ fn a_restore_rides_out_a_paused_osd_and_gives_up_after_retry_for() {
         err.contains("did not answer") && err.contains("kept as"),
         "{err}"
     );
+    // Paused past the heartbeat grace: cluster.sh marks the OSD down first,
+    // as its peers would have, and returns once it re-peered and answers a
+    // listing (a plain SIGCONT once left a PG answering nothing for over
+    // two minutes in CI, 2026-12-01). The loop only covers the moment of
+    // the re-peering.
     c.fault("resume", "osd");
-    // The OSD first works off what queued while it was paused: a listing
-    // may time out (5 s) a few times before it answers (a CI run,
-    // 2026-11-30).
     let started = Instant::now();
     let images = loop {
         match io.list_images() {
@@ -287,10 +289,8 @@ fn a_restore_rides_out_a_paused_osd_and_gives_up_after_retry_for() {
 
 /// Tries for 30 s to remove an image right after the OSD resumed, and
 /// only says so if it cannot: the cluster is thrown away with the test.
-/// The OSD may first work off the writes queued while it was paused.
-/// Sometimes (a CI run of main on 2026-11-30; 1 of 9 loaded runs with the
-/// threaded restore reader) it answered nothing on the partial image, not
-/// even an open, for over 120 s after a 45 s pause; why is not known yet.
+/// The dead restore's watch on the image may outlive it until the OSD
+/// times it out (30 s); while it lasts, librbd refuses to remove the image.
 fn try_remove(io: &IoCtx, name: &str) {
     let start = Instant::now();
     loop {
