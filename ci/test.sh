@@ -56,5 +56,5 @@ if [[ $# -eq 0 ]]; then
         --test readers_cli --test scrub_cli --test export_cli --test export_diff_cli \
         --test fleet_cli --test kill_cli --test fsck_cli --test mount_cli --test daemon_cli \
         --test permissions_cli --test least_privilege_cli --test archive_eio_cli \
-        --test full_disk_cli --test fault_cli --test tags_cli -- --include-ignored
+        --test full_disk_cli --test fault_cli --test tags_cli --test status_cli -- --include-ignored
 fi

@@ -419,6 +419,51 @@ fn operation_logs() {
     }
 }
 
+/// A damaged summary of the fleet log (`.rbdelta/summary/`): status and
+/// check never fail or panic over it, and report what the intact one
+/// gives (its own hash fails, and the log is parsed whole again). Fewer
+/// cases than the others: each one that is refused parses 1.5 MB of log
+/// and writes a new summary.
+#[test]
+fn fleet_log_summary() {
+    let a = archive();
+    let fleet = a.root.join(".rbdelta/log.jsonl");
+    std::fs::create_dir_all(fleet.parent().unwrap()).unwrap();
+    for i in 0..6000u64 {
+        let r = oplog::LogRecord {
+            time: format!("2026-11-29T10:{:02}:{:02}.{i:09}Z", i / 3600 % 60, i % 60),
+            op: "backup".into(),
+            event: "end".into(),
+            volume: Some("vm".into()),
+            outcome: Some(if i % 7 == 3 { "error" } else { "ok" }.into()),
+            detail: Some("rbd/vm ".repeat(30)),
+            ..Default::default()
+        };
+        oplog::append(&fleet, &r).unwrap();
+    }
+    let yaml = format!(
+        "ceph:\n  conf: /nonexistent/ceph.conf\narchive: {}\nvolumes:\n  - pool: rbd\n    image: vm\n",
+        a.root.display()
+    );
+    let cfg = Config::parse(&yaml, "fuzz.yaml").unwrap();
+    let json = |s: &[rbdelta::status::VolumeStatus]| serde_json::to_value(s).unwrap();
+    let want = json(&rbdelta::status::collect(&cfg).unwrap());
+    let summary = a.root.join(".rbdelta/summary/log.jsonl.json");
+    let seeds = vec![read(&summary)];
+    fuzz::run("fleet-log-summary", &summary, &seeds, SMOKE / 10, |f| {
+        let used = std::fs::read(f).unwrap() == seeds[0];
+        let s = rbdelta::status::collect(&cfg).map_err(|e| e.to_string())?;
+        let now = rbdelta::status::unix_of("2026-11-30T00:00:00Z");
+        for v in &s {
+            rbdelta::status::check::judge(v, now, Default::default());
+        }
+        if json(&s) != want {
+            return Err(format!("a damaged summary changed the status: {s:?}"));
+        }
+        Ok(used)
+    });
+}
+
 #[test]
 fn rbd_diff_stream() {
     use rbdelta::format::rbd_diff::{DiffReader, DiffWriter, Record};

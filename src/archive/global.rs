@@ -14,6 +14,7 @@ use std::io::Write;
 
 use super::atomic::{create_dir_private, TempFile};
 use super::oplog::{self, Log};
+use super::summary::{self, Backups};
 use crate::error::IoContext;
 use crate::error::Result;
 
@@ -47,15 +48,16 @@ pub fn daemon_lock_path(root: &Path) -> PathBuf {
     own(root, "daemon", ".lock")
 }
 
-/// The whole fleet's log: every node's records merged in time order.
-pub fn read_log(root: &Path) -> Result<Log> {
-    oplog::read_merged(&dir(root))
-}
-
-/// [`read_log`], only the records of `volumes` when given (see
-/// [`oplog::read_merged_of`]).
+/// The whole fleet's log, every node's records merged in time order; only
+/// the records of `volumes` when given (see [`oplog::read_merged_of`]).
 pub fn read_log_of(root: &Path, volumes: Option<&[String]>) -> Result<Log> {
     oplog::read_merged_of(&dir(root), volumes)
+}
+
+/// What status needs of the fleet's logs (see [`summary::backups_of`]),
+/// of `volumes` when given.
+pub fn backups_of(root: &Path, volumes: Option<&[String]>) -> Result<Backups> {
+    summary::backups_of(&dir(root), volumes)
 }
 
 /// `<archive>/.rbdelta/fleet-id`: names the fleet that shares this

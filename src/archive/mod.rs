@@ -15,6 +15,7 @@ pub mod owner;
 pub mod read;
 pub mod sparse;
 pub mod state;
+pub mod summary;
 
 use std::path::{Path, PathBuf};
 

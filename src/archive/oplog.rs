@@ -205,12 +205,32 @@ fn read_lines(path: &Path, needles: Option<&[String]>) -> Result<Log> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Log::default()),
         Err(e) => return Err(crate::error::Error::io(path, e)),
     };
+    let (body, torn) = split_torn(&bytes);
+    let mut log = parse_lines(path, body, 0, needles);
+    log.records.extend(parse_torn(torn));
+    Ok(log)
+}
+
+/// `bytes` split into its complete lines (through the last newline) and
+/// what follows them: a torn line, or nothing.
+pub(crate) fn split_torn(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    bytes.split_at(end)
+}
+
+/// The records of `body`, complete lines that follow `before` lines of the
+/// log at `path` (the number damaged lines are reported under).
+pub(crate) fn parse_lines(
+    path: &Path,
+    body: &[u8],
+    before: u64,
+    needles: Option<&[String]>,
+) -> Log {
     let mut log = Log::default();
-    let complete = bytes.last() == Some(&b'\n');
-    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    // split leaves an empty piece after a final newline, or the torn line
-    let (body, torn) = lines.split_at(lines.len() - 1);
-    for (i, line) in body.iter().enumerate() {
+    let Some(body) = body.strip_suffix(b"\n") else {
+        return log;
+    };
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
         if line.is_empty() || !wanted(line, needles) {
             continue;
         }
@@ -219,16 +239,17 @@ fn read_lines(path: &Path, needles: Option<&[String]>) -> Result<Log> {
             Err(e) => log.damaged.push(format!(
                 "{}:{}: unreadable record ({e})",
                 path.display(),
-                i + 1
+                before + i as u64 + 1
             )),
         }
     }
-    if !complete {
-        if let Ok(r) = serde_json::from_slice(torn[0]) {
-            log.records.push(r); // whole, only its newline missing
-        }
-    }
-    Ok(log)
+    log
+}
+
+/// The record of a torn last line that is whole but for its newline; a
+/// line cut short is skipped silently, as the next append ends it.
+pub(crate) fn parse_torn(torn: &[u8]) -> Option<LogRecord> {
+    serde_json::from_slice(torn).ok()
 }
 
 /// One logged operation: a start record now, an end record with the

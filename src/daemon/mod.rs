@@ -413,10 +413,15 @@ fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Ou
     }
 }
 
-/// When each volume's last backup ended, from the fleet log.
+/// When each volume's last backup ended, from the fleet log (its summary
+/// keeps each volume's newest success and all that followed it, so the
+/// newest attempt that was not cut short by a shutdown).
 fn last_attempts(archive: &Path) -> std::collections::HashMap<String, i64> {
     let mut out = std::collections::HashMap::new();
-    for r in global::read_log(archive).unwrap_or_default().records {
+    for r in global::backups_of(archive, None)
+        .unwrap_or_default()
+        .records
+    {
         if let (Some(v), "backup", "end") = (r.volume, r.op.as_str(), r.event.as_str()) {
             if r.error
                 .as_deref()

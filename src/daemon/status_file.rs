@@ -75,9 +75,7 @@ impl StatusFile {
             return;
         }
         // A volume new since the start: read its history once.
-        let one = status::fleet_records(&cfg.archive, &o.volume)
-            .and_then(|(recs, damage)| status::one(cfg, &o.volume, &recs, &damage));
-        match one {
+        match status::of_volume(cfg, &o.volume) {
             Ok(s) => {
                 self.volumes.insert(o.volume.clone(), s);
             }

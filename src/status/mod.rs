@@ -94,11 +94,11 @@ pub fn unix_nanos_of(t: &str) -> i128 {
         .map_or(0, |t| t.unix_timestamp_nanos())
 }
 
-/// The fleet log records of volume `name`, and the fleet log's damaged
-/// lines (which may have been anyone's).
-pub fn fleet_records(archive: &Path, name: &str) -> Result<(Vec<LogRecord>, Vec<String>)> {
-    let log = global::read_log_of(archive, Some(&[name.to_string()]))?;
-    Ok((log.records, log.damaged))
+/// The status of volume `name` alone, from the fleet log's records of it.
+pub fn of_volume(cfg: &Config, name: &str) -> Result<VolumeStatus> {
+    let b = global::backups_of(&cfg.archive, Some(&[name.to_string()]))?;
+    let dropped = b.dropped_failures.get(name).copied().unwrap_or(0);
+    one(cfg, name, &b.records, dropped, &b.damaged)
 }
 
 /// The first of `names` that `statuses` (of [`collect_of`] for `names`)
@@ -117,8 +117,10 @@ pub fn collect(cfg: &Config) -> Result<Vec<VolumeStatus>> {
 /// [`collect`], `only` for these volumes when given (those of them that
 /// the config or the archive knows): the fleet log is then scanned for
 /// their names rather than parsed whole, and no other volume is looked at.
+/// The fleet log is read through its summaries: only what was appended
+/// since the last one is parsed.
 pub fn collect_of(cfg: &Config, only: Option<&[String]>) -> Result<Vec<VolumeStatus>> {
-    let fleet_log = global::read_log_of(&cfg.archive, only)?;
+    let fleet_log = global::backups_of(&cfg.archive, only)?;
     let mut by_volume: BTreeMap<String, Vec<LogRecord>> = BTreeMap::new();
     for r in fleet_log.records {
         if let Some(v) = r.volume.clone() {
@@ -141,17 +143,26 @@ pub fn collect_of(cfg: &Config, only: Option<&[String]>) -> Result<Vec<VolumeSta
     let mut out = Vec::new();
     for name in names {
         let fleet = by_volume.remove(&name).unwrap_or_default();
-        out.push(one(cfg, &name, &fleet, &fleet_log.damaged)?);
+        let dropped = fleet_log.dropped_failures.get(&name).copied();
+        out.push(one(
+            cfg,
+            &name,
+            &fleet,
+            dropped.unwrap_or(0),
+            &fleet_log.damaged,
+        )?);
     }
     Ok(out)
 }
 
-/// The status of one volume, given its fleet log records and the fleet
-/// log's damaged lines.
-pub fn one(
+/// The status of one volume, given its fleet log records (its backup end
+/// records, or those a summary kept of them and the failures it dropped)
+/// and the fleet log's damaged lines.
+fn one(
     cfg: &Config,
     name: &str,
     fleet: &[LogRecord],
+    dropped_failures: u64,
     fleet_damage: &[String],
 ) -> Result<VolumeStatus> {
     let dir = cfg.archive.join(name);
@@ -177,12 +188,11 @@ pub fn one(
         .iter()
         .filter(|r| r.op == "backup" && r.event == "end")
         .collect();
-    let backups: Vec<&LogRecord> = if fleet_backups.is_empty() {
-        own.iter()
-            .filter(|r| r.op == "backup" && r.event == "end")
-            .collect()
+    let (backups, failures_before): (Vec<&LogRecord>, u64) = if fleet_backups.is_empty() {
+        let own = own.iter().filter(|r| r.op == "backup" && r.event == "end");
+        (own.collect(), 0)
     } else {
-        fleet_backups
+        (fleet_backups, dropped_failures)
     };
     let mut s = VolumeStatus {
         volume: name.to_string(),
@@ -204,7 +214,7 @@ pub fn one(
         last_success: None,
         last_failure: None,
         consecutive_failures: 0,
-        failures_total: 0,
+        failures_total: failures_before,
         revisions: revisions.len(),
         archive_bytes: allocated(&dir),
         last_verify: None,
