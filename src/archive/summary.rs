@@ -5,9 +5,11 @@
 //! volumes is 52 MB of log, and parsing it all took half a second.
 //!
 //! A summary is derived data. It covers a prefix of its log, which it
-//! names by device, inode, length and a hash of the prefix's last bytes;
-//! a log that was replaced, truncated or rewritten does not match, and
-//! its summary is built again from the start. Deleting the directory is
+//! names by inode, length and a hash of the prefix's last bytes; a log
+//! that was replaced, truncated or rewritten does not match, and its
+//! summary is built again from the start. (Not by device: every node of a
+//! shared fleet mounts CephFS as a device of its own, and they share the
+//! summaries.) Deleting the directory is
 //! always safe. Readers write summaries best-effort (a read-only archive
 //! only makes them parse everything), atomically, and racing writers each
 //! leave a valid one.
@@ -91,7 +93,6 @@ fn is_ok(r: &LogRecord) -> bool {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Summary {
     format: u32,
-    dev: u64,
     ino: u64,
     /// Length of the covered prefix: whole lines only.
     bytes: u64,
@@ -189,10 +190,9 @@ fn summarize(
     let meta = f.metadata().at(path)?;
     let stored = summary_path(dir, path);
     let mut s = match load(&stored) {
-        Some(s) if covers(&s, &f, meta.dev(), meta.ino(), meta.len()) => s,
+        Some(s) if covers(&s, &f, meta.ino(), meta.len()) => s,
         _ => Summary {
             format: FORMAT,
-            dev: meta.dev(),
             ino: meta.ino(),
             ..Summary::default()
         },
@@ -225,12 +225,9 @@ fn load(path: &Path) -> Option<Summary> {
 }
 
 /// Whether `s` covers a prefix of the open log `f`.
-fn covers(s: &Summary, f: &std::fs::File, dev: u64, ino: u64, len: u64) -> bool {
+fn covers(s: &Summary, f: &std::fs::File, ino: u64, len: u64) -> bool {
     let mut f = f;
-    s.dev == dev
-        && s.ino == ino
-        && s.bytes <= len
-        && tail_hash(&mut f, s.bytes).is_ok_and(|h| h == s.tail)
+    s.ino == ino && s.bytes <= len && tail_hash(&mut f, s.bytes).is_ok_and(|h| h == s.tail)
 }
 
 /// BLAKE3 (hex) of the [`TAIL`] bytes before offset `end` of `f`.
