@@ -148,11 +148,7 @@ pub fn read_merged(dir: &Path) -> Result<Log> {
 /// line is still parsed and reported as damaged. So a check of one volume
 /// scans a large fleet log instead of parsing every record of it.
 pub fn read_merged_of(dir: &Path, volumes: Option<&[String]>) -> Result<Log> {
-    let needles: Option<Vec<String>> = volumes.map(|v| {
-        v.iter()
-            .map(|n| serde_json::to_string(n).expect("strings serialize"))
-            .collect()
-    });
+    let needles = needles(volumes);
     let mut log = Log::default();
     for (node, path) in paths(dir)? {
         let mut l = read_lines(&path, needles.as_deref())?;
@@ -185,6 +181,15 @@ pub struct Log {
 /// Reads a log; a missing file is an empty log.
 pub fn read_all(path: &Path) -> Result<Log> {
     read_lines(path, None)
+}
+
+/// What a line of one of `volumes` contains: each name as a JSON string.
+pub(crate) fn needles(volumes: Option<&[String]>) -> Option<Vec<String>> {
+    volumes.map(|v| {
+        v.iter()
+            .map(|n| serde_json::to_string(n).expect("strings serialize"))
+            .collect()
+    })
 }
 
 /// Whether line `line` must be parsed: always without `needles`; with

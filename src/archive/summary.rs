@@ -126,11 +126,7 @@ impl Summary {
 /// are not parsed (see [`oplog::read_merged_of`]), and no summary is
 /// written, as it would miss the other volumes.
 pub fn backups_of(dir: &Path, volumes: Option<&[String]>) -> Result<Backups> {
-    let needles: Option<Vec<String>> = volumes.map(|v| {
-        v.iter()
-            .map(|n| serde_json::to_string(n).expect("strings serialize"))
-            .collect()
-    });
+    let needles = oplog::needles(volumes);
     let mut out = Backups::default();
     for (node, path) in oplog::paths(dir)? {
         let Some((summary, torn)) = summarize(dir, &path, needles.as_deref())? else {
