@@ -8,33 +8,42 @@ use std::io::Write;
 use std::path::Path;
 
 use common::cli::Env;
+use rbdelta::archive::oplog::LogRecord;
+use time::format_description::well_known::Rfc3339;
 
 /// Appends backup end records to the fleet log of `env`: `(volume, ok)`
-/// pairs, a second apart from `t0` on.
+/// pairs, a second apart from `t0` on (in one write: the log's own
+/// appender fsyncs each record).
 fn append(env: &Env, t0: i64, jobs: &[(&str, bool)]) {
     let dir = env.dir.path().join("archive/.rbdelta");
     std::fs::create_dir_all(&dir).unwrap();
+    let mut text = String::new();
+    for (i, (volume, ok)) in jobs.iter().enumerate() {
+        let t = time::OffsetDateTime::from_unix_timestamp(t0 + i as i64).unwrap();
+        let r = LogRecord {
+            time: t.format(&Rfc3339).unwrap(),
+            op: "backup".into(),
+            event: "end".into(),
+            volume: Some(volume.to_string()),
+            outcome: Some(if *ok { "ok" } else { "error" }.into()),
+            kind: ok.then(|| "delta".into()),
+            error: (!ok).then(|| format!("{volume}: image not found")),
+            transient: (!ok).then_some(false),
+            bytes_read: Some(1),
+            bytes_written: Some(1),
+            duration_ms: Some(1),
+            detail: Some(format!("rbd/{volume}")),
+            in_volume_log: Some(true),
+            ..LogRecord::default()
+        };
+        text += &serde_json::to_string(&r).unwrap();
+        text.push('\n');
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("log.jsonl"))
         .unwrap();
-    let mut text = String::new();
-    for (i, (volume, ok)) in jobs.iter().enumerate() {
-        let t = time::OffsetDateTime::from_unix_timestamp(t0 + i as i64).unwrap();
-        let t = t
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap();
-        let outcome = if *ok {
-            r#""outcome":"ok","kind":"delta""#.to_string()
-        } else {
-            format!(r#""outcome":"error","error":"{volume}: image not found","transient":false"#)
-        };
-        text += &format!(
-            r#"{{"time":"{t}","op":"backup","event":"end","volume":"{volume}",{outcome},"bytes_read":1,"bytes_written":1,"duration_ms":1,"detail":"rbd/{volume}","in_volume_log":true}}"#
-        );
-        text.push('\n');
-    }
     f.write_all(text.as_bytes()).unwrap();
 }
 
