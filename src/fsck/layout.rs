@@ -2,13 +2,32 @@
 //! the filesystem, if any, at the start of each partition or of the whole
 //! disk, recognised by its superblock magic. Reads through a closure, so it
 //! never needs more than the few sectors it looks at.
+//!
+//! Every byte it reads was written by a guest, who may want to hurt the
+//! host. So whatever a header claims: a GPT entry array is read only when
+//! its size and count are what the UEFI specification allows and within
+//! [`MAX_GPT_ENTRIES`] × [`MAX_GPT_ENTRY_SIZE`] (so no read is larger
+//! than [`MAX_READ`]); all offset arithmetic is checked; a partition that
+//! starts past the end of the image, or whose bounds wrap, is left out;
+//! and a table that breaks these rules counts as no table. Fuzzed by
+//! `tests/fuzz_parsers.rs` (`partition_table`).
 
 use crate::error::Result;
 
 const SECTOR: u64 = 512;
 
+/// The most GPT entries read. The specification sets no upper bound; real
+/// tables hold 128 (gdisk and parted allow a few hundred).
+pub const MAX_GPT_ENTRIES: u32 = 1024;
+/// The largest GPT entry size accepted: 128 × 2ⁿ by the specification,
+/// and 128 in every table in use.
+pub const MAX_GPT_ENTRY_SIZE: u32 = 4096;
+/// The most bytes any one read asks for: a whole entry array at the
+/// bounds above.
+pub const MAX_READ: usize = MAX_GPT_ENTRIES as usize * MAX_GPT_ENTRY_SIZE as usize;
+
 /// A byte range of the image and what it holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Part {
     /// 1-based partition number; 0 for the whole disk.
     pub number: u32,
@@ -17,7 +36,8 @@ pub struct Part {
     pub content: Content,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Content {
     Ext,
     Xfs,
@@ -66,56 +86,27 @@ pub fn partitions(read: &ReadAt<'_>, size: u64) -> Result<Vec<Part>> {
     let has_mbr = mbr.len() == 512 && mbr[510] == 0x55 && mbr[511] == 0xAA;
     let protective = has_mbr && (0..4).any(|i| mbr[446 + i * 16 + 4] == 0xEE);
     if protective {
-        let gpt = read(SECTOR, SECTOR as usize)?;
-        if gpt.len() == 512 && &gpt[0..8] == b"EFI PART" {
-            let entries_lba = le64(&gpt, 72);
-            let count = le32(&gpt, 80).min(1024);
-            let esize = u64::from(le32(&gpt, 84));
-            if esize >= 128 {
-                let table = read(entries_lba * SECTOR, (u64::from(count) * esize) as usize)?;
-                for i in 0..count as usize {
-                    let off = i * esize as usize;
-                    if off + 128 > table.len() {
-                        break;
-                    }
-                    let e = &table[off..off + 128];
-                    if e[0..16].iter().all(|&b| b == 0) {
-                        continue;
-                    }
-                    let (first, last) = (le64(e, 32), le64(e, 40));
-                    if last < first {
-                        continue;
-                    }
-                    let start = first * SECTOR;
-                    let len = ((last - first + 1) * SECTOR).min(size.saturating_sub(start));
-                    parts.push(Part {
-                        number: i as u32 + 1,
-                        start,
-                        len,
-                        content: Content::Unknown,
-                    });
-                }
-            }
-        }
+        parts = gpt(read, size)?;
     } else if has_mbr && looks_like_mbr(&mbr) {
         for i in 0..4 {
             let e = &mbr[446 + i * 16..][..16];
             let kind = e[4];
+            // u32 sectors of 512 bytes: no product can overflow a u64
             let (first, count) = (u64::from(le32(e, 8)), u64::from(le32(e, 12)));
-            if kind == 0 || count == 0 {
+            if kind == 0 {
                 continue;
             }
-            let start = first * SECTOR;
-            parts.push(Part {
-                number: i as u32 + 1,
-                start,
-                len: (count * SECTOR).min(size.saturating_sub(start)),
-                content: if matches!(kind, 0x05 | 0x0f | 0x85) {
-                    Content::Extended
-                } else {
-                    Content::Unknown
-                },
-            });
+            let content = match kind {
+                0x05 | 0x0f | 0x85 => Content::Extended,
+                _ => Content::Unknown,
+            };
+            parts.extend(part(
+                i as u32 + 1,
+                first * SECTOR,
+                count * SECTOR,
+                size,
+                content,
+            ));
         }
     }
     if parts.is_empty() {
@@ -129,6 +120,58 @@ pub fn partitions(read: &ReadAt<'_>, size: u64) -> Result<Vec<Part>> {
     for p in &mut parts {
         if p.content != Content::Extended {
             p.content = detect(read, p.start, p.len)?;
+        }
+    }
+    Ok(parts)
+}
+
+/// The part numbered `number` over `len` bytes at `start`, cut to the
+/// image's `size`; none when it is empty or starts past the end.
+fn part(number: u32, start: u64, len: u64, size: u64, content: Content) -> Option<Part> {
+    let len = len.min(size.checked_sub(start)?);
+    (len > 0).then_some(Part {
+        number,
+        start,
+        len,
+        content,
+    })
+}
+
+/// The partitions of a GPT disk, from the primary header at LBA 1; none
+/// when the header is not one the specification allows, or its entry
+/// array lies outside the image.
+fn gpt(read: &ReadAt<'_>, size: u64) -> Result<Vec<Part>> {
+    let mut parts = Vec::new();
+    let h = read(SECTOR, SECTOR as usize)?;
+    if h.len() != SECTOR as usize || &h[0..8] != b"EFI PART" {
+        return Ok(parts);
+    }
+    let (entries_lba, count, esize) = (le64(&h, 72), le32(&h, 80), le32(&h, 84));
+    let sane = count > 0
+        && count <= MAX_GPT_ENTRIES
+        && (128..=MAX_GPT_ENTRY_SIZE).contains(&esize)
+        && esize.is_power_of_two()
+        && entries_lba >= 2;
+    let at = entries_lba.checked_mul(SECTOR);
+    let len = count as usize * esize as usize; // at most MAX_READ when sane
+    let Some(at) = at.filter(|&at| sane && at.checked_add(len as u64).is_some_and(|e| e <= size))
+    else {
+        return Ok(parts);
+    };
+    let table = read(at, len)?;
+    for (i, e) in table.chunks_exact(esize as usize).enumerate() {
+        if e[0..16].iter().all(|&b| b == 0) {
+            continue; // an unused entry
+        }
+        let (first, last) = (le64(e, 32), le64(e, 40));
+        let bounds = last
+            .checked_sub(first)
+            .and_then(|n| n.checked_add(1))
+            .and_then(|n| n.checked_mul(SECTOR))
+            .zip(first.checked_mul(SECTOR));
+        if let Some((len, start)) = bounds {
+            // i < MAX_GPT_ENTRIES, so the number fits
+            parts.extend(part(i as u32 + 1, start, len, size, Content::Unknown));
         }
     }
     Ok(parts)
@@ -165,13 +208,15 @@ pub fn detect(read: &ReadAt<'_>, start: u64, len: u64) -> Result<Content> {
     {
         return Ok(Content::Swap);
     }
-    let ext = read(start + 1024, 1024)?;
+    let Some(at) = start.checked_add(1024) else {
+        return Ok(Content::Unknown);
+    };
+    let ext = read(at, 1024)?;
     if ext.len() >= 58 && le16(&ext, 56) == 0xEF53 {
         return Ok(Content::Ext);
     }
-    if len > 65536 + 72 {
-        let b = read(start + 65536 + 64, 8)?;
-        if b == b"_BHRfS_M" {
+    if let (true, Some(at)) = (len > 65536 + 72, start.checked_add(65536 + 64)) {
+        if read(at, 8)? == b"_BHRfS_M" {
             return Ok(Content::Btrfs);
         }
     }
@@ -247,5 +292,61 @@ mod tests {
         let parts = partitions(&reader(&bare), bare.len() as u64).unwrap();
         assert_eq!(parts.len(), 1);
         assert_eq!((parts[0].number, parts[0].content), (0, Content::Ext));
+    }
+
+    /// A protective MBR and a GPT header claiming `count` entries of
+    /// `esize` bytes at LBA `lba`, with one entry from `first` to `last`.
+    fn hostile_gpt(lba: u64, count: u32, esize: u32, first: u64, last: u64) -> Vec<u8> {
+        let mut img = vec![0u8; 64 << 10];
+        img[446 + 4] = 0xEE;
+        img[510] = 0x55;
+        img[511] = 0xAA;
+        img[512..520].copy_from_slice(b"EFI PART");
+        img[512 + 72..512 + 80].copy_from_slice(&lba.to_le_bytes());
+        img[512 + 80..512 + 84].copy_from_slice(&count.to_le_bytes());
+        img[512 + 84..512 + 88].copy_from_slice(&esize.to_le_bytes());
+        img[1024] = 1;
+        img[1024 + 32..1024 + 40].copy_from_slice(&first.to_le_bytes());
+        img[1024 + 40..1024 + 48].copy_from_slice(&last.to_le_bytes());
+        img
+    }
+
+    #[test]
+    fn hostile_gpt_headers_ask_for_little_and_never_wrap() {
+        let biggest = std::cell::Cell::new(0usize);
+        for (lba, count, esize, first, last) in [
+            (2, u32::MAX, 128, 34, 40),
+            (2, 128, u32::MAX, 34, 40),
+            (2, 1024, 4096, 34, 40),
+            (2, 128, 200, 34, 40),
+            (u64::MAX, 128, 128, 34, 40),
+            (u64::MAX / 512 + 1, 128, 128, 34, 40),
+            (2, 128, 128, u64::MAX, u64::MAX),
+            (2, 128, 128, 0, u64::MAX),
+            (2, 128, 128, 40, 34),
+            (2, 128, 128, 1 << 60, (1 << 60) + 10),
+        ] {
+            let img = hostile_gpt(lba, count, esize, first, last);
+            let inner = reader(&img);
+            let read = |at: u64, len: usize| {
+                assert!(len <= MAX_READ, "asked for {len} bytes");
+                biggest.set(biggest.get().max(len));
+                inner(at, len)
+            };
+            // a disk much larger than the bytes behind it reads as zeros
+            for size in [img.len() as u64, 1 << 40, u64::MAX] {
+                for p in partitions(&read, size).unwrap() {
+                    assert!(p.len > 0 && p.start.checked_add(p.len).is_some_and(|e| e <= size));
+                }
+            }
+        }
+        assert!(biggest.get() <= 4096 * 1024);
+        // the one sane header still gives its partition
+        let img = hostile_gpt(2, 128, 128, 34, 40);
+        let parts = partitions(&reader(&img), img.len() as u64).unwrap();
+        assert_eq!(
+            (parts[0].number, parts[0].start, parts[0].len),
+            (1, 34 * 512, 7 * 512)
+        );
     }
 }

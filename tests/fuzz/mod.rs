@@ -5,6 +5,10 @@
 //! input under `target/fuzz-failures/`. Deterministic: a case is replayed
 //! with `FUZZ_SEED` and its number.
 //!
+//! Every case also fails if it made a single allocation over
+//! [`MAX_ALLOC`] (a header that talks a parser into a huge buffer), counted
+//! by this binary's global allocator on the case's own thread.
+//!
 //! Chosen over cargo-fuzz because it needs no nightly toolchain (CI has
 //! only stable) and runs inside the normal test suite; it is fast enough
 //! for 10 million cases per target (`ci/fuzz.sh`).
@@ -15,6 +19,40 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
+
+/// The largest single allocation a case may make.
+pub const MAX_ALLOC: usize = 64 << 20;
+
+/// The system allocator, keeping the largest allocation made on each
+/// thread since it was last reset (const thread-locals: no allocation).
+struct Tracking;
+
+thread_local! {
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: every call goes straight to the system allocator; the counter
+// is a plain thread-local cell that never allocates.
+unsafe impl std::alloc::GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        let _ = LARGEST.try_with(|m| m.set(m.get().max(l.size())));
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        let _ = LARGEST.try_with(|m| m.set(m.get().max(l.size())));
+        unsafe { std::alloc::System.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        let _ = LARGEST.try_with(|m| m.set(m.get().max(new)));
+        unsafe { std::alloc::System.realloc(p, l, new) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Tracking = Tracking;
 
 /// A case that runs longer than this is a hang.
 const HANG: Duration = Duration::from_secs(5);
@@ -209,7 +247,7 @@ pub fn run(
             }
         })
     };
-    let (mut accepted, mut slowest) = (0u64, Duration::ZERO);
+    let (mut accepted, mut slowest, mut biggest) = (0u64, Duration::ZERO, 0usize);
     for case in 0..cases {
         let mut rng = Rng::new(seed ^ case.wrapping_mul(0x0123_4567_89AB_CDEF));
         let input = mutate(&mut rng, seeds);
@@ -217,11 +255,17 @@ pub fn run(
         let t = Instant::now();
         started.store(clock.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
         IN_CASE.set(true);
+        LARGEST.set(0);
         let outcome = catch_unwind(AssertUnwindSafe(|| check(file)));
+        let largest = LARGEST.get();
         IN_CASE.set(false);
         started.store(0, Ordering::Relaxed);
         slowest = slowest.max(t.elapsed());
+        biggest = biggest.max(largest);
         let fail = match outcome {
+            Ok(Ok(_)) if largest > MAX_ALLOC => Some(format!(
+                "allocated {largest} bytes at once (over {MAX_ALLOC})"
+            )),
             Ok(Ok(ok)) => {
                 accepted += u64::from(ok);
                 None
@@ -242,9 +286,10 @@ pub fn run(
     watchdog.join().unwrap();
     let secs = clock.elapsed().as_secs_f64();
     eprintln!(
-        "fuzz {name}: {cases} cases in {secs:.1} s ({:.0}/s), {accepted} accepted, 0 panics, 0 hangs, slowest case {:.1} ms",
+        "fuzz {name}: {cases} cases in {secs:.1} s ({:.0}/s), {accepted} accepted, 0 panics, 0 hangs, slowest case {:.1} ms, largest allocation {} KiB",
         cases as f64 / secs,
-        slowest.as_secs_f64() * 1000.0
+        slowest.as_secs_f64() * 1000.0,
+        biggest.div_ceil(1024)
     );
 }
 
