@@ -9,7 +9,7 @@ set -euo pipefail
 PACKAGES=(
     ceph-mon ceph-osd ceph-common
     librbd-dev librados-dev
-    fuse3 e2fsprogs xfsprogs btrfs-progs dosfstools fdisk
+    fuse3 e2fsprogs xfsprogs btrfs-progs dosfstools fdisk bubblewrap
     python3-rbd python3-rados
     man-db
     ceph-mds ceph-fuse

@@ -42,6 +42,10 @@ pub enum Error {
     /// The operation was asked to stop (daemon shutdown) and did, cleanly.
     #[error("cancelled: {0}")]
     Cancelled(String),
+    /// A program rbdelta runs (a filesystem checker, the sandbox) is not
+    /// installed on this host.
+    #[error("{program} is not installed (Debian package {package})")]
+    MissingTool { program: String, package: String },
     /// A revision a reader asked for was removed (by a concurrent prune or
     /// merge) before the reader had opened its files.
     #[error("{0}")]
@@ -83,6 +87,7 @@ impl Error {
             | Error::Corrupt(_)
             | Error::Invalid(_)
             | Error::Cancelled(_)
+            | Error::MissingTool { .. }
             | Error::Removed(_) => false,
         }
     }

@@ -48,7 +48,7 @@ Architecture: $arch
 Maintainer: rbdelta developers <rbdelta@localhost>
 Installed-Size: $size
 Depends: libc6, librbd1, librados2
-Recommends: fuse3
+Recommends: fuse3, bubblewrap
 Suggests: e2fsprogs, xfsprogs, btrfs-progs, dosfstools
 Section: admin
 Priority: optional

@@ -124,6 +124,9 @@ enum Command {
     /// Internal: run the backups a parent rbdelta sends on stdin.
     #[command(hide = true)]
     BackupWorker,
+    /// Internal: run the fsck a parent rbdelta sends on stdin.
+    #[command(hide = true)]
+    FsckWorker,
 }
 
 #[derive(Debug, clap::Args)]
@@ -235,6 +238,7 @@ pub fn main() -> ExitCode {
         Command::Completions(a) => package::completions(&ctx, a),
         Command::Man(a) => package::man(&ctx, a),
         Command::BackupWorker => backup_worker(),
+        Command::FsckWorker => fsck::worker(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,7 +19,19 @@ pub struct RawConfig {
     #[serde(default)]
     pub defaults: RawDefaults,
     pub nodes: Option<S<RawNodes>>,
+    #[serde(default)]
+    pub fsck: RawFsck,
     pub volumes: Vec<S<RawVolume>>,
+}
+
+/// The `fsck:` mapping: how filesystem checkers run over guest data.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawFsck {
+    pub kernel_replay: Option<bool>,
+    pub memory: Option<S<String>>,
+    pub cpu_time: Option<S<String>>,
+    pub timeout: Option<S<String>>,
 }
 
 /// The `nodes:` mapping: several backup hosts share the fleet.

@@ -90,6 +90,8 @@ pub struct Config {
     pub fleet: Fleet,
     /// Several backup hosts share this fleet (`nodes:`); `None`: one host.
     pub nodes: Option<Nodes>,
+    /// How fsck runs its checkers (`fsck:`).
+    pub fsck: FsckSettings,
     pub entries: Vec<Entry>,
     /// The file it came from, for messages.
     pub origin: String,
@@ -115,6 +117,33 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// dead node's volumes should not wait for long.
 pub const LEASE_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(3)..=Duration::from_secs(600);
+
+/// How `fsck` treats guest filesystems (`fsck:`): each checker runs in a
+/// sandbox with these limits, and the kernel mounts nothing unless
+/// `kernel_replay` says it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FsckSettings {
+    /// Replay a dirty XFS log through a kernel mount (root only): kernel
+    /// filesystem code then runs over bytes a tenant wrote.
+    pub kernel_replay: bool,
+    /// Address space of one checker, bytes.
+    pub memory: u64,
+    /// CPU time of one checker.
+    pub cpu_time: Duration,
+    /// Wall-clock time of one checker.
+    pub timeout: Duration,
+}
+
+impl Default for FsckSettings {
+    fn default() -> FsckSettings {
+        FsckSettings {
+            kernel_replay: false,
+            memory: 4 << 30,
+            cpu_time: Duration::from_secs(3600),
+            timeout: Duration::from_secs(2 * 3600),
+        }
+    }
+}
 
 /// Settings of the whole run rather than of one volume.
 #[derive(Debug, Clone, PartialEq)]

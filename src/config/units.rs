@@ -66,6 +66,16 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
+/// Parses a size in bytes: a number with a unit (B, KB, MB, GB, KiB,
+/// MiB, GiB).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size (examples: 512MiB, 4GiB)");
+    if s.trim_end().ends_with("/s") {
+        return Err(bad());
+    }
+    parse_rate(s).map_err(|_| bad())
+}
+
 /// A duration for people: `3d 4h`, `12m 5s`, `40s`.
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();

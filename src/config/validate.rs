@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::file::{self, RawConfig, RawDefaults, RawHooks, RawVolume, S};
 use super::{
-    units, CephConfig, Config, Entry, Fleet, FullEvery, Glob, Hooks, Nodes, Selection, Settings,
-    Volume, DEFAULT_HOOK_TIMEOUT, DEFAULT_LEASE, DEFAULT_STALL_TIMEOUT, LEASE_RANGE,
-    MAX_CEPH_TIMEOUT, MAX_HOOK_TIMEOUT, MAX_STALL_TIMEOUT,
+    units, CephConfig, Config, Entry, Fleet, FsckSettings, FullEvery, Glob, Hooks, Nodes,
+    Selection, Settings, Volume, DEFAULT_HOOK_TIMEOUT, DEFAULT_LEASE, DEFAULT_STALL_TIMEOUT,
+    LEASE_RANGE, MAX_CEPH_TIMEOUT, MAX_HOOK_TIMEOUT, MAX_STALL_TIMEOUT,
 };
 use crate::archive::valid_volume_name;
 use crate::error::{Error, Result};
@@ -98,6 +98,7 @@ impl Validator<'_> {
             archive: raw.archive,
             fleet,
             nodes: raw.nodes.as_ref().map(|n| self.nodes(n)).transpose()?,
+            fsck: self.fsck(&raw.fsck)?,
             entries,
             origin: self.origin.to_string(),
         })
@@ -126,6 +127,39 @@ impl Validator<'_> {
         Ok(Nodes {
             lease_pool: pool.value.clone(),
             lease,
+        })
+    }
+
+    fn fsck(&self, f: &file::RawFsck) -> Result<FsckSettings> {
+        let d = FsckSettings::default();
+        let at_least =
+            |key: &str, v: &Option<S<String>>, min: Duration| -> Result<Option<Duration>> {
+                match self.opt(v, key, units::parse_duration)? {
+                    Some(t) if t < min => self.err(
+                        v.as_ref().map_or(0, |s| s.referenced.line()),
+                        key,
+                        format!("must be at least {}", units::format_duration(min)),
+                    ),
+                    t => Ok(t),
+                }
+            };
+        let memory = match self.opt(&f.memory, "fsck.memory", units::parse_size)? {
+            Some(m) if m < 64 << 20 => {
+                return self.err(
+                    f.memory.as_ref().map_or(0, |s| s.referenced.line()),
+                    "fsck.memory",
+                    "must be at least 64MiB",
+                )
+            }
+            m => m.unwrap_or(d.memory),
+        };
+        Ok(FsckSettings {
+            kernel_replay: f.kernel_replay.unwrap_or(d.kernel_replay),
+            memory,
+            cpu_time: at_least("fsck.cpu-time", &f.cpu_time, Duration::from_secs(10))?
+                .unwrap_or(d.cpu_time),
+            timeout: at_least("fsck.timeout", &f.timeout, Duration::from_secs(10))?
+                .unwrap_or(d.timeout),
         })
     }
 

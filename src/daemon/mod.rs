@@ -409,7 +409,7 @@ fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Ou
                 .map(|m| crate::verify::Subset::for_day(day, m));
             verify_volume(&fleet.archive, &vol.name, subset, obs)
         }
-        JobKind::Fsck => crate::fleet::fsck_volume(&fleet.archive, &vol.name, obs),
+        JobKind::Fsck => crate::fleet::fsck_volume(fleet, &vol.name, obs),
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Fleet {
     pub parallel: usize,
     /// A worker that reports nothing this long is killed.
     pub stall_timeout: std::time::Duration,
+    /// How fsck jobs start their worker, and their sandbox's limits.
+    pub fsck: crate::fsck::Runner,
 }
 
 impl Fleet {
@@ -47,6 +49,7 @@ impl Fleet {
         Fleet {
             parallel: cfg.fleet.parallel,
             stall_timeout: cfg.fleet.stall_timeout,
+            fsck: crate::fsck::Runner::this_binary(Vec::new(), cfg.fsck),
             ..Fleet::bare(
                 cfg.ceph.options(),
                 cfg.archive.clone(),
@@ -67,6 +70,7 @@ impl Fleet {
             workers: None,
             parallel: 1,
             stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
+            fsck: crate::fsck::Runner::this_binary(Vec::new(), Default::default()),
         }
     }
 
@@ -349,13 +353,14 @@ pub fn verify_volume(
 
 /// Runs `fsck` of the newest revision of volume `name` (the daemon's
 /// `fsck-schedule`); filesystem errors fail the job (not transient).
-pub fn fsck_volume(archive: &Path, name: &str, obs: &dyn Observer) -> Outcome {
+pub fn fsck_volume(fleet: &Fleet, name: &str, obs: &dyn Observer) -> Outcome {
+    let archive = fleet.archive.as_path();
     let started = Instant::now();
     let progress = obs.started(name, "fsck");
     let dir_exists = archive.join(name).is_dir();
     let result = VolumeDir::open(archive, name).and_then(|dir| {
         let rev = dir.find_revision("latest")?;
-        crate::fsck::fsck(&dir, &rev)
+        crate::fsck::fsck(&dir, &rev, &fleet.fsck, &fleet.cancel)
     });
     drop(progress);
     let outcome = match result {

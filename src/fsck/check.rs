@@ -1,24 +1,33 @@
-//! Running the right checker on one filesystem of the overlay disk, through
-//! a loop device over its byte range (writable, since journal replays
-//! write, but only ever into the throwaway overlay). ext2/3/4:
-//! `e2fsck -p -E journal_only` (replay), then `e2fsck -fn`; xfs: a mount
-//! and unmount (log replay), then `xfs_repair -n`; btrfs: `btrfs check
-//! --readonly`; vfat: `fsck.vfat -n`.
+//! Running the right checker on one filesystem of the overlay, inside the
+//! [`sandbox`](super::sandbox), on the filesystem's overlay file (writable,
+//! since journal replays write, but only ever into the throwaway overlay).
+//! ext2/3/4: `e2fsck -p -E journal_only` (replay, in user space), then
+//! `e2fsck -fn`; xfs: `xfs_repair -n` (a dirty log is reported as not
+//! checked, unless the operator opted into a kernel mount to replay it);
+//! btrfs: `btrfs check --readonly`; vfat: `fsck.vfat -n`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::AtomicBool;
 
 use super::layout::{Content, Part};
-use crate::error::{Error, Result};
+use super::sandbox::{Ended, Sandbox, DISK};
+use crate::error::{Error, IoContext, Result};
+use crate::text::printable;
 
 /// What checking one filesystem found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Ok,
     /// The checker's summary lines.
     Errors(Vec<String>),
-    /// Why it was not checked.
+    /// Why it was not checked: nothing to check there (swap, no
+    /// filesystem).
     Skipped(String),
+    /// Why a filesystem that is there was not checked (a dirty XFS log, a
+    /// checker over its limits): a warning, neither ok nor an error.
+    NotChecked(String),
 }
 
 /// A loop device over a byte range of a file; detached on drop.
@@ -52,54 +61,48 @@ impl Drop for Loop {
     }
 }
 
-/// Runs a checker: exit code and its output lines (stdout then stderr).
-fn run(program: &str, args: &[&str]) -> Result<(i32, Vec<String>)> {
-    let out = Command::new(program).args(args).output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Invalid(format!("{program} is not installed"))
-        } else {
-            Error::io(program, e)
-        }
-    })?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    Ok((out.status.code().unwrap_or(-1), lines))
+/// The package that brings `program`.
+pub fn package_of(program: &str) -> &'static str {
+    match program {
+        "e2fsck" => "e2fsprogs",
+        "xfs_repair" => "xfsprogs",
+        "btrfs" => "btrfs-progs",
+        "fsck.vfat" => "dosfstools",
+        "bwrap" => "bubblewrap",
+        _ => "",
+    }
 }
 
-/// The last few lines of a checker's output, its version banner aside:
-/// its summary.
+/// The last few lines of a checker's output, its version banner aside,
+/// escaped and cut: its summary.
 fn summary(lines: Vec<String>) -> Vec<String> {
     let lines: Vec<String> = lines
         .into_iter()
         .filter(|l| !(l.starts_with("e2fsck ") && l.ends_with(')')))
         .collect();
     let skip = lines.len().saturating_sub(8);
-    lines.into_iter().skip(skip).collect()
+    lines
+        .into_iter()
+        .skip(skip)
+        .map(|l| printable(&l, 300))
+        .collect()
 }
 
-/// The package that brings a filesystem's checker.
-fn package(c: Content) -> &'static str {
-    match c {
-        Content::Ext => "e2fsprogs",
-        Content::Xfs => "xfsprogs",
-        Content::Btrfs => "btrfs-progs",
-        Content::Vfat => "dosfstools",
-        _ => "",
-    }
+/// How checking one filesystem is done.
+pub struct How<'a> {
+    pub sandbox: &'a Sandbox,
+    /// Replay an XFS log through a kernel mount first (root only).
+    pub kernel_replay: bool,
+    pub cancel: &'a AtomicBool,
+    /// A private directory for mount points.
+    pub scratch: &'a Path,
 }
 
-/// Checks the filesystem of `part` on `disk` (the overlay); `scratch` is
-/// a private directory for mount points.
-pub fn check(disk: &Path, part: &Part, scratch: &Path) -> Result<Verdict> {
+/// What xfs_repair -n says of a log it did not replay.
+const XFS_DIRTY_LOG: &str = "metadata changes in a log";
+
+/// Checks the filesystem of `part`, whose overlay file is `file`.
+pub fn check(file: &Path, part: &Part, how: &How<'_>) -> Result<Verdict> {
     let skip = |why: &str| Ok(Verdict::Skipped(why.to_string()));
     match part.content {
         Content::Swap => return skip("swap space: nothing to check"),
@@ -110,54 +113,74 @@ pub fn check(disk: &Path, part: &Part, scratch: &Path) -> Result<Verdict> {
         Content::Unknown => return skip("no filesystem recognised"),
         Content::Ext | Content::Xfs | Content::Btrfs | Content::Vfat => {}
     }
-    let dev = Loop::attach(disk, part.start, part.len)?;
-    let d = dev.0.as_str();
-    let checked = (|| -> Result<(bool, Vec<String>)> {
-        Ok(match part.content {
-            Content::Ext => {
-                // Replay the journal (a crash-consistent snapshot has a
-                // dirty one); 0 and 1 mean done. Then the full check.
-                let (code, lines) = run("e2fsck", &["-p", "-E", "journal_only", d])?;
-                if code > 1 {
-                    return Ok((false, lines));
-                }
-                let (code, lines) = run("e2fsck", &["-f", "-n", d])?;
-                (code == 0, lines)
+    let disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .at(file)?;
+    let run = |program: &str, args: &[&str]| how.sandbox.run(program, args, &disk, how.cancel);
+    let mut replayed = false;
+    let out = match part.content {
+        Content::Ext => {
+            // Replay the journal (a crash-consistent snapshot has a dirty
+            // one) in user space; 0 and 1 mean done. Then the full check.
+            let out = run("e2fsck", &["-p", "-E", "journal_only", DISK])?;
+            match out.ended {
+                Ended::Exited(0 | 1) => run("e2fsck", &["-f", "-n", DISK])?,
+                _ => out,
             }
-            Content::Xfs => {
-                replay_by_mount(d, "xfs", &["-o", "nouuid"], scratch)?;
-                let (code, lines) = run("xfs_repair", &["-n", d])?;
-                (code == 0, lines)
-            }
-            Content::Btrfs => {
-                let (code, lines) = run("btrfs", &["check", "--readonly", d])?;
-                (code == 0, lines)
-            }
-            _ => {
-                let (code, lines) = run("fsck.vfat", &["-n", d])?;
-                (code == 0, lines)
-            }
-        })
-    })();
-    match checked {
-        Ok((true, _)) => Ok(Verdict::Ok),
-        Ok((false, lines)) => Ok(Verdict::Errors(summary(lines))),
-        Err(Error::Invalid(m)) if m.ends_with("not installed") => {
-            skip(&format!("{m} (package {})", package(part.content)))
         }
-        Err(e) => Err(e),
-    }
+        Content::Xfs => {
+            if how.kernel_replay {
+                replay_by_mount(file, "xfs", &["-o", "nouuid"], how.scratch)?;
+                replayed = true;
+            }
+            run("xfs_repair", &["-n", "-f", DISK])?
+        }
+        Content::Btrfs => run("btrfs", &["check", "--readonly", DISK])?,
+        _ => run("fsck.vfat", &["-n", DISK])?,
+    };
+    let program = match part.content {
+        Content::Ext => "e2fsck",
+        Content::Xfs => "xfs_repair",
+        Content::Btrfs => "btrfs check",
+        _ => "fsck.vfat",
+    };
+    Ok(match out.ended {
+        Ended::Exited(0) => Verdict::Ok,
+        _ if part.content == Content::Xfs
+            && !replayed
+            && out.lines.iter().any(|l| l.contains(XFS_DIRTY_LOG)) =>
+        {
+            Verdict::NotChecked(
+                "dirty log: not checked (only a kernel mount replays an XFS log; \
+                 fsck.kernel-replay in the config allows it)"
+                    .into(),
+            )
+        }
+        Ended::Exited(_) => Verdict::Errors(summary(out.lines)),
+        Ended::Killed(sig) => Verdict::NotChecked(format!(
+            "{program} was killed by signal {sig} (over its CPU or memory limit, or it crashed)"
+        )),
+        Ended::TimedOut => {
+            Verdict::NotChecked(format!("{program} ran past its time limit and was killed"))
+        }
+    })
 }
 
-/// Mounts and unmounts a filesystem so the kernel replays its log (on the
-/// overlay). A mount that fails is left to the checker to judge.
-fn replay_by_mount(dev: &str, fstype: &str, opts: &[&str], scratch: &Path) -> Result<()> {
+/// Mounts and unmounts the filesystem in `file` (through a loop device)
+/// so the kernel replays its log, into the overlay. Only with
+/// `fsck.kernel-replay` (root): it runs kernel filesystem code over guest
+/// bytes. A mount that fails is left to the checker to judge.
+fn replay_by_mount(file: &Path, fstype: &str, opts: &[&str], scratch: &Path) -> Result<()> {
+    let len = std::fs::metadata(file).at(file)?.len();
+    let dev = Loop::attach(file, 0, len)?;
     let at: PathBuf = scratch.join("replay");
     std::fs::create_dir_all(&at).map_err(|e| Error::io(&at, e))?;
     let ok = Command::new("mount")
         .args(["-t", fstype])
         .args(opts)
-        .arg(dev)
+        .arg(&dev.0)
         .arg(&at)
         .output()
         .map_err(|e| Error::io("mount", e))?

@@ -4,30 +4,48 @@
 //! ([`layout`]) and runs each one's own checker ([`check`]) the way a real
 //! recovery would, replaying journals first.
 //!
+//! Guest bytes are hostile, so fsck gives them as little as it can: the
+//! partition table parser is bounded and fuzzed; the whole check runs in a
+//! child process ([`worker`]); every checker runs unprivileged in a
+//! [`sandbox`] with no network and hard limits, and sees only its own
+//! filesystem; no guest filesystem is mounted by the kernel unless the
+//! operator opts in (`fsck.kernel-replay`, root only); what checkers print
+//! is escaped before anyone sees it.
+//!
 //! What it promises the archive: it reads a revision through its chain
 //! (hash-checked, no lock, like any reader) and never writes it. Journal
-//! replays write into a copy-on-write [`overlay`] (a FUSE file whose writes
+//! replays write into a copy-on-write [`overlay`] (FUSE files whose writes
 //! land in a sparse temporary file) that is discarded afterwards. The only
 //! archive write is its record in the volume's operation log. Killed half
-//! way, it may leave a loop device, a FUSE mount and a temporary directory
-//! under the system's temp dir (`rbdelta-fsck-*`), never a changed archive.
+//! way, the worker leaves a FUSE mount and a temporary directory under the
+//! system's temp dir (`rbdelta-fsck-*`), which its parent clears; never a
+//! changed archive.
 
 pub mod check;
 pub mod layout;
 pub mod overlay;
+pub mod sandbox;
+pub mod worker;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
 
 use crate::archive::oplog::Operation;
 use crate::archive::{Revision, VolumeDir};
-use crate::error::{Error, IoContext, Result};
+use crate::config::FsckSettings;
+use crate::error::{Error, Result};
 use crate::mount::image::RevisionImage;
 pub use check::Verdict;
 pub use layout::{Content, Part};
 
+/// The most filesystems of one disk that are checked; a table may claim
+/// up to [`layout::MAX_GPT_ENTRIES`], each a checker run.
+pub const MAX_CHECKED: usize = 128;
+
 /// One filesystem (or partition) and what checking it found.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FsResult {
     pub part: Part,
     pub verdict: Verdict,
@@ -48,53 +66,75 @@ impl FsckReport {
             .any(|r| matches!(r.verdict, Verdict::Errors(_)))
     }
 
-    /// `3 ok, 1 with errors, 1 skipped`.
+    /// Whether any filesystem that is there was not checked.
+    pub fn has_unchecked(&self) -> bool {
+        self.results
+            .iter()
+            .any(|r| matches!(r.verdict, Verdict::NotChecked(_)))
+    }
+
+    /// `3 ok, 1 with errors, 1 not checked, 1 skipped`.
     pub fn summary(&self) -> String {
         let count = |f: fn(&Verdict) -> bool| self.results.iter().filter(|r| f(&r.verdict)).count();
         format!(
-            "{} ok, {} with errors, {} skipped",
+            "{} ok, {} with errors, {} not checked, {} skipped",
             count(|v| *v == Verdict::Ok),
             count(|v| matches!(v, Verdict::Errors(_))),
+            count(|v| matches!(v, Verdict::NotChecked(_))),
             count(|v| matches!(v, Verdict::Skipped(_)))
         )
     }
 }
 
-/// A private scratch directory under the temp dir, removed on drop.
-struct Scratch(PathBuf);
+/// How fsck starts its worker: this binary's hidden `fsck-worker`.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub program: std::path::PathBuf,
+    pub args: Vec<String>,
+    pub settings: FsckSettings,
+}
 
-impl Scratch {
-    fn new() -> Result<Scratch> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "rbdelta-fsck-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&p).at(&p)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).at(&p)?;
-        Ok(Scratch(p))
+impl Runner {
+    /// This very executable, with `args` before `fsck-worker`.
+    pub fn this_binary(mut args: Vec<String>, settings: FsckSettings) -> Runner {
+        args.push("fsck-worker".into());
+        Runner {
+            program: "/proc/self/exe".into(),
+            args,
+            settings,
+        }
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Checks every filesystem of revision `rev`, and records the result in
-/// the volume's operation log (`op: "fsck"`).
-pub fn fsck(vol: &VolumeDir, rev: &Revision) -> Result<FsckReport> {
+/// Checks every filesystem of revision `rev` in a worker process, and
+/// records the result in the volume's operation log (`op: "fsck"`).
+/// `cancel` stops it (the worker is told, then killed).
+pub fn fsck(
+    vol: &VolumeDir,
+    rev: &Revision,
+    runner: &Runner,
+    cancel: &AtomicBool,
+) -> Result<FsckReport> {
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if runner.settings.kernel_replay && unsafe { libc::geteuid() } != 0 {
         return Err(Error::Invalid(
-            "fsck needs root: it attaches the revision's filesystems to loop devices".into(),
+            "fsck.kernel-replay needs root: it mounts the guest's XFS to replay its log".into(),
         ));
     }
     let op = Operation::start(vol.log_path(), "fsck", Some(rev.id.clone()), None)?;
-    op.end(fsck_unlogged(vol, rev), |r, rec| {
+    let report = worker::isolated(
+        &runner.program,
+        &runner.args,
+        vol,
+        &rev.id,
+        &runner.settings,
+        cancel,
+    )
+    .map(|results| FsckReport {
+        revision: rev.clone(),
+        results,
+    });
+    op.end(report, |r, rec| {
         rec.detail = Some(r.summary());
         if r.has_errors() {
             rec.outcome = Some("errors".into());
@@ -110,21 +150,43 @@ pub fn fsck(vol: &VolumeDir, rev: &Revision) -> Result<FsckReport> {
     })
 }
 
-fn fsck_unlogged(vol: &VolumeDir, rev: &Revision) -> Result<FsckReport> {
+/// The worker's work: the partitions of `rev`, its overlay mounted in
+/// `scratch`, and each filesystem checked in the sandbox. `checking` is
+/// told each partition before its checker starts.
+pub(crate) fn check_revision(
+    vol: &VolumeDir,
+    rev: &Revision,
+    settings: &FsckSettings,
+    scratch: &Path,
+    cancel: &AtomicBool,
+    checking: &mut dyn FnMut(u32),
+) -> Result<Vec<FsResult>> {
     let image = RevisionImage::open(vol, rev)?;
     let parts = layout::partitions(&|at, len| image.read(at, len), image.size())?;
-    let scratch = Scratch::new()?;
-    let overlay = overlay::Overlay::mount(image, &scratch.0)?;
+    let sandbox = sandbox::Sandbox::new(sandbox::Limits {
+        cpu: settings.cpu_time,
+        memory: settings.memory,
+        wall: settings.timeout,
+    });
+    let overlay = overlay::Overlay::mount(image, &parts, sandbox.owner(), scratch)?;
+    let how = check::How {
+        sandbox: &sandbox,
+        kernel_replay: settings.kernel_replay,
+        cancel,
+        scratch,
+    };
     let mut results = Vec::new();
-    for part in parts {
-        let verdict = check::check(&overlay.disk(), &part, &scratch.0)?;
+    for (i, part) in parts.into_iter().enumerate() {
+        let verdict = if i >= MAX_CHECKED {
+            Verdict::NotChecked(format!("more than {MAX_CHECKED} partitions: not checked"))
+        } else {
+            checking(part.number);
+            check::check(&overlay.file(&part), &part, &how)?
+        };
         results.push(FsResult { part, verdict });
     }
     drop(overlay);
-    Ok(FsckReport {
-        revision: rev.clone(),
-        results,
-    })
+    Ok(results)
 }
 
 /// `partition 2 (xfs)` or `whole disk (ext2/3/4)`.

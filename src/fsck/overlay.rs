@@ -1,10 +1,16 @@
 //! A throwaway copy-on-write disk over a revision, for checkers that must
 //! write (an ext4 journal replay, an XFS log replay by mount): one FUSE
-//! file, `disk.img`, that reads the revision (hash-checked, through its
-//! chain) except where something wrote, and writes to a sparse temporary
-//! file. There is no device-mapper on these hosts, so the overlay lives in
-//! the FUSE layer. The archive is never written; the temporary file goes
-//! with the [`Overlay`].
+//! file per partition, `part-N.img` (`part-0.img` for a disk without a
+//! table), each reading its byte range of the revision (hash-checked,
+//! through its chain) except where something wrote, writes going to one
+//! sparse temporary file. There is no device-mapper on these hosts, so the
+//! overlay lives in the FUSE layer. The archive is never written; the
+//! temporary file goes with the [`Overlay`].
+//!
+//! The files belong to the sandbox's user (mode 0600, the kernel checking
+//! modes), so a checker that dropped to `nobody` can open the one it is
+//! handed; the mount point sits in the operator's private scratch
+//! directory, so no other local user can reach it.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
@@ -18,13 +24,23 @@ use fuser::{
     WriteFlags,
 };
 
+use super::layout::Part;
 use crate::error::{Error, IoContext, Result};
 use crate::mount::image::RevisionImage;
 
 /// Pages of the overlay's written-page map.
 const PAGE: u64 = 4096;
 const TTL: Duration = Duration::from_secs(3600);
-const DISK: INodeNo = INodeNo(2);
+/// The inode of the first partition's file; the others follow.
+const FIRST: u64 = 2;
+
+/// A file of the overlay: a byte range of the disk.
+#[derive(Debug, Clone)]
+struct Window {
+    name: String,
+    start: u64,
+    len: u64,
+}
 
 struct Cow {
     image: RevisionImage,
@@ -32,6 +48,7 @@ struct Cow {
     upper_path: PathBuf,
     /// One bit per written page.
     written: Mutex<Vec<u64>>,
+    files: Vec<Window>,
     uid: u32,
     gid: u32,
 }
@@ -85,9 +102,14 @@ impl Cow {
         Ok(data.len())
     }
 
+    fn file(&self, ino: INodeNo) -> Option<&Window> {
+        self.files
+            .get(usize::try_from(ino.0.checked_sub(FIRST)?).ok()?)
+    }
+
     fn attr(&self, ino: INodeNo) -> FileAttr {
         let dir = ino == INodeNo::ROOT;
-        let size = if dir { 0 } else { self.image.size() };
+        let size = self.file(ino).map_or(0, |w| w.len);
         FileAttr {
             ino,
             size,
@@ -114,17 +136,21 @@ impl Cow {
 
 impl Filesystem for Cow {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent == INodeNo::ROOT && name == "disk.img" {
-            reply.entry(&TTL, &self.attr(DISK), Generation(0));
-        } else {
-            reply.error(Errno::ENOENT);
+        let found = self.files.iter().position(|w| name == w.name.as_str());
+        match found {
+            Some(i) if parent == INodeNo::ROOT => {
+                let ino = INodeNo(FIRST + i as u64);
+                reply.entry(&TTL, &self.attr(ino), Generation(0))
+            }
+            _ => reply.error(Errno::ENOENT),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match ino {
-            INodeNo::ROOT | DISK => reply.attr(&TTL, &self.attr(ino)),
-            _ => reply.error(Errno::ENOENT),
+        if ino == INodeNo::ROOT || self.file(ino).is_some() {
+            reply.attr(&TTL, &self.attr(ino))
+        } else {
+            reply.error(Errno::ENOENT)
         }
     }
 
@@ -139,16 +165,18 @@ impl Filesystem for Cow {
         if ino != INodeNo::ROOT {
             return reply.error(Errno::ENOTDIR);
         }
-        let all = [
+        let mut all = vec![
             (INodeNo::ROOT, FileType::Directory, "."),
             (INodeNo::ROOT, FileType::Directory, ".."),
-            (DISK, FileType::RegularFile, "disk.img"),
         ];
+        for (i, w) in self.files.iter().enumerate() {
+            all.push((INodeNo(FIRST + i as u64), FileType::RegularFile, &w.name));
+        }
         crate::mount::fill_dir(reply, all, offset);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if ino == DISK {
+        if self.file(ino).is_some() {
             reply.opened(FileHandle(0), FopenFlags::empty());
         } else {
             reply.error(Errno::EISDIR);
@@ -158,7 +186,7 @@ impl Filesystem for Cow {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         size: u32,
@@ -166,10 +194,14 @@ impl Filesystem for Cow {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.read(offset, size as usize) {
+        let Some(w) = self.file(ino) else {
+            return reply.error(Errno::EBADF);
+        };
+        let len = (size as u64).min(w.len.saturating_sub(offset)) as usize;
+        match self.read(w.start + offset.min(w.len), len) {
             Ok(d) => reply.data(&d),
             Err(e) => {
-                tracing::error!("fsck overlay: read at {offset}: {e}");
+                tracing::error!("fsck overlay: read of {} at {offset}: {e}", w.name);
                 reply.error(Errno::EIO)
             }
         }
@@ -178,7 +210,7 @@ impl Filesystem for Cow {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -187,16 +219,43 @@ impl Filesystem for Cow {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.write(offset, data) {
+        let Some(w) = self.file(ino) else {
+            return reply.error(Errno::EBADF);
+        };
+        if offset >= w.len {
+            return reply.error(Errno::ENOSPC);
+        }
+        let data = &data[..data.len().min((w.len - offset) as usize)];
+        match self.write(w.start + offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => {
-                tracing::error!("fsck overlay: write at {offset}: {e}");
+                tracing::error!("fsck overlay: write of {} at {offset}: {e}", w.name);
                 reply.error(Errno::EIO)
             }
         }
     }
 
+    /// Checkers ask files for block-device ioctls (BLKGETSIZE and the
+    /// like); a plain file has none, and says so without a log line.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     crate::mount::plain_file_answers!();
+}
+
+fn file_name(p: &Part) -> String {
+    format!("part-{}.img", p.number)
 }
 
 /// A mounted overlay; unmounted and its temporary file removed on drop.
@@ -206,9 +265,15 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    /// Serves `image` as `<dir>/mnt/disk.img`, writes going to
-    /// `<dir>/upper` (sparse). `dir` must be a fresh private directory.
-    pub fn mount(image: RevisionImage, dir: &Path) -> Result<Overlay> {
+    /// Serves each of `parts` of `image` as `<dir>/mnt/part-N.img`, owned
+    /// by `owner` (uid, gid), writes going to `<dir>/upper` (sparse).
+    /// `dir` must be a fresh private directory.
+    pub fn mount(
+        image: RevisionImage,
+        parts: &[Part],
+        owner: (u32, u32),
+        dir: &Path,
+    ) -> Result<Overlay> {
         let mnt = dir.join("mnt");
         std::fs::create_dir_all(&mnt).at(&mnt)?;
         let upper_path = dir.join("upper");
@@ -220,9 +285,17 @@ impl Overlay {
             .at(&upper_path)?;
         upper.set_len(image.size()).at(&upper_path)?;
         let pages = image.size().div_ceil(PAGE);
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = owner;
+        let files = parts
+            .iter()
+            .map(|p| Window {
+                name: file_name(p),
+                start: p.start,
+                len: p.len,
+            })
+            .collect();
         let fs = Cow {
+            files,
             image,
             upper,
             upper_path,
@@ -235,7 +308,14 @@ impl Overlay {
             fuser::MountOption::FSName("rbdelta-fsck".into()),
             fuser::MountOption::NoDev,
             fuser::MountOption::NoSuid,
+            fuser::MountOption::NoExec,
+            fuser::MountOption::DefaultPermissions,
         ];
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 && uid != 0 {
+            // root mounts; the sandbox's user opens (modes still apply)
+            config.acl = fuser::SessionACL::All;
+        }
         config.n_threads = Some(4);
         let session = fuser::spawn_mount(fs, &mnt, &config).map_err(|e| Error::io(&mnt, e))?;
         Ok(Overlay {
@@ -244,8 +324,9 @@ impl Overlay {
         })
     }
 
-    pub fn disk(&self) -> PathBuf {
-        self.dir.join("mnt/disk.img")
+    /// The file of partition `p`.
+    pub fn file(&self, p: &Part) -> PathBuf {
+        self.dir.join("mnt").join(file_name(p))
     }
 }
 
