@@ -4,7 +4,8 @@
 //! The safety belt lives here: an existing target is refused unless
 //! `--force` (or `--in-place`, which wants one); the volume's own source
 //! image is refused unless `--force`; a file inside the archive root is
-//! refused always. An image in use is refused by [`in_place`].
+//! refused always. An image in use is refused by [`in_place`], and so is
+//! one without the exclusive-lock feature unless `--force-unlocked`.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +50,12 @@ pub struct Args {
     /// every block to find the ones that differ.
     #[arg(long, requires = "in_place")]
     no_snapshot: bool,
+    /// With --in-place: roll back an image without the exclusive-lock
+    /// feature, which nothing then protects from a VM that starts during
+    /// the restore. (Not --force: rolling back the volume's own source
+    /// image already needs that.)
+    #[arg(long, requires = "in_place")]
+    force_unlocked: bool,
     /// Afterwards, read the whole image back and compare it with the
     /// revision, block by block.
     #[arg(long, requires = "to_image")]
@@ -141,7 +148,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 &rev,
                 &ioctx,
                 image,
-                !a.no_snapshot,
+                in_place::InPlaceOptions {
+                    use_snapshot: !a.no_snapshot,
+                    unlocked: a.force_unlocked,
+                },
                 &topts,
                 progress.as_ref(),
             )?;
