@@ -6,8 +6,9 @@
 //! image without snapshots it hashes. It writes only what differs, and it
 //! is refused, touching nothing, while another client holds the image,
 //! when one opens it between the check and the lock, and on an image
-//! without the exclusive-lock feature unless `--force-unlocked`; while it
-//! runs, another client can neither take the lock nor write.
+//! without the exclusive-lock feature unless `--force-unlocked` (and so is
+//! `--force` over an existing image); while it runs, another client can
+//! neither take the lock nor write.
 
 mod common;
 
@@ -142,18 +143,22 @@ fn in_place_restore_is_refused_while_another_client_uses_the_image() {
     let vm = io.open_image(&src.name).unwrap();
     vm.write(MIB, &pattern(4096, 2)).unwrap();
     let before = read_image(&io, &src.name, None);
-    let out = env.fails(&args);
-    let err = stderr(&out);
-    assert!(
-        err.contains("is in use")
-            && err.contains(&format!("{} at ", io.client()))
-            && err.contains("holds its exclusive lock"),
-        "{err}"
-    );
-    assert!(
-        read_image(&io, &src.name, None) == before,
-        "a refused restore wrote"
-    );
+    // in place, and overwriting it whole (--force alone)
+    let whole = [&args[..4], &["--force"]].concat();
+    for args in [&args[..], &whole] {
+        let out = env.fails(args);
+        let err = stderr(&out);
+        assert!(
+            err.contains("is in use")
+                && err.contains(&format!("{} at ", io.client()))
+                && err.contains("holds its exclusive lock"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            read_image(&io, &src.name, None) == before,
+            "a refused restore wrote ({args:?})"
+        );
+    }
     drop(vm);
 
     // Open without writing: a watcher, no lock; refused as well.
@@ -186,39 +191,42 @@ fn rolled_on(prefix: &str, feats: u64) -> (Env, ScratchImage, Vec<u8>) {
 
 #[test]
 #[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
-fn without_exclusive_lock_in_place_is_refused_unless_force_unlocked() {
+fn without_exclusive_lock_a_restore_into_the_image_is_refused_unless_force_unlocked() {
     let io = test_ioctx();
     let (env, src, backed_up) = rolled_on("inplace-nolock", features::LAYERING);
     let image = format!("rbd/{}", src.name);
-    let args = [
-        "restore",
-        "v",
-        "--to-image",
-        &image,
-        "--in-place",
-        "--force",
-    ];
-    let before = read_image(&io, &src.name, None);
-    let out = env.fails(&args);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    for says in [
-        format!("image {image} has no exclusive-lock feature"),
-        "nothing would stop a VM".to_string(),
-        format!("rbd feature enable {image} exclusive-lock"),
-        "--force-unlocked".to_string(),
-    ] {
-        assert!(err.contains(&says), "{says:?} not in {err}");
+    let to = ["restore", "v", "--to-image", &image];
+    // in place, and overwriting it whole (--force)
+    for how in [&["--in-place", "--force"][..], &["--force"]] {
+        let before = read_image(&io, &src.name, None);
+        let out = env.fails(&[&to[..], how].concat());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{how:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{how:?}: {err}");
+        for says in [
+            format!("image {image} has no exclusive-lock feature"),
+            "nothing would stop a VM".to_string(),
+            format!("rbd feature enable {image} exclusive-lock"),
+            "--force-unlocked".to_string(),
+        ] {
+            assert!(err.contains(&says), "{how:?}: {says:?} not in {err}");
+        }
+        assert!(
+            read_image(&io, &src.name, None) == before,
+            "a refused restore wrote ({how:?})"
+        );
     }
-    assert!(
-        read_image(&io, &src.name, None) == before,
-        "a refused restore wrote"
-    );
-    // accepted: restores and verifies
-    let out = env.ok(&[&args[..], &["--force-unlocked", "--verify-target"]].concat());
-    assert!(out.contains("matches revision"), "{out}");
-    assert!(read_image(&io, &src.name, None) == backed_up);
+    // accepted: restores and verifies, both ways
+    for how in [&["--in-place", "--force"][..], &["--force"]] {
+        io.open_image(&src.name)
+            .unwrap()
+            .write(MIB, &pattern(8192, 3))
+            .unwrap();
+        let extra = ["--force-unlocked", "--verify-target"];
+        let out = env.ok(&[&to[..], how, &extra].concat());
+        assert!(out.contains("matches revision"), "{how:?}: {out}");
+        assert!(read_image(&io, &src.name, None) == backed_up, "{how:?}");
+    }
 }
 
 #[test]
@@ -242,7 +250,7 @@ fn a_client_that_opens_the_image_between_the_check_and_the_lock_is_caught() {
     // a VM starts after the check: opens the image, and then also writes
     for writes in [false, true] {
         let before = read_image(&io, &src.name, None);
-        let held = Paused::start(&env, &args, "in-place: checked");
+        let held = Paused::start(&env, &args, "claim: checked");
         let vm = io.open_image(&src.name).unwrap();
         if writes {
             vm.write(3 * MIB, &pattern(4096, 5)).unwrap();

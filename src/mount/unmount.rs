@@ -27,10 +27,7 @@ pub fn unmount(at: &Path) -> Result<()> {
     if !mounted(at)? {
         return Ok(());
     }
-    let why = match umount(at) {
-        Ok(()) => None,
-        Err(e) => Some(e),
-    };
+    let why = umount(at).err();
     if !mounted(at)? {
         return Ok(());
     }

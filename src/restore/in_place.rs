@@ -10,24 +10,18 @@
 //! - **By hashing.** Every allocated block of the image is read (in
 //!   parallel) and hashed; a block whose hash equals the revision's is kept.
 //!
-//! The image is claimed first: refused while another client holds its
-//! exclusive lock or watches it (a VM, a mapping), then locked, then
-//! checked again under the lock: a client that opened the image between
-//! the first check and the lock is seen then, and the restore refused.
-//! From there on nobody else writes until the restore ends and closes the
-//! image (librbd refuses other clients' requests for a lock taken with
-//! `rbd_lock_acquire`). An image without the exclusive-lock feature has no
-//! such lock: nothing would stop a VM that starts during the restore from
-//! writing, so it is refused unless the caller accepts that
-//! ([`InPlaceOptions::unlocked`]).
+//! The image is claimed first (`restore::claim`): refused while another
+//! client uses it, then locked until the restore ends; refused without the
+//! exclusive-lock feature unless `TargetOptions::force_unlocked`.
 
 use std::sync::Arc;
 
 use super::block_set::BlockSet;
+use super::claim::claim;
 use super::rbd_target::RbdTarget;
 use super::TargetOptions;
 use crate::archive::{Revision, VolumeDir};
-use crate::ceph::{features, Image, IoCtx};
+use crate::ceph::{Image, IoCtx};
 use crate::chain::Chain;
 use crate::checksum::block_count;
 use crate::error::{Error, Result};
@@ -54,17 +48,6 @@ pub struct Plan {
     pub blocks: u64,
 }
 
-/// How to roll an image back.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct InPlaceOptions {
-    /// Find the blocks to write from a snapshot of an earlier backup the
-    /// image still has, when there is one (else by hashing).
-    pub use_snapshot: bool,
-    /// Restore into an image without the exclusive-lock feature, which
-    /// nothing then protects from another client's writes.
-    pub unlocked: bool,
-}
-
 /// Claims image `name`, finds the blocks that differ from `rev` and
 /// resizes the image to `rev`'s size. The target returned writes into it
 /// and holds its exclusive lock until it finishes or aborts.
@@ -73,7 +56,7 @@ pub fn prepare(
     rev: &Revision,
     ioctx: &IoCtx,
     name: &str,
-    opts: InPlaceOptions,
+    use_snapshot: bool,
     topts: &TargetOptions,
     progress: &dyn Progress,
 ) -> Result<(RbdTarget, Plan)> {
@@ -84,11 +67,11 @@ pub fn prepare(
         )));
     }
     let image = ioctx.open_image(name)?;
-    claim(&image, ioctx, &spec, opts.unlocked)?;
+    claim(&image, ioctx, &spec, topts.force_unlocked)?;
     let old_size = image.size()?;
     let chain = Chain::open(vol, rev)?;
     let head = RbdSnapshot::head(ioctx, name)?;
-    let base = match opts.use_snapshot {
+    let base = match use_snapshot {
         true => snapshot_base(vol, &image, &spec)?,
         false => None,
     };
@@ -117,74 +100,6 @@ pub fn prepare(
         blocks: block_count(size, chain.block_size),
     };
     Ok((RbdTarget::over(ioctx, name, image, topts), plan))
-}
-
-/// Refuses an image another client uses, takes its exclusive lock for as
-/// long as `image` stays open, and checks again under the lock. Without
-/// the exclusive-lock feature, refused unless `unlocked`.
-fn claim(image: &Image, ioctx: &IoCtx, spec: &str, unlocked: bool) -> Result<()> {
-    // before locking: librbd would ask a running VM to hand its lock over
-    if let Some(who) = user(image, ioctx, "")? {
-        return Err(in_use(spec, &who));
-    }
-    if image.features()? & features::EXCLUSIVE_LOCK == 0 {
-        if !unlocked {
-            return Err(Error::Invalid(format!(
-                "image {spec} has no exclusive-lock feature: nothing would stop a VM that starts during the restore from writing; \
-                 enable it with `rbd feature enable {spec} exclusive-lock` or pass --force-unlocked"
-            )));
-        }
-        tracing::warn!(
-            "image {spec} has no exclusive-lock feature: restoring without a lock (--force-unlocked); \
-             keep every VM that uses it stopped until the restore ends"
-        );
-        return Ok(());
-    }
-    crate::fault::pause("in-place: checked");
-    image
-        .lock_acquire()
-        .map_err(|e| match user(image, ioctx, "") {
-            Ok(Some(who)) => in_use(spec, &who),
-            _ => e,
-        })?;
-    // Under the lock: a client that opened the image since the first check
-    // shows here, and none can open it for writing from now on.
-    if let Some(who) = user(image, ioctx, " while the restore was starting")? {
-        let _ = image.lock_release();
-        return Err(in_use(spec, &who));
-    }
-    Ok(())
-}
-
-fn in_use(spec: &str, who: &str) -> Error {
-    Error::Invalid(format!(
-        "image {spec} is in use: {who}; stop the VM (or unmap the image) before restoring into it"
-    ))
-}
-
-/// Who other than this client holds the image's lock or watches it, if
-/// anyone (`when` is said after "has it open").
-fn user(image: &Image, ioctx: &IoCtx, when: &str) -> Result<Option<String>> {
-    let me = ioctx.client();
-    let watchers = image.watchers()?;
-    // librbd names a lock owner by address; its watch says which client.
-    let who = |addr: &str| match watchers.iter().find(|w| w.0 == addr) {
-        Some((_, id)) => format!("client.{id} at {addr}"),
-        None => addr.to_string(),
-    };
-    let mine = |id: &i64| format!("client.{id}") == me;
-    if let Some(owner) = image.lock_owners()?.first() {
-        let own = watchers.iter().any(|(a, id)| a == owner && mine(id));
-        if !own {
-            return Ok(Some(format!("{} holds its exclusive lock", who(owner))));
-        }
-    }
-    let others: Vec<String> = watchers
-        .iter()
-        .filter(|(_, id)| !mine(id))
-        .map(|(addr, _)| who(addr))
-        .collect();
-    Ok((!others.is_empty()).then(|| format!("{} has it open{when}", others.join(", "))))
 }
 
 /// The newest revision of `vol` whose snapshot the image still has,
