@@ -44,7 +44,7 @@ pub(crate) fn claim(image: &Image, ioctx: &IoCtx, spec: &str, unlocked: bool) ->
             _ => e,
         })?;
     // Under the lock: a client that opened the image since the first check
-    // shows here, and none can open it for writing from now on.
+    // shows here, and from now on no other client can write it.
     if let Some(who) = user(image, ioctx, " while the restore was starting")? {
         let _ = image.lock_release();
         return Err(in_use(spec, &who));
