@@ -50,6 +50,10 @@ pub enum Error {
     /// merge) before the reader had opened its files.
     #[error("{0}")]
     Removed(String),
+    /// A mount could not be taken down; the message names what holds it
+    /// and the commands that clear it.
+    #[error("{0}")]
+    StillMounted(String),
 }
 
 impl Error {
@@ -88,7 +92,8 @@ impl Error {
             | Error::Invalid(_)
             | Error::Cancelled(_)
             | Error::MissingTool { .. }
-            | Error::Removed(_) => false,
+            | Error::Removed(_)
+            | Error::StillMounted(_) => false,
         }
     }
 }

@@ -2,7 +2,9 @@
 //! through the mount, symlinks, new revisions appearing and pruned ones
 //! disappearing (an open one still reading), SEEK_DATA/SEEK_HOLE, EIO for
 //! a damaged block, a clean unmount on SIGTERM, a stale mount point
-//! detected, and bad input refused. Needs root and /dev/fuse.
+//! detected, bad input refused, only the owner, root or the named group
+//! reading (nobody writing), and an unmount a loop device blocks reported
+//! as the failure it is. Needs root, /dev/fuse, setpriv and losetup.
 
 mod common;
 
@@ -55,9 +57,21 @@ impl Mounted {
 
     /// SIGTERM; the exit status and stderr.
     fn stop(mut self) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
+        self.terminate()
+    }
+
+    /// SIGTERM; the exit status and stderr. The mount point stays as the
+    /// process left it until drop.
+    fn terminate(&mut self) -> (std::process::ExitStatus, String) {
+        let child = self.child.as_ref().unwrap();
         // SAFETY: signals our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        self.wait()
+    }
+
+    /// Waits for the process to end; the exit status and stderr.
+    fn wait(&mut self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
         let t = Instant::now();
         let status = loop {
             if let Some(s) = child.try_wait().unwrap() {
@@ -284,42 +298,123 @@ fn bad_mount_points_and_a_stale_mount_get_one_clear_line() {
     refused(&[m.at.to_str().unwrap()], "fusermount3 -u");
 }
 
+/// `cmd` run as user 65534 with supplementary `groups` (none if empty).
+fn as_nobody(groups: &str, cmd: &[&str], file: &Path) -> std::process::Output {
+    let groups = match groups {
+        "" => "--clear-groups".to_string(),
+        g => format!("--groups={g}"),
+    };
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", &groups])
+        .args(cmd)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// Appends to `file` as user 65534 in `groups`, or as root; stderr.
+fn write_as(groups: Option<&str>, file: &Path) -> String {
+    let script = ["sh", "-c", r#"echo x >> "$0""#];
+    let out = match groups {
+        Some(g) => as_nobody(g, &script, file),
+        None => Command::new(script[0])
+            .args(&script[1..])
+            .arg(file)
+            .output()
+            .unwrap(),
+    };
+    assert!(!out.status.success(), "a write into the mount succeeded");
+    stderr(&out)
+}
+
+/// A group id no user of the test machine has (setpriv adds it).
+const GROUP: &str = "48151";
+
 #[test]
 #[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
-fn other_users_read_only_with_allow_other_and_a_missing_dev_fuse_is_named() {
-    use std::os::unix::fs::PermissionsExt;
+fn only_the_owner_root_or_the_named_group_reads_and_nobody_writes() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let (env, _src, bytes) = volume("mount-other");
     // mount points another user can reach
     let open = tempfile::Builder::new()
-        .prefix("rbdelta-allow-other")
+        .prefix("rbdelta-access")
         .tempdir_in("/tmp")
         .unwrap();
     std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let nobody_reads = |m: &Mounted| {
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .args(["head", "-c", "65536"])
-            .arg(m.path("v/latest.img"))
-            .output()
-            .unwrap()
+    let head = ["head", "-c", "65536"];
+    let denied = |out: std::process::Output, what: &str| {
+        assert!(!out.status.success(), "{what} read the mount");
+        assert!(
+            stderr(&out).contains("Permission denied"),
+            "{what}: {}",
+            stderr(&out)
+        );
     };
+
+    // no choice: the mounting user alone
     let m = Mounted::start_at(&env, open.path().join("private"), &[]);
-    let out = nobody_reads(&m);
-    assert!(!out.status.success(), "another user read a private mount");
-    assert!(
-        stderr(&out).contains("Permission denied"),
-        "{}",
-        stderr(&out)
+    denied(
+        as_nobody("", &head, &m.path("v/latest.img")),
+        "another user",
+    );
+    denied(
+        as_nobody(GROUP, &head, &m.path("v/latest.img")),
+        "a group member",
     );
     m.stop();
-    let m = Mounted::start_at(&env, open.path().join("shared"), &["--allow-other"]);
-    let out = nobody_reads(&m);
+
+    // --allow-root: root (the mounting user here) and still nobody else
+    let m = Mounted::start_at(&env, open.path().join("root"), &["--allow-root"]);
+    denied(
+        as_nobody("", &head, &m.path("v/latest.img")),
+        "another user",
+    );
+    assert!(std::fs::read(m.path("v/latest.img")).unwrap() == bytes[2]);
+    m.stop();
+
+    // --group: its members read, others get EACCES, nobody writes
+    let m = Mounted::start_at(&env, open.path().join("group"), &["--group", GROUP]);
+    let img = m.path("v/latest.img");
+    let meta = std::fs::metadata(&img).unwrap();
+    assert_eq!(meta.gid().to_string(), GROUP);
+    assert_eq!(meta.mode() & 0o777, 0o440);
+    assert_eq!(
+        std::fs::metadata(m.path("v")).unwrap().mode() & 0o777,
+        0o550
+    );
+    denied(as_nobody("", &head, &img), "a user outside the group");
+    denied(
+        as_nobody("", &["ls"], &m.path("v")),
+        "a user outside the group",
+    );
+    let out = as_nobody(GROUP, &head, &img);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        out.stdout == bytes[2][..65536],
-        "another user read other bytes"
-    );
+    assert!(out.stdout == bytes[2][..65536], "a member read other bytes");
+    // a member and root: EROFS; anyone else does not get that far
+    for who in [Some(GROUP), None] {
+        let err = write_as(who, &img);
+        assert!(err.contains("Read-only file system"), "{who:?}: {err}");
+    }
+    assert!(write_as(Some(""), &img).contains("Permission denied"));
     m.stop();
+
+    // --allow-other is gone, an unknown group is named: one line, exit 2
+    for (args, says) in [
+        (&["--allow-other"][..], "--group GROUP"),
+        (
+            &["--group", "no-such-group-rbdelta"][..],
+            "no-such-group-rbdelta",
+        ),
+    ] {
+        let at = open.path().join("refused");
+        std::fs::create_dir_all(&at).unwrap();
+        let out = env.fails(&[&["mount", at.to_str().unwrap()], args].concat());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(!is_mounted(&at));
+    }
 
     // no /dev/fuse (a private mount namespace with an empty /dev)
     let at = env.dir.path().join("nofuse");
@@ -338,4 +433,66 @@ fn other_users_read_only_with_allow_other_and_a_missing_dev_fuse_is_named() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("/dev/fuse does not exist"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// A read-only loop device over a file; detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn over(file: &Path) -> Loop {
+        let out = Command::new("losetup")
+            .args(["-r", "-f", "--show"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {}", stderr(&out));
+        Loop(String::from_utf8(out.stdout).unwrap().trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn an_unmount_that_fails_is_a_failure_that_names_the_cure_and_never_unmounted() {
+    let (env, _src, _bytes) = volume("mount-busy");
+    let mut m = Mounted::start(&env, &[]);
+    let at = m.at.canonicalize().unwrap();
+    let held = Loop::over(&m.path("v/latest.img"));
+    let (status, err) = m.terminate();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(!err.contains("unmounted"), "{err}");
+    let last = err.lines().last().unwrap();
+    let at_s = at.display();
+    for says in [
+        format!("{at_s} is still mounted (it is busy)"),
+        format!("losetup -d {}", held.0),
+        format!("fusermount3 -u {at_s}"),
+        format!("umount -l {at_s}"),
+    ] {
+        assert!(last.contains(&says), "{says:?} not in {last:?}");
+    }
+    assert!(is_mounted(&at), "it said still mounted, and is not");
+    drop(held);
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&at)
+        .status()
+        .unwrap();
+    assert!(st.success() && !is_mounted(&at));
+    drop(m);
+
+    // unmounted by someone else: the mount ends cleanly and says so,
+    // without unmounting the path a second time (fuser's EINVAL)
+    let mut m = Mounted::start(&env, &[]);
+    let st = Command::new("umount").arg(&m.at).status().unwrap();
+    assert!(st.success());
+    let (status, err) = m.wait();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("unmounted"), "{err}");
+    assert!(!err.contains("Unmount failed"), "{err}");
 }

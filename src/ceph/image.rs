@@ -214,7 +214,8 @@ impl Image {
     }
 
     /// The owners of the image's exclusive lock, by address
-    /// (`ip:port/nonce`, as its watch shows it), if any.
+    /// (`ip:port/nonce`, as its watch shows it), if any (none on an image
+    /// without the exclusive-lock feature).
     pub fn lock_owners(&self) -> Result<Vec<String>> {
         let mut mode: sys::rbd_lock_mode_t = 0;
         let mut owners = [ptr::null_mut::<c_char>(); 8];
@@ -224,7 +225,11 @@ impl Image {
             sys::rbd_lock_get_owners(self.raw().0, &mut mode, owners.as_mut_ptr(), &mut n)
         };
         if rc == -libc::ENOENT {
-            return Ok(Vec::new()); // no lock, or no exclusive-lock feature
+            return Ok(Vec::new()); // no lock
+        }
+        // librbd's answer for an image without the feature
+        if rc == -libc::EINVAL && self.features()? & super::features::EXCLUSIVE_LOCK == 0 {
+            return Ok(Vec::new());
         }
         check(|| format!("rbd_lock_get_owners {}", self.name), rc)?;
         let names = owners[..n]

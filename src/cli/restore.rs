@@ -4,7 +4,9 @@
 //! The safety belt lives here: an existing target is refused unless
 //! `--force` (or `--in-place`, which wants one); the volume's own source
 //! image is refused unless `--force`; a file inside the archive root is
-//! refused always. An image in use is refused by [`in_place`].
+//! refused always. An existing image in use is refused (see
+//! `rbdelta::restore`'s claim), and so is one without the exclusive-lock
+//! feature unless `--force-unlocked`.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +51,12 @@ pub struct Args {
     /// every block to find the ones that differ.
     #[arg(long, requires = "in_place")]
     no_snapshot: bool,
+    /// Write into an existing image without the exclusive-lock feature
+    /// (--in-place, or --force over it), which nothing then protects from
+    /// a VM that starts during the restore. (Not --force: rolling back the
+    /// volume's own source image already needs that.)
+    #[arg(long, requires = "to_image")]
+    force_unlocked: bool,
     /// Afterwards, read the whole image back and compare it with the
     /// revision, block by block.
     #[arg(long, requires = "to_image")]
@@ -94,6 +102,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let size = rev.manifest.size;
     let topts = TargetOptions {
         force: a.force,
+        force_unlocked: a.force_unlocked,
         keep_partial: a.keep_partial,
         retry_for: std::time::Duration::from_secs(a.retry_for),
     };

@@ -26,6 +26,7 @@ use fuser::{
 };
 
 use super::image::RevisionImage;
+use super::Access;
 use crate::archive::state::VolumeState;
 use crate::archive::VolumeDir;
 use crate::error::Error;
@@ -162,6 +163,7 @@ pub struct ArchiveFs {
     started: SystemTime,
     uid: u32,
     gid: u32,
+    access: Access,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -173,9 +175,10 @@ fn image_name(id: &str) -> String {
 }
 
 impl ArchiveFs {
-    pub fn new(archive: PathBuf, volumes: Vec<String>) -> ArchiveFs {
+    pub fn new(archive: PathBuf, volumes: Vec<String>, access: Access) -> ArchiveFs {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let gid = access.gid(gid);
         ArchiveFs {
             archive,
             volumes,
@@ -186,6 +189,7 @@ impl ArchiveFs {
             started: SystemTime::now(),
             uid,
             gid,
+            access,
         }
     }
 
@@ -220,9 +224,9 @@ impl ArchiveFs {
 
     fn attr(&self, ino: INodeNo, kind: FileType, size: u64, time: SystemTime) -> FileAttr {
         let perm = match kind {
-            FileType::Directory => 0o555,
+            FileType::Directory => self.access.dir_mode(),
             FileType::Symlink => 0o777,
-            _ => 0o444,
+            _ => self.access.file_mode(),
         };
         FileAttr {
             ino,

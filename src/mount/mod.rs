@@ -9,10 +9,16 @@
 //! writers"). Every block it returns was checked against its hash; a bad
 //! one is EIO and a log line, never wrong bytes. Killed half-way, it leaves
 //! at most a stale mount point, which the next mount detects and names the
-//! command that clears.
+//! command that clears. It reads the archive with the mounting user's
+//! rights and shows it to nobody else unless told whom ([`Access`]). It
+//! says "unmounted" only when the mount table agrees ([`unmount`]).
 
+mod access;
 mod fs;
 pub mod image;
+mod unmount;
+
+pub use access::{group_id, Access};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -92,8 +98,8 @@ pub(crate) fn fill_dir<N: AsRef<std::ffi::OsStr>>(
 /// How to mount.
 #[derive(Debug, Clone, Default)]
 pub struct MountOptions {
-    /// Let other users than the mounting one read the mount.
-    pub allow_other: bool,
+    /// Who may read the mount besides the mounting user.
+    pub access: Access,
 }
 
 /// Checks that `mountpoint` can take a mount: an empty directory, not a
@@ -140,6 +146,10 @@ pub fn run(
     ready: impl FnOnce(),
 ) -> Result<()> {
     check_mountpoint(mountpoint)?;
+    // fuser mounts at the canonical path; the mount table shows that one
+    let mountpoint = &mountpoint
+        .canonicalize()
+        .map_err(|e| Error::io(mountpoint, e))?;
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,
@@ -147,17 +157,16 @@ pub fn run(
         fuser::MountOption::Subtype("rbdelta".into()),
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
-        // the kernel checks the (read-only) modes; no access() round trips
+        // the kernel checks the modes (which say who reads: see Access);
+        // no access() round trips
         fuser::MountOption::DefaultPermissions,
     ];
-    if opts.allow_other {
-        config.acl = fuser::SessionACL::All; // the allow_other option
-    }
+    config.acl = opts.access.acl();
     config.n_threads = Some(4);
     // The serving threads must not take SIGINT/SIGTERM: block them here,
     // before the threads start (they inherit the mask), and wait for them.
     let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
-    let fs = fs::ArchiveFs::new(PathBuf::from(archive), volumes);
+    let fs = fs::ArchiveFs::new(PathBuf::from(archive), volumes, opts.access);
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             // not root: the mount goes through the setuid helper
@@ -173,14 +182,32 @@ pub fn run(
     loop {
         if let Some(sig) = signals.wait(Duration::from_millis(500)) {
             tracing::info!("signal {sig}: unmounting {}", mountpoint.display());
-            return session
-                .umount_and_join()
-                .map_err(|e| Error::io(mountpoint, e));
+            let unmounted = unmount::unmount(mountpoint);
+            if unmounted.is_ok() {
+                // the serving threads see the connection end and stop
+                wait_finished(&session);
+            }
+            // Not fuser's unmount on drop: see `unmount` for why.
+            std::mem::forget(session);
+            return unmounted;
         }
         if session.guard.is_finished() {
             tracing::info!("{} was unmounted", mountpoint.display());
-            return session.join().map_err(|e| Error::io(mountpoint, e));
+            std::mem::forget(session);
+            return match unmount::mounted(mountpoint)? {
+                // the connection ended (aborted), the mount point did not
+                true => unmount::unmount(mountpoint),
+                false => Ok(()),
+            };
         }
+    }
+}
+
+/// Waits (at most 10 s) for the serving threads of an unmounted session.
+fn wait_finished(session: &fuser::BackgroundSession) {
+    let t = std::time::Instant::now();
+    while !session.guard.is_finished() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -10,17 +10,18 @@
 //! - **By hashing.** Every allocated block of the image is read (in
 //!   parallel) and hashed; a block whose hash equals the revision's is kept.
 //!
-//! The image is claimed first: refused while another client holds its
-//! exclusive lock or watches it (a VM, a mapping), then locked so nobody
-//! writes until the restore ends.
+//! The image is claimed first (`restore::claim`): refused while another
+//! client uses it, then locked until the restore ends; refused without the
+//! exclusive-lock feature unless `TargetOptions::force_unlocked`.
 
 use std::sync::Arc;
 
 use super::block_set::BlockSet;
+use super::claim::claim;
 use super::rbd_target::RbdTarget;
 use super::TargetOptions;
 use crate::archive::{Revision, VolumeDir};
-use crate::ceph::{features, Image, IoCtx};
+use crate::ceph::{Image, IoCtx};
 use crate::chain::Chain;
 use crate::checksum::block_count;
 use crate::error::{Error, Result};
@@ -66,7 +67,7 @@ pub fn prepare(
         )));
     }
     let image = ioctx.open_image(name)?;
-    claim(&image, ioctx, &spec)?;
+    claim(&image, ioctx, &spec, topts.force_unlocked)?;
     let old_size = image.size()?;
     let chain = Chain::open(vol, rev)?;
     let head = RbdSnapshot::head(ioctx, name)?;
@@ -99,44 +100,6 @@ pub fn prepare(
         blocks: block_count(size, chain.block_size),
     };
     Ok((RbdTarget::over(ioctx, name, image, topts), plan))
-}
-
-/// Refuses an image another client uses, then takes its exclusive lock
-/// (when it has the feature) for as long as `image` stays open.
-fn claim(image: &Image, ioctx: &IoCtx, spec: &str) -> Result<()> {
-    let in_use = |who: String| {
-        Error::Invalid(format!(
-            "image {spec} is in use: {who}; stop the VM (or unmap the image) before restoring into it"
-        ))
-    };
-    let me = ioctx.client();
-    let watchers = image.watchers()?;
-    // librbd names a lock owner by address; its watch says which client.
-    let who = |addr: &str| match watchers.iter().find(|w| w.0 == addr) {
-        Some((_, id)) => format!("client.{id} at {addr}"),
-        None => addr.to_string(),
-    };
-    if let Some(owner) = image.lock_owners()?.first() {
-        return Err(in_use(format!("{} holds its exclusive lock", who(owner))));
-    }
-    let others: Vec<String> = watchers
-        .iter()
-        .filter(|(_, id)| format!("client.{id}") != me)
-        .map(|(addr, _)| who(addr))
-        .collect();
-    if !others.is_empty() {
-        return Err(in_use(format!("{} has it open", others.join(", "))));
-    }
-    if image.features()? & features::EXCLUSIVE_LOCK == 0 {
-        return Ok(());
-    }
-    image.lock_acquire().map_err(|e| match image.lock_owners() {
-        Ok(owners) if !owners.is_empty() => in_use(format!(
-            "{} took its exclusive lock",
-            owners.iter().map(|o| who(o)).collect::<Vec<_>>().join(", ")
-        )),
-        _ => e,
-    })
 }
 
 /// The newest revision of `vol` whose snapshot the image still has,

@@ -7,6 +7,7 @@
 //! blocks, which then get reported instead).
 
 pub mod block_set;
+mod claim;
 pub mod coalescer;
 pub mod file_target;
 pub mod in_place;
@@ -65,6 +66,9 @@ pub trait RestoreTarget {
 pub struct TargetOptions {
     /// Overwrite an existing target.
     pub force: bool,
+    /// Write into an existing image without the exclusive-lock feature,
+    /// which nothing then protects from another client's writes.
+    pub force_unlocked: bool,
     /// On failure, keep what was written under a partial name.
     pub keep_partial: bool,
     /// How long a write into an image may keep failing with a transient

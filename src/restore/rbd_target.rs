@@ -58,7 +58,8 @@ pub struct RbdTarget {
 impl RbdTarget {
     /// Creates `name` in `ioctx`'s pool with `size` bytes (under a partial
     /// name until [`RestoreTarget::finish`]). An existing image is refused
-    /// unless `opts.force`, then resized and overwritten in place.
+    /// unless `opts.force`, then claimed (see `restore::claim`: nobody else
+    /// writes it meanwhile), resized and overwritten in place.
     pub fn create(
         ioctx: &IoCtx,
         name: &str,
@@ -83,6 +84,8 @@ impl RbdTarget {
         };
         let opened = ioctx.open_image(&work).and_then(|img| {
             if exists {
+                let spec = format!("{}/{name}", ioctx.pool());
+                super::claim::claim(&img, ioctx, &spec, opts.force_unlocked)?;
                 img.resize(size)?;
             }
             Ok(img)
