@@ -76,7 +76,7 @@ impl TempFile {
         n.parse::<u64>().ok()?;
         let pid = pid.parse().ok()?;
         match host {
-            Some(h) if h.is_empty() => None,
+            Some("") => None,
             h => Some((h, pid)),
         }
     }
