@@ -135,7 +135,7 @@ mod tests {
         let dead = dir.path().join(format!(".vm.img.tmp-{me}-4194303-0"));
         let live = dir
             .path()
-            .join(format!(".vm.img.tmp-{me}-{}-0", std::process::id()));
+            .join(format!(".vm.img.tmp-{me}-{}-999999", std::process::id()));
         let other = dir.path().join(format!(".other.img.tmp-{me}-4194303-0"));
         // another node's, on a shared archive: its pid means nothing here
         let theirs = dir.path().join(".vm.img.tmp-other-node-4194303-0");
