@@ -55,6 +55,12 @@ pub fn host() -> String {
     }
 }
 
+/// The name this process puts in the names of what it leaves behind in a
+/// shared place: its node name when it has one, else the host name.
+pub fn here() -> String {
+    node().map_or_else(host, str::to_string)
+}
+
 /// What became of the process `pid` of host `host` that left something
 /// behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +73,10 @@ pub enum Owner {
     Elsewhere,
 }
 
-/// What became of process `pid` of `host`.
+/// What became of process `pid` of `host_name`: this host's name, or this
+/// process's node name (see [`here`]), mean this host.
 pub fn owner(host_name: &str, pid: u32) -> Owner {
-    if host_name != host() {
+    if host_name != host() && Some(host_name) != node() {
         Owner::Elsewhere
     } else if alive(pid) {
         Owner::Running

@@ -139,12 +139,15 @@ fn hooks_run_around_the_snapshot_and_a_failing_pre_hook_aborts_cleanly() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("hooks.log");
+    // the good volume's pre hook leaves a sleep behind, holding its stderr
+    let bg = dir.path().join("background.pid");
     let env = Env::with_yaml(
         &conf,
         &format!(
             r#"defaults:
+  stall-timeout: 2m
   hooks:
-    pre: 'echo "pre $RBDELTA_VOLUME $RBDELTA_POOL/$RBDELTA_IMAGE $RBDELTA_PHASE" >> {log}'
+    pre: 'echo "pre $RBDELTA_VOLUME $RBDELTA_POOL/$RBDELTA_IMAGE $RBDELTA_PHASE" >> {log}; sleep 1000 & echo $! > {bg}'
     post: 'echo "post $RBDELTA_VOLUME" >> {log}'
 volumes:
   - name: good
@@ -158,12 +161,35 @@ volumes:
       post: 'echo "post-after-failure $RBDELTA_VOLUME" >> {log}'
 "#,
             log = log.display(),
+            bg = bg.display(),
             pool = test_pool(),
             a = a.name,
             b = b.name
         ),
     );
+    let started = std::time::Instant::now();
     let out = env.fails(&["backup", "--all"]);
+    // well before the stall timeout (2m) that would otherwise end it
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let pid: i32 = std::fs::read_to_string(&bg)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signal 0 only asks whether the process exists.
+    let left = unsafe { libc::kill(pid, 0) } == 0
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z");
+    if left {
+        // SAFETY: the sleep this test's hook started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(!left, "the hook's background sleep outlived the backup");
     let err = stderr(&out);
     assert!(
         err.contains("bad: backup failed: hook: pre hook failed")

@@ -300,3 +300,39 @@ fn files_beside(file: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// On a directory several hosts share (CephFS), a restore clears only the
+/// temp files its own host's dead restores left: another node's, whose pid
+/// may happen to be free here, and an older build's without a host, stay.
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_restore_clears_only_its_own_nodes_dead_temp_files() {
+    let io = test_ioctx();
+    let src = ScratchImage::create(&io, "shared-tmp", 4 * MIB);
+    let want = pattern(4 * MIB as usize, 9);
+    io.open_image(&src.name).unwrap().write(0, &want).unwrap();
+    let env = Env::new(&test_conf(), &[("v", &src.name)]);
+    env.ok(&["backup", "v"]);
+    let file = env.dir.path().join("restored.img");
+    // pid 4194303: above the pid_max in use here, so dead on this host
+    let named = |host: &str| {
+        env.dir
+            .path()
+            .join(format!(".restored.img.tmp-{host}4194303-0"))
+    };
+    let (mine, theirs, old) = (named("node-a-"), named("node-b-"), named(""));
+    for p in [&mine, &theirs, &old] {
+        std::fs::write(p, b"half").unwrap();
+    }
+    let out = env
+        .std_cmd()
+        .args(["--node", "node-a", "restore", "v", "--to-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    ok(&out, &["restore"]);
+    assert!(std::fs::read(&file).unwrap() == want);
+    assert!(!mine.exists(), "this node's dead restore's temp file stays");
+    assert!(theirs.exists(), "another node's temp file was removed");
+    assert!(old.exists(), "a temp file of no known host was removed");
+}

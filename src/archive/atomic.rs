@@ -62,22 +62,36 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    /// The pid of the process that created temp file `name` for `stem`
-    /// (see [`TempFile::new_in`]), if `name` is one.
-    pub fn owner_pid(name: &str, stem: &str) -> Option<u32> {
+    /// The host (or node) and pid of the process that created temp file
+    /// `name` for `stem` (see [`TempFile::new_in`]), if `name` is one. The
+    /// host is `None` in a name written before temp names carried one
+    /// (`.<stem>.tmp-<pid>-<n>`): nobody can tell where that ran.
+    pub fn owner<'a>(name: &'a str, stem: &str) -> Option<(Option<&'a str>, u32)> {
         let rest = name
             .strip_prefix('.')?
             .strip_prefix(stem)?
             .strip_prefix(".tmp-")?;
-        let (pid, n) = rest.split_once('-')?;
+        let mut it = rest.rsplitn(3, '-');
+        let (n, pid, host) = (it.next()?, it.next()?, it.next());
         n.parse::<u64>().ok()?;
-        pid.parse().ok()
+        let pid = pid.parse().ok()?;
+        match host {
+            Some("") => None,
+            h => Some((h, pid)),
+        }
     }
 
-    /// Creates `<dir>/.<stem>.tmp-<pid>-<n>` (0600, must not exist).
+    /// Creates `<dir>/.<stem>.tmp-<host>-<pid>-<n>` (0600, must not exist),
+    /// `<host>` being this process's node name or else the host name
+    /// ([`crate::host::here`]): on an archive that several hosts share,
+    /// the name says whose process may still be writing it.
     pub fn new_in(dir: &Path, stem: &str) -> Result<TempFile> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".{stem}.tmp-{}-{n}", std::process::id()));
+        let path = dir.join(format!(
+            ".{stem}.tmp-{}-{}-{n}",
+            crate::host::here(),
+            std::process::id()
+        ));
         let file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -325,7 +325,7 @@ pub fn recover(vol: &VolumeDir, image: &dyn SourceImage) -> Result<()> {
 }
 
 /// Removes data files that belong to no committed revision.
-fn remove_orphan_data(vol: &VolumeDir, revisions: &[Revision]) -> Result<()> {
+pub(super) fn remove_orphan_data(vol: &VolumeDir, revisions: &[Revision]) -> Result<()> {
     let dir = vol.data_dir();
     for entry in std::fs::read_dir(&dir).at(&dir)? {
         let path = entry.at(&dir)?.path();

@@ -5,6 +5,11 @@
 //! [`crate::source::diff_file`]), so there is no snapshot to take or
 //! remove; otherwise a revision is written and committed exactly as a
 //! backup's.
+//!
+//! An import killed half-way writes no intent record (there is no
+//! snapshot to undo): the next import of the volume, under its lock,
+//! removes what it left in `tmp/` and any data file no manifest names,
+//! then goes on from the last revision committed.
 
 use std::time::Instant;
 
@@ -45,7 +50,10 @@ fn import_locked(
             vol.name
         )));
     }
-    let parent = vol.revisions()?.pop();
+    let revisions = vol.revisions()?;
+    commit::remove_orphan_data(vol, &revisions)?;
+    vol.clear_tmp()?;
+    let parent = revisions.last().cloned();
     let (mode, chain) = match &parent {
         Some(p) => (
             Mode::Diff {

@@ -4,11 +4,15 @@
 //! A new RBD image is written as
 //! `<name>.rbdelta-restoring-<host>-<pid>-<client id>` and renamed to
 //! `<name>` only once complete; a file as a hidden
-//! `.<name>.tmp-<pid>-<n>` beside it (see [`crate::archive::atomic`]).
-//! A `kill -9` cannot remove them, so a restore first removes those of
-//! its target whose process is gone (same host, pid not running; its dead
-//! client, which Ceph would keep as a watcher for 30 s, is cut off first)
-//! and refuses while one is still running. `--keep-partial` keeps a failed
+//! `.<name>.tmp-<host>-<pid>-<n>` beside it (see [`crate::archive::atomic`]),
+//! `<host>` being the node name when the process has one, else the host
+//! name. A `kill -9` cannot remove them, so a restore first removes those
+//! of its target whose process is gone (this host, pid not running; its
+//! dead client, which Ceph would keep as a watcher for 30 s, is cut off
+//! first) and refuses while an image one is still running. What another
+//! host left, on a shared pool or CephFS, is never removed from here: its
+//! pid means nothing on this host. Neither is a temp file of an older
+//! build, whose name has no host. `--keep-partial` keeps a failed
 //! restore's image as `<name>.rbdelta-partial` (a file as `<name>.partial`),
 //! which nothing removes.
 
@@ -17,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::archive::atomic::TempFile;
 use crate::ceph::IoCtx;
 use crate::error::{Error, Result};
-use crate::host::{alive, host, owner, Owner};
+use crate::host::{here, owner, Owner};
 
 /// The tag between a target's name and the host and pid of its restore.
 const RESTORING: &str = ".rbdelta-restoring-";
@@ -27,7 +31,7 @@ const RESTORING: &str = ".rbdelta-restoring-";
 pub fn restoring_image(ioctx: &IoCtx, name: &str) -> String {
     let client = ioctx.client();
     let id = client.strip_prefix("client.").unwrap_or(&client);
-    format!("{name}{RESTORING}{}-{}-{id}", host(), std::process::id())
+    format!("{name}{RESTORING}{}-{}-{id}", here(), std::process::id())
 }
 
 /// The name a failed restore's image is kept under (`--keep-partial`).
@@ -81,17 +85,28 @@ pub fn clear_images(ioctx: &IoCtx, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Removes the temporary files that dead restores into `dir/stem` left.
+/// Removes the temporary files that dead restores of this host into
+/// `dir/stem` left. Those of other hosts, and those whose name has no
+/// host (an older build's), stay: their pid tells nothing here.
 pub fn clear_files(dir: &Path, stem: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| TempFile::owner_pid(n, stem)) else {
+        let Some((h, pid)) = name.to_str().and_then(|n| TempFile::owner(n, stem)) else {
             continue;
         };
-        if !alive(pid) && std::fs::remove_file(e.path()).is_ok() {
+        let Some(h) = h else {
+            tracing::warn!(
+                "left {} alone: its name does not say which host wrote it \
+                 (an older rbdelta); remove it if no restore into {} runs anywhere",
+                e.path().display(),
+                dir.join(stem).display()
+            );
+            continue;
+        };
+        if owner(h, pid) == Owner::Gone && std::fs::remove_file(e.path()).is_ok() {
             tracing::warn!(
                 "removed {}, left by an interrupted restore (process {pid})",
                 e.path().display()
@@ -115,16 +130,52 @@ mod tests {
     #[test]
     fn dead_restores_files_go_and_live_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
+        let me = here();
         // pid 4194303 is above the usual pid_max range in use here
-        let dead = dir.path().join(".vm.img.tmp-4194303-0");
+        let dead = dir.path().join(format!(".vm.img.tmp-{me}-4194303-0"));
         let live = dir
             .path()
-            .join(format!(".vm.img.tmp-{}-0", std::process::id()));
-        let other = dir.path().join(".other.img.tmp-4194303-0");
-        for p in [&dead, &live, &other] {
+            .join(format!(".vm.img.tmp-{me}-{}-999999", std::process::id()));
+        let other = dir.path().join(format!(".other.img.tmp-{me}-4194303-0"));
+        // another node's, on a shared archive: its pid means nothing here
+        let theirs = dir.path().join(".vm.img.tmp-other-node-4194303-0");
+        assert_ne!(me, "other-node");
+        // an older build's name: no host, so nobody can tell
+        let old = dir.path().join(".vm.img.tmp-4194303-0");
+        for p in [&dead, &live, &other, &theirs, &old] {
             std::fs::write(p, b"x").unwrap();
         }
         clear_files(dir.path(), "vm.img");
-        assert!(!dead.exists() && live.exists() && other.exists());
+        assert!(!dead.exists(), "this host's dead restore's file stays");
+        assert!(live.exists() && other.exists());
+        assert!(theirs.exists(), "another node's file was removed");
+        assert!(old.exists(), "a file of unknown host was removed");
+        // a temp file made here is named for this host and cleared as one
+        let t = TempFile::new_in(dir.path(), "vm.img").unwrap();
+        let name = t.path.file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(
+            TempFile::owner(&name, "vm.img"),
+            Some((Some(me.as_str()), std::process::id()))
+        );
+        t.keep().unwrap();
+    }
+
+    #[test]
+    fn names_are_parsed_with_their_host() {
+        for (name, want) in [
+            (
+                ".v.tmp-node-a.example-17-3",
+                Some((Some("node-a.example"), 17)),
+            ),
+            (".v.tmp-n_1-17-3", Some((Some("n_1"), 17))),
+            (".v.tmp-17-3", Some((None, 17))),
+            (".v.tmp--17-3", None),
+            (".v.tmp-a-x-3", None),
+            (".v.tmp-a-17-x", None),
+            (".v.tmp-17", None),
+            (".w.tmp-a-17-3", None),
+        ] {
+            assert_eq!(TempFile::owner(name, "v"), want, "{name}");
+        }
     }
 }
