@@ -418,3 +418,66 @@ fn the_daemon_waits_out_a_dead_mon_and_backs_up_once_it_is_back() {
     assert_eq!(env.revisions("v").len(), 1);
     env.ok(&["verify", "v"]);
 }
+
+/// The daemon of a shared fleet (node `a`, its leases in pool rbd) over
+/// volume `v`, backing it up every second, logging to `<dir>/daemon.log`.
+fn busy_daemon(env: &Env) -> Child {
+    let yaml = std::fs::read_to_string(&env.config).unwrap().replace(
+        "volumes:\n",
+        &format!(
+            "nodes:\n  lease-pool: rbd\n  lease: {}s\ndefaults:\n  schedule: \"* * * * * *\"\nvolumes:\n",
+            TIMEOUT * 2 + 2
+        ),
+    );
+    std::fs::write(&env.config, yaml).unwrap();
+    let log = std::fs::File::create(env.dir.path().join("daemon.log")).unwrap();
+    rbdelta(env, &[])
+        .args(["--node", "a", "daemon"])
+        .env("RBDELTA_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the daemon's status file shows a successful backup of `v`.
+fn first_backup(env: &Env) {
+    let t = Instant::now();
+    let status = env.archive().join(".rbdelta/status.a.json");
+    while !std::fs::read_to_string(&status).is_ok_and(|s| s.contains("\"last_success\"")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no backup within 60 s:\n{}",
+            std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_daemon_stops_within_5_s_of_sigterm_whatever_the_cluster_does() {
+    let c = OwnCluster::start();
+    for paused in ["osd", "mon"] {
+        let (_io, _image, env) = c.volume(&format!("stop-{paused}"), 16 * MIB, 8 * MIB, 9);
+        let daemon = busy_daemon(&env);
+        first_backup(&env);
+        // the cluster stops answering while backups and lease renewals
+        // run; then the daemon is told to stop
+        c.fault("pause", paused);
+        std::thread::sleep(Duration::from_secs(3));
+        let started = Instant::now();
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+        let (out, took) = finish(daemon, started, Duration::from_secs(30));
+        c.fault("resume", paused);
+        let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap();
+        eprintln!("with the {paused} paused, the daemon stopped {took:?} after SIGTERM");
+        assert!(
+            took < Duration::from_secs(5),
+            "with the {paused} paused the daemon took {took:?} to stop:\n{log}"
+        );
+        assert!(out.status.success(), "{:?}\n{log}", out.status);
+        assert!(log.contains("daemon stopped"), "{log}");
+    }
+}

@@ -63,6 +63,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                     only,
                     subset: a.subset,
                     deep: a.deep,
+                    cancel: None,
                 };
                 verify_with(&vol, &opts, progress.as_ref())?
             }

@@ -277,4 +277,18 @@ fn nodes_name_a_lease_pool_and_a_lease_within_range() {
     );
     let e = err(&format!("{base}nodes:\n  lease: 30s\n"));
     assert!(e.contains("lease-pool"), "{e}");
+    // a lease renewal waits at most ceph.timeout: two must fit in a lease
+    let c = parse(&format!("{base}nodes:\n  lease-pool: rbd\n  lease: 30s\n"));
+    assert_eq!(c.ceph.timeout, 10, "the default timeout fits the lease");
+    let e = err(&format!(
+        "ceph:\n  timeout: 15\n{base}nodes:\n  lease-pool: rbd\n  lease: 30s\n"
+    ));
+    assert!(
+        e.contains("c.yaml:2: ceph.timeout: 15s must be under half of nodes.lease (30s)"),
+        "{e}"
+    );
+    let c = parse(&format!(
+        "ceph:\n  timeout: 14\n{base}nodes:\n  lease-pool: rbd\n  lease: 30s\n"
+    ));
+    assert_eq!(c.ceph.timeout, 14);
 }

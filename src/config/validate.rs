@@ -93,11 +93,33 @@ impl Validator<'_> {
             }
             entries.push(entry);
         }
+        let timeout_line = raw.ceph.timeout.as_ref().map(|t| t.referenced.line());
+        let mut ceph = self.ceph(raw.ceph)?;
+        let nodes = raw.nodes.as_ref().map(|n| self.nodes(n)).transpose()?;
+        if let Some(n) = &nodes {
+            // A renewal may wait a whole ceph.timeout; two in a row must fit
+            // in a lease, or a node that is merely slow loses its volumes.
+            match timeout_line {
+                None => ceph.timeout = ceph.timeout.min((n.lease.as_secs() / 3).max(1)),
+                Some(line) if Duration::from_secs(ceph.timeout) * 2 >= n.lease => {
+                    return self.err(
+                        line,
+                        "ceph.timeout",
+                        format!(
+                            "{}s must be under half of nodes.lease ({}): a lease renewal may wait a whole ceph.timeout; lower ceph.timeout or lengthen nodes.lease",
+                            ceph.timeout,
+                            units::format_duration(n.lease)
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
         Ok(Config {
-            ceph: self.ceph(raw.ceph)?,
+            ceph,
             archive: raw.archive,
             fleet,
-            nodes: raw.nodes.as_ref().map(|n| self.nodes(n)).transpose()?,
+            nodes,
             fsck: self.fsck(&raw.fsck)?,
             entries,
             origin: self.origin.to_string(),

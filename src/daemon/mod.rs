@@ -3,14 +3,22 @@
 //! One loop on a single-threaded tokio runtime owns all state (the
 //! [`planner::Planner`], the config, the cluster connection) and reacts to
 //! four things: a job is due, a job ended, SIGHUP (reload the config and
-//! re-resolve pool selections), SIGTERM/SIGINT (stop). Jobs themselves are
-//! blocking librbd and file work and run on tokio's blocking threads, at
-//! most `defaults.parallel` at once.
+//! re-resolve pool selections), SIGTERM/SIGINT (stop). Nothing that can
+//! block runs on that loop: jobs, cluster connects, lease renewals and
+//! pool listings run on tokio's blocking threads (jobs at most
+//! `defaults.parallel` at once), and the status file is written by a
+//! thread of its own ([`status_file::Writer`]). The loop awaits that
+//! work together with the stop signals, so a stop is served at once
+//! whatever the cluster does.
 //!
-//! Shutdown: the shared cancel flag makes every running backup abort at its
-//! next read (the engine removes its snapshot and temp files; no half
-//! revision ever becomes visible), the loop waits for every job to report,
-//! writes the status file and returns.
+//! Shutdown: the shared cancel flag makes every running job stop: a backup
+//! aborts at its next read (the engine removes its snapshot and temp
+//! files; no half revision ever becomes visible), a verify at its next
+//! block, an fsck tells its worker to stop (which unmounts its overlay).
+//! The loop waits [`STOP_WAIT`] for the jobs to report, gives its node
+//! lease back (bounded too), writes the status file and returns; what is
+//! still running then (a backup whose cluster does not answer) dies with
+//! the process, which the archive survives as it survives `kill -9`.
 //!
 //! With `nodes:` in the config, the daemon is one node of a fleet shared by
 //! several hosts ([`shared`]): it runs only the jobs of its own volumes,
@@ -40,6 +48,11 @@ use planner::{JobKind, Planner};
 const RESOLVE_EVERY: i64 = 600;
 /// Wait between attempts to reach an unreachable cluster.
 const RECONNECT_EVERY: Duration = Duration::from_secs(30);
+/// How long a stopping daemon waits for its jobs to end, and then for its
+/// lease to be given back and its status written: within 5 s of SIGTERM
+/// it is gone, whatever the cluster does.
+const STOP_WAIT: Duration = Duration::from_millis(3500);
+const LEAVE_WAIT: Duration = Duration::from_millis(700);
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
@@ -81,7 +94,41 @@ pub fn run(
         .map_err(|e| Error::io("tokio runtime", e))?;
     let mut daemon = Daemon::new(config_path.to_path_buf(), cfg, observer);
     daemon.workers = workers;
-    rt.block_on(daemon.run())
+    let r = rt.block_on(daemon.run());
+    // a blocking call still waiting on the cluster is not waited for
+    rt.shutdown_timeout(Duration::from_millis(100));
+    r
+}
+
+/// SIGTERM and SIGINT.
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    async fn requested(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Runs `f` on a blocking thread; `None` if a stop signal came first (`f`
+/// then finishes, or not, on its own).
+async fn off_loop<T: Send + 'static>(
+    stop: &mut Stop,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let task = tokio::task::spawn_blocking(f);
+    tokio::select! {
+        r = task => match r {
+            Ok(v) => Some(v),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+        _ = stop.requested() => None,
+    }
 }
 
 struct Daemon {
@@ -93,6 +140,7 @@ struct Daemon {
     planner: Planner,
     resolved_at: i64,
     status: status_file::StatusFile,
+    writer: status_file::Writer,
     workers: Option<Spawner>,
     /// This node's part in a shared fleet, once connected.
     shared: Option<shared::Shared>,
@@ -113,6 +161,7 @@ impl Daemon {
             cancel: Arc::new(AtomicBool::new(false)),
             resolved_at: 0,
             status,
+            writer: status_file::Writer::start(),
             workers: None,
             shared: None,
         }
@@ -120,45 +169,69 @@ impl Daemon {
 
     async fn run(mut self) -> Result<()> {
         let sig = |k| signal(k).map_err(|e| Error::io("signal handler", e));
-        let (mut term, mut int, mut hup) = (
-            sig(SignalKind::terminate())?,
-            sig(SignalKind::interrupt())?,
-            sig(SignalKind::hangup())?,
-        );
+        let mut stop = Stop {
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+        };
+        let mut hup = sig(SignalKind::hangup())?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
         tracing::info!("daemon started with {}", self.path.display());
         loop {
-            self.ensure_connected();
-            self.refresh_shared();
+            if self.ensure_connected(&mut stop).await.is_none()
+                || self.refresh_shared(&mut stop).await.is_none()
+            {
+                break;
+            }
             self.start_due(&tx);
-            self.status.write(&self.cfg, &self.planner);
+            self.write_status();
             let wait = self.next_wakeup();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 Some(done) = rx.recv() => self.finished(done),
-                _ = hup.recv() => self.reload(),
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = hup.recv() => if self.reload(&mut stop).await.is_none() { break },
+                _ = stop.requested() => break,
             }
         }
         let running = self.planner.running();
-        tracing::info!("stopping: {running} running job(s) are aborted cleanly");
+        tracing::info!("stopping: {running} running job(s) are told to stop");
         self.cancel.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
         while self.planner.running() > 0 {
-            match rx.recv().await {
-                Some(done) => self.finished(done),
-                None => break,
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(done)) => self.finished(done),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        "stopping: {} job(s) did not end within {} s; they die with the daemon (the archive keeps every revision; a backup's leftover snapshot is removed by its next run)",
+                        self.planner.running(),
+                        STOP_WAIT.as_secs_f32()
+                    );
+                    break;
+                }
             }
         }
         if let Some(s) = &self.shared {
             // the others take this node's volumes now, not after the lease
-            if let Err(e) = s.leases.leave() {
-                tracing::error!("could not give the node lease back: {e}");
+            let leases = s.leases.clone();
+            let left = tokio::task::spawn_blocking(move || leases.leave());
+            match tokio::time::timeout(LEAVE_WAIT, left).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::error!("could not give the node lease back: {e}"),
+                Ok(Err(_)) | Err(_) => {
+                    tracing::warn!("the node lease was not given back in time: it lapses by itself")
+                }
             }
         }
-        self.status.write(&self.cfg, &self.planner);
+        self.write_status();
+        self.writer.finish(LEAVE_WAIT);
         tracing::info!("daemon stopped");
         Ok(())
+    }
+
+    /// Hands the status file's new content to its writer.
+    fn write_status(&self) {
+        self.writer
+            .write(&self.cfg.archive, self.status.render(&self.planner));
     }
 
     fn finished(&mut self, (name, kind, outcome): Done) {
@@ -172,90 +245,126 @@ impl Daemon {
     }
 
     /// On a node of a shared fleet: renews the leases and rereads who owns
-    /// what, every third of a lease.
-    fn refresh_shared(&mut self) {
-        let Some(s) = &mut self.shared else { return };
-        if s.due() {
-            let volumes: Vec<&str> = self.planner.plans.keys().map(String::as_str).collect();
-            let before = s.owned();
-            s.refresh(&volumes);
-            if s.owned() != before {
-                tracing::info!(
-                    "node {}: {} of {} volume(s) are this node's",
-                    s.leases.node(),
-                    s.owned(),
-                    volumes.len()
-                );
-            }
+    /// what, every third of a lease (off the loop). `None`: a stop signal
+    /// came meanwhile.
+    async fn refresh_shared(&mut self, stop: &mut Stop) -> Option<()> {
+        let Some(mut s) = self.shared.take() else {
+            return Some(());
+        };
+        if !s.due() {
+            self.shared = Some(s);
+            return Some(());
         }
+        let volumes: Vec<String> = self.planner.plans.keys().cloned().collect();
+        let before = s.owned();
+        let leases = s.leases.clone();
+        let refreshed = off_loop(stop, move || {
+            let names: Vec<&str> = volumes.iter().map(String::as_str).collect();
+            s.refresh(&names);
+            (s, volumes.len())
+        })
+        .await;
+        let Some((s, n)) = refreshed else {
+            // keep what is needed to give the node lease back
+            self.shared = Some(shared::Shared::new_from(leases));
+            return None;
+        };
+        if s.owned() != before {
+            tracing::info!(
+                "node {}: {} of {n} volume(s) are this node's",
+                s.leases.node(),
+                s.owned(),
+            );
+        }
+        self.shared = Some(s);
+        Some(())
     }
 
     /// Connects (and resolves the volumes) if not connected, and re-resolves
-    /// pool selections every [`RESOLVE_EVERY`] seconds.
-    fn ensure_connected(&mut self) {
+    /// pool selections every [`RESOLVE_EVERY`] seconds; off the loop.
+    /// `None`: a stop signal came meanwhile.
+    async fn ensure_connected(&mut self, stop: &mut Stop) -> Option<()> {
         let t = now();
         if self.fleet.is_none() {
             if t < self.resolved_at {
-                return; // waiting before the next connection attempt
+                return Some(()); // waiting before the next connection attempt
             }
-            match Cluster::connect(&self.cfg.ceph.options()) {
-                Ok(c) => {
-                    if let (Some(nodes), Some(node)) = (&self.cfg.nodes, crate::host::node()) {
-                        let leases = global::fleet_id(&self.cfg.archive).and_then(|fleet| {
-                            crate::fleet::nodes::NodeLeases::new(&c, nodes, &fleet, node)
-                        });
-                        match leases {
-                            Ok(l) => self.shared = Some(shared::Shared::new(l)),
-                            Err(e) => {
-                                tracing::error!(
-                                    "cannot take part in the shared fleet (lease pool {}): {e}; retrying in {}s",
-                                    nodes.lease_pool,
-                                    RECONNECT_EVERY.as_secs()
-                                );
-                                self.resolved_at = t + RECONNECT_EVERY.as_secs() as i64;
-                                return;
-                            }
-                        }
-                    }
+            let (opts, nodes, archive) = (
+                self.cfg.ceph.options(),
+                self.cfg.nodes.clone(),
+                self.cfg.archive.clone(),
+            );
+            let connected = off_loop(stop, move || {
+                let c = Cluster::connect(&opts).map_err(|e| (e, None))?;
+                let leases = match (&nodes, crate::host::node()) {
+                    (Some(nodes), Some(node)) => Some(
+                        global::fleet_id(&archive)
+                            .and_then(|fleet| {
+                                crate::fleet::nodes::NodeLeases::new(&c, nodes, &fleet, node)
+                            })
+                            .map_err(|e| (e, Some(nodes.lease_pool.clone())))?,
+                    ),
+                    _ => None,
+                };
+                Ok((c, leases))
+            })
+            .await?;
+            match connected {
+                Ok((c, leases)) => {
+                    self.shared = leases.map(shared::Shared::new);
                     let mut f = Fleet::with_client(c, &self.cfg);
                     f.cancel = self.cancel.clone();
                     f.workers = self.workers.clone();
                     self.fleet = Some(Arc::new(f));
                     self.resolved_at = 0;
                 }
-                Err(e) => {
-                    tracing::error!(
-                        "cannot connect to the Ceph cluster ({e}); retrying in {}s",
-                        RECONNECT_EVERY.as_secs()
-                    );
+                Err((e, pool)) => {
+                    match pool {
+                        Some(pool) => tracing::error!(
+                            "cannot take part in the shared fleet (lease pool {pool}): {e}; retrying in {}s",
+                            RECONNECT_EVERY.as_secs()
+                        ),
+                        None => tracing::error!(
+                            "cannot connect to the Ceph cluster ({e}); retrying in {}s",
+                            RECONNECT_EVERY.as_secs()
+                        ),
+                    }
                     self.resolved_at = t + RECONNECT_EVERY.as_secs() as i64;
-                    return;
+                    return Some(());
                 }
             }
         }
         if t - self.resolved_at >= RESOLVE_EVERY || self.resolved_at == 0 {
-            self.resolve(t);
+            self.resolve(t, stop).await?;
         }
+        Some(())
     }
 
-    fn resolve(&mut self, t: i64) {
-        let Some(fleet) = &self.fleet else { return };
-        let resolved = fleet.resolve(&self.cfg);
+    /// Lists the pools (off the loop) and reschedules.
+    async fn resolve(&mut self, t: i64, stop: &mut Stop) -> Option<()> {
+        let Some(fleet) = self.fleet.clone() else {
+            return Some(());
+        };
+        let cfg = self.cfg.clone();
+        let (resolved, last) = off_loop(stop, move || {
+            let resolved = fleet.resolve(&cfg);
+            // with the fleet log's summaries this is a small read
+            (resolved, last_attempts(&cfg.archive))
+        })
+        .await?;
         for u in &resolved.unresolved {
             tracing::error!("{}: {}", u.name, u.error);
         }
-        // The fleet log is read only if a volume is new or rescheduled.
-        let last = std::cell::OnceCell::new();
-        let archive = self.cfg.archive.clone();
         self.planner
             .update(resolved.volumes, self.cfg.fleet.catch_up, t, &|n| {
-                last.get_or_init(|| last_attempts(&archive)).get(n).copied()
+                last.get(n).copied()
             });
         self.resolved_at = t;
         tracing::info!("{} volume(s) scheduled", self.planner.plans.len());
+        Some(())
     }
 
-    fn reload(&mut self) {
+    async fn reload(&mut self, stop: &mut Stop) -> Option<()> {
         match Config::load(&self.path) {
             Ok(cfg) if cfg.nodes.is_some() != self.cfg.nodes.is_some() => tracing::error!(
                 "config not reloaded: adding or removing `nodes:` needs a restart of the daemon"
@@ -271,12 +380,13 @@ impl Daemon {
                     self.shared = None;
                     self.resolved_at = 0;
                 }
-                self.ensure_connected();
-                self.resolve(now());
+                self.ensure_connected(stop).await?;
+                self.resolve(now(), stop).await?;
                 tracing::info!("config reloaded from {}", self.path.display());
             }
             Err(e) => tracing::error!("config not reloaded, keeping the old one: {e}"),
         }
+        Some(())
     }
 
     fn start_due(&mut self, tx: &mpsc::UnboundedSender<Done>) {
@@ -407,7 +517,13 @@ fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Ou
                 .settings
                 .verify_slices
                 .map(|m| crate::verify::Subset::for_day(day, m));
-            verify_volume(&fleet.archive, &vol.name, subset, obs)
+            verify_volume(
+                &fleet.archive,
+                &vol.name,
+                subset,
+                Some(fleet.cancel.clone()),
+                obs,
+            )
         }
         JobKind::Fsck => crate::fleet::fsck_volume(fleet, &vol.name, obs),
     }

@@ -44,8 +44,14 @@ const COMPLAIN_EVERY: Duration = Duration::from_secs(60);
 
 impl Shared {
     pub fn new(leases: NodeLeases) -> Shared {
+        Shared::new_from(Arc::new(leases))
+    }
+
+    /// A fresh start over leases already held (a refresh that a stop cut
+    /// short keeps only what is needed to give them back).
+    pub fn new_from(leases: Arc<NodeLeases>) -> Shared {
         Shared {
-            leases: Arc::new(leases),
+            leases,
             live: Vec::new(),
             assigned_for: None,
             mine: BTreeSet::new(),

@@ -1,9 +1,13 @@
 //! The daemon's status file (`<archive>/.rbdelta/status.json`), rewritten
 //! atomically after every job: each volume's status plus when its next
-//! backup and verify are due and whether a job of it is running.
+//! backup and verify are due and whether a job of it is running. The loop
+//! renders it; a [`Writer`] thread of its own writes it (an fsync on a
+//! slow or hung archive disk never holds the loop), always the newest
+//! content, skipping any it had no time for.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use serde::Serialize;
 
@@ -83,8 +87,8 @@ impl StatusFile {
         }
     }
 
-    /// Writes the file; a failure is logged, never fatal.
-    pub fn write(&self, cfg: &Config, planner: &Planner) {
+    /// The file's content now.
+    pub fn render(&self, planner: &Planner) -> Vec<u8> {
         let volumes = self
             .volumes
             .values()
@@ -110,10 +114,59 @@ impl StatusFile {
         };
         let mut bytes = serde_json::to_vec_pretty(&file).expect("status serializes");
         bytes.push(b'\n');
-        let r = global::ensure(&cfg.archive)
-            .and_then(|()| write_atomic(&global::status_path(&cfg.archive), &bytes));
-        if let Err(e) = r {
-            tracing::warn!("could not write the status file: {e}");
+        bytes
+    }
+}
+
+/// The thread that writes the status file.
+pub struct Writer {
+    tx: Option<mpsc::Sender<(PathBuf, Vec<u8>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start() -> Writer {
+        let (tx, rx) = mpsc::channel::<(PathBuf, Vec<u8>)>();
+        let thread = std::thread::spawn(move || {
+            while let Ok(mut next) = rx.recv() {
+                // only the newest content matters
+                while let Ok(newer) = rx.try_recv() {
+                    next = newer;
+                }
+                let (archive, bytes) = next;
+                let r = global::ensure(&archive)
+                    .and_then(|()| write_atomic(&global::status_path(&archive), &bytes));
+                if let Err(e) = r {
+                    tracing::warn!("could not write the status file: {e}");
+                }
+            }
+        });
+        Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues `bytes` as the status file of the archive at `archive`; a
+    /// failure is logged, never fatal.
+    pub fn write(&self, archive: &Path, bytes: Vec<u8>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((archive.to_path_buf(), bytes));
+        }
+    }
+
+    /// Writes what is queued, waiting at most `wait`.
+    pub fn finish(&mut self, wait: std::time::Duration) {
+        drop(self.tx.take());
+        let Some(t) = self.thread.take() else { return };
+        let until = std::time::Instant::now() + wait;
+        while !t.is_finished() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            tracing::warn!("the status file was not written in time");
         }
     }
 }

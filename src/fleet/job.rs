@@ -309,10 +309,12 @@ fn run_backup(
 
 /// Verifies every revision of volume `name` in `archive` (only slice
 /// `subset` of the stored blocks, if given).
+/// `cancel` stops it (the daemon's shutdown).
 pub fn verify_volume(
     archive: &Path,
     name: &str,
     subset: Option<Subset>,
+    cancel: Option<Arc<AtomicBool>>,
     obs: &dyn Observer,
 ) -> Outcome {
     let started = Instant::now();
@@ -321,6 +323,7 @@ pub fn verify_volume(
     let result = VolumeDir::open(archive, name).and_then(|dir| {
         let opts = VerifyOptions {
             subset,
+            cancel,
             ..Default::default()
         };
         verify_with(&dir, &opts, progress.as_ref())

@@ -32,6 +32,9 @@ use crate::error::{Error, Result};
 /// How long past a checker's timeout a silent worker lives, and how long a
 /// worker asked to stop gets before it is killed.
 pub const GRACE: Duration = Duration::from_secs(10);
+/// How long a worker asked to stop gets before it is killed (well inside
+/// the daemon's own stop budget).
+const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How often the parent looks at the clock and its cancel flag.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -206,7 +209,7 @@ fn relay(child: &mut Child, silence: Duration, cancel: &AtomicBool) -> Result<Ve
                     silence.as_secs()
                 )));
             }
-            Some(t) if t.elapsed() > GRACE => {
+            Some(t) if t.elapsed() > STOP_GRACE => {
                 stop(child, libc::SIGKILL);
                 let _ = child.wait();
                 break Err(Error::Cancelled("fsck stopped (killed)".into()));

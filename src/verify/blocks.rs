@@ -4,13 +4,14 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::subset::Subset;
 use super::Problem;
 use crate::archive::{Revision, VolumeDir};
 use crate::chain::{open_link, Index, Link};
 use crate::checksum::{block_hash, is_zero};
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::format::index::BlockEntry;
 use crate::progress::Progress;
 
@@ -47,16 +48,24 @@ pub fn check_data(
     subset: Option<Subset>,
     progress: &dyn Progress,
 ) -> Result<FileCheck> {
-    check_link(&open_link(vol, rev)?, vol.block_size, subset, progress)
+    check_link(
+        &open_link(vol, rev)?,
+        vol.block_size,
+        subset,
+        progress,
+        &AtomicBool::new(false),
+    )
 }
 
 /// Checks the stored blocks (of `subset`, or all) of an open link: the
 /// file as it was when its chain was opened, whatever writers did since.
+/// Errs with [`Error::Cancelled`] as soon as `cancel` is set.
 pub fn check_link(
     link: &Link,
     bs: u64,
     subset: Option<Subset>,
     progress: &dyn Progress,
+    cancel: &AtomicBool,
 ) -> Result<FileCheck> {
     let id = &link.revision.id;
     let mut fc = FileCheck::default();
@@ -72,6 +81,7 @@ pub fn check_link(
                 bs,
                 subset,
                 progress,
+                cancel,
                 &mut fc,
             )?;
             let (problems, bad) = check_holes(id, file, path, idx.entries()?, len, bs, subset)?;
@@ -81,7 +91,7 @@ pub fn check_link(
         Index::Delta(entries) => {
             let entries = entries.iter().map(|e| Ok(*e));
             check_entries(
-                id, &link.file, &link.path, entries, bs, subset, progress, &mut fc,
+                id, &link.file, &link.path, entries, bs, subset, progress, cancel, &mut fc,
             )?;
         }
     }
@@ -97,6 +107,7 @@ fn check_entries(
     bs: u64,
     subset: Option<Subset>,
     progress: &dyn Progress,
+    cancel: &AtomicBool,
     fc: &mut FileCheck,
 ) -> Result<()> {
     let mut buf = Vec::new();
@@ -105,6 +116,9 @@ fn check_entries(
     let mut ahead = crate::archive::read::Readahead::dropping_behind();
     for e in entries {
         let e = e?;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled(format!("verify of {id} stopped")));
+        }
         if e.zero || subset.is_some_and(|s| !s.contains(e.block)) {
             continue;
         }

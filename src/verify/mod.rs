@@ -17,6 +17,8 @@ pub mod source;
 pub mod subset;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::archive::oplog::Operation;
 use crate::archive::state::{self, Trust};
@@ -60,6 +62,9 @@ pub struct VerifyOptions {
     pub subset: Option<Subset>,
     /// Also recompute each revision's image checksum from its data.
     pub deep: bool,
+    /// Set to stop (the daemon's shutdown): the verify ends with
+    /// [`Error::Cancelled`], reporting nothing about what it did not read.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -188,8 +193,11 @@ fn verify_locked(
         total += chains.values().map(Chain::size).sum::<u64>();
     }
     progress.begin("verify", total);
+    let never = AtomicBool::new(false);
+    let cancel = opts.cancel.as_deref().unwrap_or(&never);
     for (id, at) in &needed {
-        match blocks::check_link(link(at), vol.block_size, opts.subset, progress) {
+        match blocks::check_link(link(at), vol.block_size, opts.subset, progress, cancel) {
+            Err(e @ Error::Cancelled(_)) => return Err(e),
             Ok(fc) => {
                 report.bytes_read += fc.bytes_read;
                 report.blocks_checked += fc.blocks_checked;
@@ -206,7 +214,7 @@ fn verify_locked(
                 .expect("chain of a target");
             report
                 .problems
-                .extend(deep(chain, rev, progress, &mut report.bytes_read));
+                .extend(deep(chain, rev, progress, cancel, &mut report.bytes_read)?);
         }
     }
     progress.end();
@@ -232,11 +240,15 @@ fn deep(
     chain: &Chain,
     rev: &Revision,
     progress: &dyn Progress,
+    cancel: &AtomicBool,
     bytes_read: &mut u64,
-) -> Vec<Problem> {
+) -> Result<Vec<Problem>> {
     let lanes = crate::restore::reader::LANES;
     let pool = BufferPool::new(crate::restore::reader::buffers(lanes) + 1);
     let mut emit = |p: crate::restore::reader::Piece| {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled(format!("verify of {} stopped", rev.id)));
+        }
         if let crate::restore::reader::Piece::Data { data, .. } = p {
             progress.advance(data.len() as u64);
             pool.put(data);
@@ -265,9 +277,10 @@ fn deep(
                     ),
                 ));
             }
-            out
+            Ok(out)
         }
-        Err(e) => vec![problem(&rev.id, format!("deep read failed: {e}"))],
+        Err(e @ Error::Cancelled(_)) => Err(e),
+        Err(e) => Ok(vec![problem(&rev.id, format!("deep read failed: {e}"))]),
     }
 }
 
