@@ -706,19 +706,6 @@ fn a_stray_lock_holder_and_a_node_with_another_config_are_not_counted() {
     let first = ((t0 + 4.0) / s).ceil() * s;
     sleep_until(first + s / 2.0);
     let check = nodes[0].cmd(&["config", "check", "--cluster"]);
-    let (out, err) = (
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr),
-    );
-    assert!(check.status.success(), "{out}{err}");
-    assert!(
-        out.contains("2 live node(s), volumes each: n1 4, n2 4"),
-        "{out}{err}"
-    );
-    assert!(
-        err.contains("holds no rbdelta node lease") && err.contains("runs with another config"),
-        "{err}"
-    );
     // A whole slot after all settled.
     let deadline = first + 3.0 * s;
     let in_slot = |done: &[Backup]| -> Vec<(String, String)> {
@@ -755,6 +742,19 @@ fn a_stray_lock_holder_and_a_node_with_another_config_are_not_counted() {
     let expected: Vec<String> = (0..N).map(|i| format!("v{i}")).collect();
     assert_eq!(volumes, expected, "{got:?}\n{}", logs());
     assert!(got.iter().all(|(_, n)| n == "n1" || n == "n2"), "{got:?}");
+    let (out, err) = (
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr),
+    );
+    assert!(check.status.success(), "{out}{err}");
+    assert!(
+        out.contains("2 live node(s), volumes each: n1 4, n2 4"),
+        "{out}{err}"
+    );
+    assert!(
+        err.contains("holds no rbdelta node lease") && err.contains("runs with another config"),
+        "{err}"
+    );
     for n in &nodes[..2] {
         let log = std::fs::read_to_string(&n.log).unwrap();
         let lines = |what: &str| {
