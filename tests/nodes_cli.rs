@@ -600,3 +600,181 @@ fn two_daemons_under_one_name_are_told_so() {
         std::fs::read_to_string(&c_again.log).unwrap()
     );
 }
+
+/// Issue 26, item 7: only real nodes count. Two nodes (n1, n2) share 8
+/// volumes; a stray client (client.admin through the `rados` tool) holds
+/// the heartbeat lease under a made-up cookie, and a third node (n3) runs
+/// on the same archive with another volume list. Neither is counted: in a
+/// slot after all settled, n1 and n2 back up every volume, once, between
+/// them; each of n1 and n2 logs each of the two once (the run is shorter
+/// than a minute) with its address and what is wrong; `config check
+/// --cluster` counts two nodes and warns about the two others.
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_stray_lock_holder_and_a_node_with_another_config_are_not_counted() {
+    let conf = test_conf();
+    if !conf.exists() {
+        return skip("no test cluster");
+    }
+    const N: usize = 8;
+    const SLOT: u64 = 10;
+    let io = test_ioctx();
+    let images: Vec<ScratchImage> = (0..N)
+        .map(|i| {
+            let s = ScratchImage::create(&io, "stray", 4 << 20);
+            io.open_image(&s.name)
+                .unwrap()
+                .write(0, &pattern(64 << 10, i as u64))
+                .unwrap();
+            s
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    let fleet = format!("{:032x}", std::process::id() as u128 * 104_729 + 3);
+    std::fs::create_dir_all(archive.join(".rbdelta")).unwrap();
+    std::fs::write(archive.join(".rbdelta/fleet-id"), format!("{fleet}\n")).unwrap();
+    let config = |file: &str, volumes: &str| {
+        let path = tmp.path().join(file);
+        std::fs::write(
+            &path,
+            format!(
+                "{}archive: {}\nnodes:\n  lease-pool: {}\n  lease: 3s\n\
+                 defaults:\n  schedule: \"*/{SLOT} * * * * *\"\n  catch-up: false\n  parallel: 4\n{volumes}",
+                ceph_yaml(&conf),
+                archive.display(),
+                test_pool()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let mut volumes = String::from("volumes:\n");
+    for (i, s) in images.iter().enumerate() {
+        volumes += &format!(
+            "  - name: v{i}\n    pool: {}\n    image: {}\n",
+            test_pool(),
+            s.name
+        );
+    }
+    let (real, other) = (
+        config("real.yaml", &volumes),
+        config("other.yaml", "volumes: []\n"),
+    );
+    let node = |name: &str, config: &Path| Node {
+        name: name.to_string(),
+        config: config.to_path_buf(),
+        archive: archive.clone(),
+        log: tmp.path().join(format!("{name}.log")),
+        daemon: None,
+    };
+    let mut nodes = [node("n1", &real), node("n2", &real), node("n3", &other)];
+    // The stray: a shared lock on the nodes object, as any client with
+    // write access to the lease pool can take.
+    let object = format!("rbdelta.nodes.{fleet}");
+    let rados = |args: &[&str]| {
+        let o = std::process::Command::new("rados")
+            .arg("-c")
+            .arg(&conf)
+            .args(["--id", "admin", "-p", &test_pool()])
+            .args(args)
+            .output()
+            .expect("rados runs");
+        assert!(
+            o.status.success(),
+            "rados {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    rados(&[
+        "lock",
+        "get",
+        &object,
+        "node",
+        "--lock-type",
+        "shared",
+        "--lock-cookie",
+        "made-up",
+        "--lock-duration",
+        "120",
+    ]);
+    let t0 = unix_now();
+    for n in &mut nodes {
+        n.start();
+    }
+    let s = SLOT as f64;
+    let first = ((t0 + 4.0) / s).ceil() * s;
+    sleep_until(first + s / 2.0);
+    let check = nodes[0].cmd(&["config", "check", "--cluster"]);
+    // A whole slot after all settled.
+    let deadline = first + 3.0 * s;
+    let in_slot = |done: &[Backup]| -> Vec<(String, String)> {
+        done.iter()
+            .filter(|b| b.start >= first + s && b.start < first + 2.0 * s)
+            .map(|b| (b.volume.clone(), b.node.clone()))
+            .collect()
+    };
+    while unix_now() < deadline && in_slot(&backups(&nodes[0]).0).len() < N {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for n in &mut nodes {
+        let st = n.signal(libc::SIGTERM);
+        assert!(st.success(), "{}: {st:?}", n.name);
+    }
+    rados(&["rm", &object]);
+    let logs = || {
+        nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {}:\n{}",
+                    n.name,
+                    std::fs::read_to_string(&n.log).unwrap()
+                )
+            })
+            .collect::<String>()
+    };
+    let (done, failed) = backups(&nodes[0]);
+    assert!(failed.is_empty(), "{failed:#?}\n{}", logs());
+    let mut got = in_slot(&done);
+    got.sort();
+    let volumes: Vec<String> = got.iter().map(|(v, _)| v.clone()).collect();
+    let expected: Vec<String> = (0..N).map(|i| format!("v{i}")).collect();
+    assert_eq!(volumes, expected, "{got:?}\n{}", logs());
+    assert!(got.iter().all(|(_, n)| n == "n1" || n == "n2"), "{got:?}");
+    let (out, err) = (
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr),
+    );
+    assert!(check.status.success(), "{out}{err}");
+    assert!(
+        out.contains("2 live node(s), volumes each: n1 4, n2 4"),
+        "{out}{err}"
+    );
+    assert!(
+        err.contains("holds no rbdelta node lease") && err.contains("runs with another config"),
+        "{err}"
+    );
+    for n in &nodes[..2] {
+        let log = std::fs::read_to_string(&n.log).unwrap();
+        let lines = |what: &str| {
+            log.lines()
+                .filter(|l| l.contains("not counted as a node") && l.contains(what))
+                .count()
+        };
+        assert_eq!(lines("cookie \"made-up\""), 1, "{}:\n{log}", n.name);
+        assert_eq!(
+            lines("node n3 runs with another config"),
+            1,
+            "{}:\n{log}",
+            n.name
+        );
+        assert!(
+            log.lines()
+                .filter(|l| l.contains("not counted as a node"))
+                .all(|l| l.contains(" at ") && l.contains("WARN")),
+            "{}:\n{log}",
+            n.name
+        );
+    }
+}

@@ -53,7 +53,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             let Some(id) = id else { return Ok(Vec::new()) };
             client
                 .ioctx(&n.lease_pool)
-                .and_then(|io| rbdelta::fleet::nodes::live_nodes(&io, &id))
+                .and_then(|io| rbdelta::fleet::nodes::members(&io, &id, &n.config_digest))
+                .map(|m| {
+                    for s in &m.strays {
+                        eprintln!("rbdelta: warning: {s}");
+                    }
+                    m.nodes
+                })
         }) {
             Ok(live) => Some(live),
             Err(e) => {

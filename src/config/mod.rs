@@ -8,6 +8,7 @@
 //! key, because a typo in a backup config is otherwise found only on the day
 //! of the restore. `docs/CONFIG.md` documents every key.
 
+mod digest;
 mod file;
 pub mod glob;
 mod select;
@@ -109,6 +110,10 @@ pub struct Nodes {
     /// How long a lease lasts unrenewed: a dead node's volumes move to the
     /// others this long after it died.
     pub lease: Duration,
+    /// The digest of the config's `volumes:` and `nodes:` sections, which
+    /// a node's heartbeat lease carries: nodes count only the holders
+    /// whose config has the same (see [`crate::fleet::members`]).
+    pub config_digest: String,
 }
 
 /// The default `nodes.lease`.
@@ -295,7 +300,11 @@ impl Config {
                 None => Error::Config(format!("{origin}: {first}")),
             }
         })?;
-        validate::Validator { origin }.config(raw)
+        let mut cfg = validate::Validator { origin }.config(raw)?;
+        if let Some(n) = &mut cfg.nodes {
+            n.config_digest = digest::sections_digest(text, origin)?;
+        }
+        Ok(cfg)
     }
 
     /// The explicitly listed volumes, in config order.

@@ -256,12 +256,10 @@ fn nodes_name_a_lease_pool_and_a_lease_within_range() {
         "one host unless nodes: is given"
     );
     let c = parse(&format!("{base}nodes:\n  lease-pool: rbd\n"));
+    let n = c.nodes.unwrap();
     assert_eq!(
-        c.nodes,
-        Some(Nodes {
-            lease_pool: "rbd".into(),
-            lease: DEFAULT_LEASE
-        })
+        (n.lease_pool.as_str(), n.lease, n.config_digest.len()),
+        ("rbd", DEFAULT_LEASE, crate::format::CONFIG_DIGEST_HEX)
     );
     let c = parse(&format!("{base}nodes:\n  lease-pool: meta\n  lease: 2m\n"));
     assert_eq!(c.nodes.unwrap().lease, Duration::from_secs(120));

@@ -149,6 +149,8 @@ impl Validator<'_> {
         Ok(Nodes {
             lease_pool: pool.value.clone(),
             lease,
+            // of the text, not of these structs: set by `Config::parse`
+            config_digest: String::new(),
         })
     }
 

@@ -12,6 +12,7 @@ pub mod assign;
 pub mod guarded;
 pub mod hooks;
 mod job;
+pub mod members;
 pub mod nodes;
 mod parallel;
 pub mod worker;

@@ -4,6 +4,10 @@
 //! node holds an exclusive lease on a volume's job object while it backs
 //! the volume up, so no two nodes ever run one volume's job at once.
 //!
+//! The heartbeat's cookie says which fleet and which config the node
+//! runs ([`crate::fleet::members`]): holders with anything else are not
+//! counted, and are logged once a minute each.
+//!
 //! A node that dies stops renewing: its heartbeat lapses after
 //! `nodes.lease` and the others stop counting it; a job lease it held
 //! lapses too, and the volume's next owner can take it.
@@ -16,6 +20,7 @@ use crate::ceph::lease::LeaseKind;
 use crate::ceph::{Cluster, IoCtx};
 use crate::config::Nodes;
 use crate::error::{Error, Result};
+use crate::fleet::members::{self, Members, StrayLog};
 
 const NODE_LEASE: &str = "node";
 const JOB_LEASE: &str = "job";
@@ -46,7 +51,11 @@ pub struct NodeLeases {
     /// The archive's fleet id: fleets that share a lease pool keep apart.
     fleet: String,
     node: String,
+    /// The config digest this node's heartbeat carries.
+    digest: String,
     lease: Duration,
+    /// When each holder that does not count was last logged.
+    strays: Mutex<StrayLog>,
     /// The volumes whose job lease this node holds: renewed together,
     /// under this lock, so a lease just given back is never renewed (a
     /// renewal takes a lease that is not held).
@@ -61,13 +70,20 @@ impl NodeLeases {
             io: cluster.ioctx(&cfg.lease_pool)?,
             fleet: fleet.to_string(),
             node: node.to_string(),
+            digest: cfg.config_digest.clone(),
             lease: cfg.lease,
+            strays: Mutex::new(StrayLog::default()),
             jobs: Mutex::new(BTreeSet::new()),
         })
     }
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The cookie of this node's heartbeat.
+    fn cookie(&self) -> String {
+        members::cookie(&self.fleet, &self.digest, &self.node)
     }
 
     /// How long a lease lasts unrenewed.
@@ -81,7 +97,7 @@ impl NodeLeases {
         self.io.lease(
             &nodes_object(&self.fleet),
             NODE_LEASE,
-            &self.node,
+            &self.cookie(),
             LeaseKind::Shared,
             self.lease,
         )
@@ -92,28 +108,33 @@ impl NodeLeases {
     pub fn leave(&self) -> Result<()> {
         match self
             .io
-            .release_lease(&nodes_object(&self.fleet), NODE_LEASE, &self.node)
+            .release_lease(&nodes_object(&self.fleet), NODE_LEASE, &self.cookie())
         {
             Err(Error::Ceph { errno, .. }) if errno == libc::ENOENT => Ok(()),
             r => r,
         }
     }
 
-    /// The live nodes, sorted, each once, and the other clients that
-    /// hold a heartbeat under this node's name: a previous run of this
-    /// node that died less than a lease ago, or another daemon that was
-    /// given the same name.
+    /// The live nodes (holders of this fleet's heartbeat with this
+    /// node's config digest), sorted, each once, and the other clients
+    /// that hold a heartbeat under this node's name: a previous run of
+    /// this node that died less than a lease ago, or another daemon that
+    /// was given the same name. Holders that do not count are logged
+    /// (a warning once a minute each, with their address).
     pub fn live(&self) -> Result<(Vec<String>, Vec<crate::ceph::Holder>)> {
-        let holders = self
-            .io
-            .lease_holders(&nodes_object(&self.fleet), NODE_LEASE)?;
+        let m = members(&self.io, &self.fleet, &self.digest)?;
         let me = self.io.client();
-        let namesakes = holders
+        let namesakes = m
+            .named
             .iter()
-            .filter(|h| h.cookie == self.node && h.client != me)
-            .cloned()
+            .filter(|(name, h)| *name == self.node && h.client != me)
+            .map(|(_, h)| h.clone())
             .collect();
-        Ok((names(holders), namesakes))
+        let mut log = self.strays.lock().unwrap_or_else(|p| p.into_inner());
+        for s in log.due(&m.strays, std::time::Instant::now()) {
+            tracing::warn!("node {}: {s}", self.node);
+        }
+        Ok((m.nodes, namesakes))
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
@@ -180,15 +201,12 @@ impl NodeLeases {
     }
 }
 
-/// The live nodes of fleet `fleet`, whose leases are in `io`'s pool.
-pub fn live_nodes(io: &IoCtx, fleet: &str) -> Result<Vec<String>> {
-    Ok(names(io.lease_holders(&nodes_object(fleet), NODE_LEASE)?))
-}
-
-/// The node names of heartbeat holders, sorted, each once.
-fn names(holders: Vec<crate::ceph::Holder>) -> Vec<String> {
-    let mut nodes: Vec<String> = holders.into_iter().map(|h| h.cookie).collect();
-    nodes.sort();
-    nodes.dedup();
-    nodes
+/// The holders of fleet `fleet`'s heartbeat, whose leases are in `io`'s
+/// pool, sorted into the nodes with config digest `digest` and the rest.
+pub fn members(io: &IoCtx, fleet: &str, digest: &str) -> Result<Members> {
+    Ok(members::sort(
+        io.lease_holders(&nodes_object(fleet), NODE_LEASE)?,
+        fleet,
+        digest,
+    ))
 }

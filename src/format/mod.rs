@@ -90,3 +90,10 @@ pub(crate) fn check_prefix(
 pub fn valid_block_size(bs: u64) -> bool {
     bs.is_power_of_two() && (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs)
 }
+
+/// The first word of a node's heartbeat lease cookie (`<this> <fleet id>
+/// <config digest> <node>`, see [`crate::fleet::members`]): a holder whose
+/// cookie does not start with it holds no rbdelta node lease.
+pub const NODE_LEASE_FORMAT: &str = "rbdelta-node/1";
+/// Hex digits of the config digest a node's lease carries.
+pub const CONFIG_DIGEST_HEX: usize = 16;
