@@ -21,6 +21,13 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::cli::ceph_yaml;
+
+/// The `ceph:` section for a node with a lease of `lease` seconds: a
+/// timeout under half of it, as config check demands (a third, at least 1).
+fn node_ceph_yaml(conf: &std::path::Path, lease: u64) -> String {
+    let t = (lease / 3).max(1);
+    ceph_yaml(conf).replace("  timeout: 20\n", &format!("  timeout: {t}\n"))
+}
 use common::ScratchImage;
 use common::{pattern, required, skip, test_conf, test_ioctx, test_pool, unique_name};
 
@@ -256,7 +263,7 @@ fn three_nodes_share_a_fleet_and_take_over_a_dead_ones_volumes() {
                 format!(
                     "{}archive: {}\nnodes:\n  lease-pool: {}\n  lease: {LEASE}s\n\
                      defaults:\n  schedule: \"{schedule}\"\n  catch-up: false\n  parallel: 4\n{volumes}",
-                    ceph_yaml(&conf),
+                    node_ceph_yaml(&conf, LEASE),
                     archive.display(),
                     test_pool()
                 ),
@@ -485,7 +492,7 @@ fn a_node_refused_its_leases_runs_nothing_and_says_so_once() {
         format!(
             "{}archive: {}\nnodes:\n  lease-pool: cephfs_data\n  lease: 3s\n\
              defaults:\n  schedule: \"* * * * * *\"\nvolumes:\n  - name: v\n    pool: {}\n    image: {}\n",
-            ceph_yaml(&conf),
+            node_ceph_yaml(&conf, 3),
             tmp.path().join("archive").display(),
             test_pool(),
             img.name
@@ -551,7 +558,7 @@ fn two_daemons_under_one_name_are_told_so() {
             &config,
             format!(
                 "{}archive: {}\nnodes:\n  lease-pool: {}\n  lease: 3s\nvolumes: []\n",
-                ceph_yaml(&conf),
+                node_ceph_yaml(&conf, 3),
                 tmp.path().join(dir).display(),
                 test_pool()
             ),
@@ -639,9 +646,9 @@ fn a_stray_lock_holder_and_a_node_with_another_config_are_not_counted() {
         std::fs::write(
             &path,
             format!(
-                "{}archive: {}\nnodes:\n  lease-pool: {}\n  lease: 3s\n\
+                "{}archive: {}\nnodes:\n  lease-pool: {}\n  lease: 6s\n\
                  defaults:\n  schedule: \"*/{SLOT} * * * * *\"\n  catch-up: false\n  parallel: 4\n{volumes}",
-                ceph_yaml(&conf),
+                node_ceph_yaml(&conf, 6),
                 archive.display(),
                 test_pool()
             ),
@@ -777,4 +784,123 @@ fn a_stray_lock_holder_and_a_node_with_another_config_are_not_counted() {
             n.name
         );
     }
+}
+
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_job_whose_lease_another_client_took_is_stopped_within_a_lease() {
+    let conf = test_conf();
+    if !conf.exists() {
+        return skip("no test cluster");
+    }
+    let io = test_ioctx();
+    // a backup slow enough to outlast the lease many times over
+    let img = ScratchImage::create(&io, "lapse", 64 << 20);
+    io.open_image(&img.name)
+        .unwrap()
+        .write(0, &pattern(48 << 20, 7))
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    let fleet = format!("{:032x}", std::process::id() as u128 * 7_919 + 11);
+    std::fs::create_dir_all(archive.join(".rbdelta")).unwrap();
+    std::fs::write(archive.join(".rbdelta/fleet-id"), format!("{fleet}\n")).unwrap();
+    let config = tmp.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}archive: {}\nnodes:\n  lease-pool: {}\n  lease: {LEASE}s\n\
+             defaults:\n  schedule: \"* * * * * *\"\n  bandwidth: 1MiB\nvolumes:\n  - name: v\n    pool: {}\n    image: {}\n",
+            node_ceph_yaml(&conf, LEASE),
+            archive.display(),
+            test_pool(),
+            test_pool(),
+            img.name
+        ),
+    )
+    .unwrap();
+    let mut n = Node {
+        name: "a".into(),
+        config,
+        archive: archive.clone(),
+        log: tmp.path().join("a.log"),
+        daemon: None,
+    };
+    let rados = |args: &[&str]| {
+        std::process::Command::new("rados")
+            .arg("-c")
+            .arg(&conf)
+            .args(["--id", "admin", "-p", &test_pool()])
+            .args(args)
+            .output()
+            .expect("rados runs")
+    };
+    let object = format!("rbdelta.job.{fleet}.v");
+    n.start();
+    // once node a's backup runs under its job lease, another client breaks
+    // that lease and takes it: a's renewals fail from then on
+    let t = Instant::now();
+    let locker = loop {
+        let o = rados(&["lock", "info", &object, "job"]);
+        let info: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+        if let Some(l) = info["lockers"].as_array().and_then(|l| l.first()) {
+            break l["name"].as_str().unwrap().to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "no job lease taken");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let o = rados(&[
+        "lock",
+        "break",
+        &object,
+        "job",
+        &locker,
+        "--lock-cookie",
+        "a",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rados(&[
+        "lock",
+        "get",
+        &object,
+        "job",
+        "--lock-type",
+        "exclusive",
+        "--lock-cookie",
+        "intruder",
+        "--lock-duration",
+        "120",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let taken = Instant::now();
+    // the backup stops about a lease later, long before its 48 s of reads
+    loop {
+        let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+        if log.contains("job lease not renewed for a whole lease") && log.contains("cancelled") {
+            break;
+        }
+        assert!(
+            taken.elapsed() < Duration::from_secs(LEASE + 15),
+            "the job went on without its lease:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stopped = taken.elapsed();
+    eprintln!("the job stopped {stopped:?} after its lease was taken");
+    assert!(stopped >= Duration::from_secs(LEASE - 1), "{stopped:?}");
+    assert_eq!(n.signal(libc::SIGTERM).code(), Some(0));
+    let _ = rados(&[
+        "lock",
+        "break",
+        &object,
+        "job",
+        "client.0",
+        "--lock-cookie",
+        "intruder",
+    ]);
+    // and no backup of v was made without the lease
+    let log = std::fs::read_to_string(&n.log).unwrap();
+    assert!(!log.contains("v: full "), "{log}");
 }

@@ -451,8 +451,8 @@ fn run_leased(
 ) -> Option<Outcome> {
     use crate::fleet::nodes::Claim;
     let started = std::time::Instant::now();
-    match leases.take_job(&vol.name) {
-        Ok(Claim::Taken) => {}
+    let lapsed = match leases.take_job(&vol.name) {
+        Ok(Claim::Taken(lapsed)) => lapsed,
         Ok(Claim::HeldBy(n)) => {
             tracing::info!(
                 "{}: {} left to node {n}, which holds its job lease",
@@ -467,7 +467,7 @@ fn run_leased(
             obs.finished(&o);
             return Some(o);
         }
-    }
+    };
     let outcome = if kind == JobKind::Backup && backed_up_since(&fleet.archive, &vol.name, due) {
         tracing::info!(
             "{}: already backed up in this slot by another node",
@@ -475,7 +475,33 @@ fn run_leased(
         );
         None
     } else {
-        Some(run_job(fleet, vol, kind, obs))
+        // The job stops on the daemon's stop, and once its lease went a
+        // whole lease unrenewed (another node may run it by then).
+        let stop = Arc::new(AtomicBool::new(false));
+        let job = fleet.with_cancel(stop.clone());
+        let done = Arc::new(AtomicBool::new(false));
+        let watch = {
+            let (stop, done, all) = (stop.clone(), done.clone(), fleet.cancel.clone());
+            let lapsed = lapsed.clone();
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    if all.load(Ordering::Relaxed) || lapsed.load(Ordering::Relaxed) {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let mut o = run_job(&job, vol, kind, obs);
+        done.store(true, Ordering::Relaxed);
+        let _ = watch.join();
+        if lapsed.load(Ordering::Relaxed) && !o.ok {
+            o.error = Some(format!(
+                "stopped: its job lease was not renewed for a whole lease ({})",
+                o.error.unwrap_or_default()
+            ));
+        }
+        Some(o)
     };
     if let Err(e) = leases.release_job(&vol.name) {
         tracing::warn!(

@@ -74,6 +74,33 @@ impl Fleet {
         }
     }
 
+    /// The same fleet for one job, stopped by `cancel` instead (the
+    /// daemon's job whose lease lapsed).
+    pub fn with_cancel(&self, cancel: Arc<AtomicBool>) -> Fleet {
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let unreachable = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Fleet {
+            ceph: self.ceph.clone(),
+            shared: Mutex::new(shared),
+            unreachable: Mutex::new(unreachable),
+            archive: self.archive.clone(),
+            total: self.total.clone(),
+            cancel,
+            workers: self.workers.clone(),
+            parallel: self.parallel,
+            stall_timeout: self.stall_timeout,
+            fsck: self.fsck.clone(),
+        }
+    }
+
     /// A fleet whose connection is `cluster` (the daemon's).
     pub fn with_client(cluster: Arc<Cluster>, cfg: &Config) -> Fleet {
         let f = Fleet::new(cfg);

@@ -12,9 +12,10 @@
 //! `nodes.lease` and the others stop counting it; a job lease it held
 //! lapses too, and the volume's next owner can take it.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ceph::lease::LeaseKind;
 use crate::ceph::{Cluster, IoCtx};
@@ -37,10 +38,11 @@ fn job_object(fleet: &str, volume: &str) -> String {
 }
 
 /// Whether a job lease was taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Claim {
-    /// This node holds it now.
-    Taken,
+    /// This node holds it now; the flag is set if it goes a whole lease
+    /// unrenewed (the job must then stop).
+    Taken(Arc<AtomicBool>),
     /// Another node does (its name, or `?` if it let go meanwhile).
     HeldBy(String),
 }
@@ -59,7 +61,16 @@ pub struct NodeLeases {
     /// The volumes whose job lease this node holds: renewed together,
     /// under this lock, so a lease just given back is never renewed (a
     /// renewal takes a lease that is not held).
-    jobs: Mutex<BTreeSet<String>>,
+    jobs: Mutex<BTreeMap<String, HeldJob>>,
+}
+
+/// A job lease this node holds.
+struct HeldJob {
+    /// When it was last taken or renewed.
+    renewed: Instant,
+    /// Set once it went a whole lease unrenewed: the job must stop, since
+    /// another node may have taken the volume.
+    lapsed: Arc<AtomicBool>,
 }
 
 impl NodeLeases {
@@ -73,7 +84,7 @@ impl NodeLeases {
             digest: cfg.config_digest.clone(),
             lease: cfg.lease,
             strays: Mutex::new(StrayLog::default()),
-            jobs: Mutex::new(BTreeSet::new()),
+            jobs: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -137,7 +148,7 @@ impl NodeLeases {
         Ok((m.nodes, namesakes))
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, HeldJob>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -153,8 +164,15 @@ impl NodeLeases {
             self.lease,
         ) {
             Ok(()) => {
-                held.insert(volume.to_string());
-                Ok(Claim::Taken)
+                let lapsed = Arc::new(AtomicBool::new(false));
+                held.insert(
+                    volume.to_string(),
+                    HeldJob {
+                        renewed: Instant::now(),
+                        lapsed: lapsed.clone(),
+                    },
+                );
+                Ok(Claim::Taken(lapsed))
             }
             Err(Error::Ceph { errno, .. }) if errno == libc::EBUSY => {
                 let holders = self.io.lease_holders(&oid, JOB_LEASE)?;
@@ -170,21 +188,32 @@ impl NodeLeases {
 
     /// Renews every job lease this node holds; says which could not be.
     pub fn renew_jobs(&self) -> Vec<(String, Error)> {
-        let held = self.held();
-        held.iter()
-            .filter_map(|v| {
-                self.io
-                    .lease(
-                        &job_object(&self.fleet, v),
-                        JOB_LEASE,
-                        &self.node,
-                        LeaseKind::Exclusive,
-                        self.lease,
-                    )
-                    .err()
-                    .map(|e| (v.clone(), e))
-            })
-            .collect()
+        let mut held = self.held();
+        let mut failed = Vec::new();
+        for (v, job) in held.iter_mut() {
+            let renewed = self.io.lease(
+                &job_object(&self.fleet, v),
+                JOB_LEASE,
+                &self.node,
+                LeaseKind::Exclusive,
+                self.lease,
+            );
+            match renewed {
+                Ok(()) => job.renewed = Instant::now(),
+                Err(e) => {
+                    if job.renewed.elapsed() >= self.lease
+                        && !job.lapsed.swap(true, Ordering::Relaxed)
+                    {
+                        tracing::error!(
+                            "{v}: job lease not renewed for a whole lease ({} s): the job is stopped, as another node may have taken the volume",
+                            self.lease.as_secs()
+                        );
+                    }
+                    failed.push((v.clone(), e));
+                }
+            }
+        }
+        failed
     }
 
     /// Gives the job lease of `volume` back.
