@@ -581,3 +581,51 @@ fn a_second_daemon_on_the_same_archive_refuses_to_start() {
         "the first one still runs"
     );
 }
+
+/// A fleet-log record whose time is damaged is damage, not a backup made
+/// in 1970: the daemon does not catch the volume up for it (a yearly
+/// schedule whose last run passed long ago would), says why in its log,
+/// and `status` and `check` report the line.
+#[test]
+#[ignore = "needs the Ceph test cluster (ci/test.sh runs it)"]
+fn a_damaged_time_in_the_fleet_log_is_reported_and_triggers_no_catch_up() {
+    let (conf, io) = (test_conf(), test_ioctx());
+    let a = image_with_data(&io, "dt-a", 4 * MIB, 1000);
+    let head = "defaults:\n  schedule: \"0 0 1 1 *\"\nvolumes:\n";
+    let env = Env::with_yaml(&conf, &format!("{head}{}", volume_yaml("a", &a.name, "")));
+    std::fs::create_dir_all(env.archive().join(".rbdelta")).unwrap();
+    std::fs::write(
+        env.archive().join(".rbdelta/log.jsonl"),
+        "{\"time\":\"2026-13-45T99:00:00Z\",\"op\":\"backup\",\"event\":\"end\",\
+         \"volume\":\"a\",\"outcome\":\"ok\",\"kind\":\"full\"}\n",
+    )
+    .unwrap();
+    let d = Daemon::start(&env);
+    planned_and_idle(&env, &d, &["a"]);
+    // (a catch-up would start at once; give it time to show)
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(d.stop(Duration::from_secs(30)).success());
+    let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap();
+    assert_eq!(count(&env, "a"), 0, "caught up for a damaged time:\n{log}");
+    assert!(
+        log.contains("backup end record of a with an unreadable time \"2026-13-45T99:00:00Z\"")
+            && log.contains("no catch-up"),
+        "{log}"
+    );
+    let status: serde_json::Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
+    let a = &status[0];
+    assert!(a["last_success"].is_null(), "{a}");
+    assert!(
+        a["log_damage"][0]
+            .as_str()
+            .is_some_and(|d| d.contains("unreadable time")),
+        "{a}"
+    );
+    let check = env.cmd().args(["check"]).output().unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        out.contains("log damaged") && out.contains("unreadable time"),
+        "{out}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

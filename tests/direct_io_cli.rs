@@ -31,6 +31,34 @@ fn takes_direct(dir: &Path) -> bool {
     ok
 }
 
+/// Whether a run took the page cache instead of direct writes: the
+/// direct writer logs this line (debug) when `O_DIRECT` is refused.
+fn fell_back(stderr: &str) -> bool {
+    stderr.contains("no direct writes")
+}
+
+/// Fails a required run (`RBDELTA_REQUIRE_CLUSTER`) whose filesystem takes
+/// no `O_DIRECT`: both runs would then take the page cache, and the direct
+/// path would pass untested.
+fn require_direct(dir: &Path) {
+    assert!(
+        !common::required() || takes_direct(dir),
+        "{} takes no O_DIRECT, so the direct path cannot run: put TMPDIR on a filesystem that does",
+        dir.display()
+    );
+}
+
+/// Whether `fell_back` is what a run with direct writes `refused` in
+/// `dir` must give: the direct run really wrote direct when required.
+fn check_path(name: &str, refused: bool, dir: &Path, err: &str) {
+    let fell = fell_back(err);
+    assert_eq!(fell, refused || !takes_direct(dir), "{name}: {err}");
+    assert!(
+        refused || !common::required() || !fell,
+        "{name}: the direct path did not run: {err}"
+    );
+}
+
 /// Runs rbdelta in `env` with debug logs, direct I/O refused if `refuse`;
 /// its stderr.
 fn run(env: &Env, refuse: bool, args: &[&str]) -> String {
@@ -56,6 +84,7 @@ fn odd_sized_sparse_images_restore_byte_exact_with_and_without_direct_io() {
         "volumes:\n  - name: v\n    pool: rbd\n    image: v\n",
     );
     let dir = env.dir.path();
+    require_direct(dir);
     // 40 MiB + 12345 bytes: data at the start, a run longer than one
     // 4 MiB write, scattered blocks, a long hole, and the partial last block
     let raw = dir.join("disk.raw");
@@ -81,8 +110,7 @@ fn odd_sized_sparse_images_restore_byte_exact_with_and_without_direct_io() {
         let exported = dir.join(format!("{name}-export.raw"));
         let run = |args: &[&str]| run(&env, refuse, args);
         let err = run(&["restore", "v", "--to-file", out_file.to_str().unwrap()]);
-        let fell_back = err.contains("no direct writes");
-        assert_eq!(fell_back, refuse || !takes_direct(dir), "{name}: {err}");
+        check_path(name, refuse, dir, &err);
         run(&["export", "v", "-o", exported.to_str().unwrap()]);
         for path in [&out_file, &exported] {
             let got = std::fs::read(path).unwrap();
@@ -112,6 +140,7 @@ fn backups_write_fulls_and_deltas_byte_exact_with_and_without_direct_io() {
         let src = ScratchImage::create(&io, &format!("dio-{name}"), size);
         let img = io.open_image(&src.name).unwrap();
         let env = Env::new(&conf, &[("v", &src.name)]);
+        require_direct(env.dir.path());
         let mut want = Vec::new();
         let steps: [&dyn Fn(); 2] = [
             &|| {
@@ -131,12 +160,7 @@ fn backups_write_fulls_and_deltas_byte_exact_with_and_without_direct_io() {
         for step in steps {
             step();
             let err = run(&env, refuse, &["backup", "v"]);
-            let fell_back = err.contains("no direct writes");
-            assert_eq!(
-                fell_back,
-                refuse || !takes_direct(env.dir.path()),
-                "{name}: {err}"
-            );
+            check_path(name, refuse, env.dir.path(), &err);
             want.push(read_image(&io, &src.name, None));
         }
         for (id, want) in env.revision_ids("v").iter().zip(&want) {

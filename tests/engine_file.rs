@@ -371,7 +371,7 @@ fn a_revision_since_a_time_is_found_by_recent_manifests() {
     let rev = backup(&f.vol, &f.image, &opts(), &NoProgress)
         .unwrap()
         .revision;
-    let created = rbdelta::status::unix_of(&rev.manifest.created);
+    let created = rbdelta::status::unix_of(&rev.manifest.created).unwrap();
     assert!(created > 0);
     assert!(f.vol.has_revision_since(created).unwrap());
     assert!(!f.vol.has_revision_since(created + 1).unwrap());

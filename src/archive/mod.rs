@@ -282,7 +282,7 @@ impl VolumeDir {
         })?;
         Ok(recent
             .iter()
-            .any(|r| crate::status::unix_of(&r.manifest.created) >= since))
+            .any(|r| crate::status::unix_of(&r.manifest.created).is_some_and(|t| t >= since)))
     }
 
     /// The committed revisions whose manifest's directory entry passes

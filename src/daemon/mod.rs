@@ -357,7 +357,9 @@ impl Daemon {
         }
         self.planner
             .update(resolved.volumes, self.cfg.fleet.catch_up, t, &|n| {
-                last.get(n).copied()
+                // an attempt whose time is damaged counts as just now:
+                // damage is no reason to catch up (it is reported)
+                last.get(n).map(|at| at.unwrap_or(t))
             });
         self.resolved_at = t;
         tracing::info!("{} volume(s) scheduled", self.planner.plans.len());
@@ -557,21 +559,33 @@ fn run_job(fleet: &Fleet, vol: &Volume, kind: JobKind, obs: &dyn Observer) -> Ou
 
 /// When each volume's last backup ended, from the fleet log (its summary
 /// keeps each volume's newest success and all that followed it, so the
-/// newest attempt that was not cut short by a shutdown).
-fn last_attempts(archive: &Path) -> std::collections::HashMap<String, i64> {
+/// newest attempt that was not cut short by a shutdown). `None`: its
+/// records' times are damaged (logged as a warning), so when is unknown.
+fn last_attempts(archive: &Path) -> std::collections::HashMap<String, Option<i64>> {
     let mut out = std::collections::HashMap::new();
     for r in global::backups_of(archive, None)
         .unwrap_or_default()
         .records
     {
-        if let (Some(v), "backup", "end") = (r.volume, r.op.as_str(), r.event.as_str()) {
+        if let (Some(v), "backup", "end") = (r.volume.clone(), r.op.as_str(), r.event.as_str()) {
             if r.error
                 .as_deref()
                 .is_some_and(|e| e.starts_with("cancelled"))
             {
                 continue; // a backup cut short by shutdown did not happen
             }
-            out.insert(v, crate::status::unix_of(&r.time));
+            match crate::status::unix_of(&r.time) {
+                Some(t) => {
+                    out.insert(v, Some(t));
+                }
+                None => {
+                    tracing::warn!(
+                        "{}: not taken as the time of the last backup, no catch-up for it",
+                        crate::status::damaged_time("fleet log", &r)
+                    );
+                    out.entry(v).or_insert(None);
+                }
+            }
         }
     }
     out

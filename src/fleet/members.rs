@@ -240,18 +240,14 @@ mod tests {
             why: Refused::NotANode,
         };
         let (a, b) = (s("client.1"), s("client.2"));
+        let (only_a, only_b, both) = ([a.clone()], [b.clone()], [a.clone(), b.clone()]);
         let mut log = StrayLog::default();
         let t = Instant::now();
-        assert_eq!(log.due(&[a.clone()], t).len(), 1);
-        assert_eq!(
-            log.due(&[a.clone(), b.clone()], t + Duration::from_secs(1)),
-            [&b]
-        );
-        assert!(log
-            .due(&[a.clone(), b.clone()], t + Duration::from_secs(59))
-            .is_empty());
-        assert_eq!(log.due(&[a.clone()], t + Duration::from_secs(60)), [&a]);
+        assert_eq!(log.due(&only_a, t).len(), 1);
+        assert_eq!(log.due(&both, t + Duration::from_secs(1)), [&b]);
+        assert!(log.due(&both, t + Duration::from_secs(59)).is_empty());
+        assert_eq!(log.due(&only_a, t + Duration::from_secs(60)), [&a]);
         assert!(log.due(&[], t + Duration::from_secs(61)).is_empty());
-        assert_eq!(log.due(&[b.clone()], t + Duration::from_secs(62)), [&b]);
+        assert_eq!(log.due(&only_b, t + Duration::from_secs(62)), [&b]);
     }
 }

@@ -295,15 +295,25 @@ pub fn prune_plan(
     now: i64,
 ) -> Result<Vec<crate::retention::Decision>> {
     let state = crate::archive::state::VolumeState::load(&vol.state_path())?;
+    // (manifests are refused at read unless `created` parses; a time that
+    // still does not is damage, and prunes nothing rather than take the
+    // revision for one made in 1970)
     let candidates: Vec<crate::retention::Candidate> = revisions
         .iter()
-        .map(|r| crate::retention::Candidate {
-            id: r.id.clone(),
-            time: crate::status::unix_of(&r.manifest.created),
-            seq: r.manifest.seq,
-            tags: state.get(&r.id).tags,
+        .map(|r| {
+            Ok(crate::retention::Candidate {
+                id: r.id.clone(),
+                time: crate::status::unix_of(&r.manifest.created).ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "revision {}: unreadable time {:?}",
+                        r.id, r.manifest.created
+                    ))
+                })?,
+                seq: r.manifest.seq,
+                tags: state.get(&r.id).tags,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(crate::retention::decide(&candidates, rules, now))
 }
 

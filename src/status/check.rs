@@ -68,12 +68,18 @@ pub fn judge(s: &VolumeStatus, now: i64, t: Thresholds) -> Verdict {
         );
     }
     let Some(ok) = &s.last_success else {
+        // a backup whose record is damaged may have happened: say so
+        let damaged = match s.log_damage.as_slice() {
+            [] => String::new(),
+            [d] => format!("; log damaged: {d}"),
+            [d, more @ ..] => format!("; log damaged: {d} (and {} more)", more.len()),
+        };
         return match &s.last_failure {
             Some(f) => v(
                 Level::Critical,
-                format!("never backed up; last failure: {}", f.error),
+                format!("never backed up; last failure: {}{damaged}", f.error),
             ),
-            None => v(Level::Warning, "never backed up".into()),
+            None => v(Level::Warning, format!("never backed up{damaged}")),
         };
     };
     let age = (now - ok.unix).max(0) as f64;

@@ -82,10 +82,26 @@ pub struct VerifyResult {
     pub error: Option<String>,
 }
 
-/// RFC 3339 to Unix seconds (0 when unparsable).
-pub fn unix_of(t: &str) -> i64 {
+/// RFC 3339 to Unix seconds; `None` when unparsable: a damaged time is
+/// damage, never a time (as 0 it would be a backup in 1970, due again).
+pub fn unix_of(t: &str) -> Option<i64> {
     time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-        .map_or(0, |t| t.unix_timestamp())
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+/// The damage line for a log record whose time does not parse.
+pub fn damaged_time(log: &str, r: &LogRecord) -> String {
+    format!(
+        "{log}: {} {} record{} with an unreadable time {:?}",
+        crate::text::printable(&r.op, 20),
+        crate::text::printable(&r.event, 20),
+        r.volume.as_deref().map_or(String::new(), |v| format!(
+            " of {}",
+            crate::text::printable(v, 80)
+        )),
+        crate::text::printable(&r.time, 40)
+    )
 }
 
 /// RFC 3339 to Unix nanoseconds (0 when unparsable), for ordering.
@@ -188,6 +204,7 @@ fn one(
         .iter()
         .filter(|r| r.op == "backup" && r.event == "end")
         .collect();
+    let from_fleet = !fleet_backups.is_empty();
     let (backups, failures_before): (Vec<&LogRecord>, u64) = if fleet_backups.is_empty() {
         let own = own.iter().filter(|r| r.op == "backup" && r.event == "end");
         (own.collect(), 0)
@@ -222,12 +239,20 @@ fn one(
         distrusted: 0,
         log_damage,
     };
+    let log_of = |fleet_record: bool| match fleet_record {
+        true => "fleet log",
+        false => "volume log",
+    };
     for r in backups {
+        let Some(unix) = unix_of(&r.time) else {
+            s.log_damage.push(damaged_time(log_of(from_fleet), r));
+            continue;
+        };
         if r.outcome.as_deref() == Some("ok") {
             s.consecutive_failures = 0;
             s.last_success = Some(Success {
                 time: r.time.clone(),
-                unix: unix_of(&r.time),
+                unix,
                 kind: r.kind.clone(),
                 revision: r.revision.clone(),
                 duration_seconds: r.duration_ms.unwrap_or(0) as f64 / 1000.0,
@@ -239,7 +264,7 @@ fn one(
             s.failures_total += 1;
             s.last_failure = Some(Failure {
                 time: r.time.clone(),
-                unix: unix_of(&r.time),
+                unix,
                 error: r.error.clone().unwrap_or_default(),
                 transient: r.transient.unwrap_or(false),
             });
@@ -250,9 +275,13 @@ fn one(
         .rev()
         .find(|r| r.op == "verify" && r.event == "end" && r.revision.is_none())
     {
-        s.last_verify = Some(VerifyResult {
+        let unix = unix_of(&r.time);
+        if unix.is_none() {
+            s.log_damage.push(damaged_time(log_of(false), r));
+        }
+        s.last_verify = unix.map(|unix| VerifyResult {
             time: r.time.clone(),
-            unix: unix_of(&r.time),
+            unix,
             ok: r.outcome.as_deref() == Some("ok"),
             error: r.error.clone().or_else(|| r.detail.clone()),
         });
@@ -262,9 +291,13 @@ fn one(
         .rev()
         .find(|r| r.op == "fsck" && r.event == "end")
     {
-        s.last_fsck = Some(VerifyResult {
+        let unix = unix_of(&r.time);
+        if unix.is_none() {
+            s.log_damage.push(damaged_time(log_of(false), r));
+        }
+        s.last_fsck = unix.map(|unix| VerifyResult {
             time: r.time.clone(),
-            unix: unix_of(&r.time),
+            unix,
             ok: r.outcome.as_deref() == Some("ok"),
             error: r.error.clone().or_else(|| r.detail.clone()),
         });
@@ -284,7 +317,7 @@ impl VolumeStatus {
     /// status current this way instead of re-reading every log).
     pub fn apply(&mut self, o: &crate::fleet::Outcome, archive: &Path) {
         let time = crate::archive::now_rfc3339();
-        let unix = unix_of(&time);
+        let unix = time::OffsetDateTime::now_utc().unix_timestamp();
         match (o.op.as_str(), o.ok) {
             ("backup", true) => {
                 self.last_success = Some(Success {
