@@ -40,6 +40,47 @@ pub fn valid_node_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Starts `program args…` as one of rbdelta's own worker processes (this
+/// binary's hidden subcommands): stdin and stdout piped, stderr shared, in
+/// a process group of its own (a terminal's Ctrl-C reaches the parent only,
+/// which tells the worker itself), as this node (`RBDELTA_NODE`), and
+/// dying with this process (`PR_SET_PDEATHSIG`), even if this process died
+/// while it started.
+pub fn spawn_worker(
+    program: &std::path::Path,
+    args: &[String],
+) -> crate::error::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg0("rbdelta")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0);
+    if let Some(n) = node() {
+        cmd.env("RBDELTA_NODE", n); // it logs as this node
+    }
+    let parent = std::process::id();
+    // SAFETY: runs in the forked child before exec; prctl and getppid
+    // are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                // The parent died before the line above took effect.
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| crate::error::Error::io(program.display().to_string(), e))
+}
+
 /// This host's name, as it may appear in an image name.
 pub fn host() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

@@ -168,6 +168,20 @@ impl Drop for Node {
     }
 }
 
+/// Every node's daemon log, each under its name.
+fn all_logs(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "--- {}:\n{}",
+                n.name,
+                std::fs::read_to_string(&n.log).unwrap()
+            )
+        })
+        .collect()
+}
+
 /// A backup as the fleet log tells it.
 #[derive(Debug)]
 struct Backup {
@@ -327,18 +341,7 @@ fn three_nodes_share_a_fleet_and_take_over_a_dead_ones_volumes() {
     }
 
     let (done, failed) = backups(&nodes[1]);
-    let logs = || {
-        nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "--- {}:\n{}",
-                    n.name,
-                    std::fs::read_to_string(&n.log).unwrap()
-                )
-            })
-            .collect::<String>()
-    };
+    let logs = || all_logs(&nodes);
     assert!(failed.is_empty(), "failed backups: {failed:#?}\n{}", logs());
     // Never two backups of one volume at once.
     let mut by_volume: BTreeMap<&str, Vec<&Backup>> = BTreeMap::new();
@@ -729,18 +732,7 @@ fn a_stray_lock_holder_and_a_node_with_another_config_are_not_counted() {
         assert!(st.success(), "{}: {st:?}", n.name);
     }
     rados(&["rm", &object]);
-    let logs = || {
-        nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "--- {}:\n{}",
-                    n.name,
-                    std::fs::read_to_string(&n.log).unwrap()
-                )
-            })
-            .collect::<String>()
-    };
+    let logs = || all_logs(&nodes);
     let (done, failed) = backups(&nodes[0]);
     assert!(failed.is_empty(), "{failed:#?}\n{}", logs());
     let mut got = in_slot(&done);

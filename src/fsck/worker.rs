@@ -15,7 +15,6 @@
 //! parent (`PR_SET_PDEATHSIG`).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,33 +116,7 @@ pub fn isolated(
         settings: *settings,
         scratch: scratch.0.clone(),
     };
-    let parent = std::process::id();
-    let mut cmd = Command::new(program);
-    cmd.arg0("rbdelta")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0);
-    if let Some(n) = crate::host::node() {
-        cmd.env("RBDELTA_NODE", n);
-    }
-    // SAFETY: prctl and getppid are async-signal-safe and touch no memory
-    // of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io(program.display().to_string(), e))?;
+    let mut child = crate::host::spawn_worker(program, args)?;
     let mut line = serde_json::to_string(&req).expect("requests serialize");
     line.push('\n');
     let mut stdin = child.stdin.take().expect("piped");

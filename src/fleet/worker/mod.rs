@@ -27,9 +27,8 @@ pub use protocol::Job;
 pub use serve::serve;
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -109,36 +108,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn spawn(s: &Spawner) -> Result<Worker> {
-        let parent = std::process::id();
-        let mut cmd = Command::new(&s.program);
-        cmd.arg0("rbdelta")
-            .args(&s.args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // A terminal's Ctrl-C reaches the parent only; it cancels the
-            // worker with SIGTERM, once.
-            .process_group(0);
-        if let Some(n) = crate::host::node() {
-            cmd.env("RBDELTA_NODE", n); // it logs as this node
-        }
-        // SAFETY: runs in the forked child before exec; prctl and getppid
-        // are async-signal-safe and touch no memory of the parent.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() as u32 != parent {
-                    // The parent died before the line above took effect.
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Error::io(s.program.display().to_string(), e))?;
+        let mut child = crate::host::spawn_worker(&s.program, &s.args)?;
         let stdout = child.stdout.take().expect("piped");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
