@@ -525,3 +525,54 @@ fn without_root_the_kernel_replay_is_refused_in_one_line() {
     assert!(err.contains("fsck.kernel-replay needs root"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+#[ignore = "needs root, /dev/fuse and bubblewrap (ci/test.sh runs it)"]
+fn a_stopped_fsck_ends_within_seconds_and_leaves_no_mount_behind() {
+    common::require_fault_injection();
+    // a revision without any cluster: an ext4 made on a plain file, imported
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("disk.img");
+    sh("truncate", &["-s", "32M", file.to_str().unwrap()]);
+    sh("mkfs.ext4", &["-q", "-F", file.to_str().unwrap()]);
+    let env = Env::with_yaml(
+        &test_conf(),
+        "volumes:\n  - name: v\n    pool: rbd\n    image: v\n",
+    );
+    env.ok(&["import", "v", "--raw", file.to_str().unwrap()]);
+    // held with the overlay mounted, before its first checker; then stopped
+    let held = common::cli::Paused::start(&env, &["fsck", "v"], "fsck: checking");
+    let pid = held.id();
+    // this fsck's overlay: under its own scratch directory
+    let overlays = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&format!("/rbdelta-fsck-{pid}-")))
+            .count()
+    };
+    assert_eq!(overlays(), 1, "the overlay is mounted while fsck runs");
+    let t = Instant::now();
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let out = held.wait();
+    let took = t.elapsed();
+    eprintln!("fsck stopped {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(!out.status.success(), "{out:?}");
+    // the worker was killed where it stood; its parent cleared after it
+    assert_eq!(overlays(), 0, "an overlay was left mounted");
+    let scratch = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("rbdelta-fsck-{pid}-"))
+        })
+        .count();
+    assert_eq!(scratch, 0, "a scratch directory was left");
+    // and the next fsck runs as usual
+    let out = env.ok(&["fsck", "v"]);
+    assert!(out.contains("whole disk (ext2/3/4): ok"), "{out}");
+}

@@ -169,6 +169,7 @@ pub(crate) fn check_revision(
         wall: settings.timeout,
     });
     let overlay = overlay::Overlay::mount(image, &parts, sandbox.owner(), scratch)?;
+    crate::fault::pause("fsck: checking");
     let how = check::How {
         sandbox: &sandbox,
         kernel_replay: settings.kernel_replay,

@@ -262,6 +262,16 @@ impl Paused {
         }
     }
 
+    /// The paused command's pid.
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Its output once it ends, without letting it go on first.
+    pub fn wait(mut self) -> Output {
+        self.child.take().unwrap().wait_with_output().unwrap()
+    }
+
     pub fn finish(mut self) -> Output {
         std::fs::write(&self.go, b"").unwrap();
         self.child.take().unwrap().wait_with_output().unwrap()
