@@ -1,7 +1,7 @@
 //! Fuzz targets, one per parser of on-disk data and user input: the volume
 //! header, manifests, full indexes, deltas, state.json, pending.json,
-//! operation.json, the operation logs, the config file and `rbd diff v1`
-//! streams. Each damages
+//! operation.json, the operation logs, the config file, `rbd diff v1`
+//! streams and the partition tables fsck reads from guest disks. Each damages
 //! real files made by rbdelta (see `fuzz/mod.rs`) and asserts no panic, no
 //! hang, an error that names the file, and for the checksummed formats
 //! that an accepted file reads as the original did. Binary files are also

@@ -254,3 +254,29 @@ fn repair_takes_good_copies_from_the_archive_and_the_snapshot_and_lists_the_rest
     assert!(matches!(trust(&f, &r4), Trust::Verified { .. }));
     assert!(matches!(trust(&f, &r2), Trust::Distrusted { .. }));
 }
+
+#[test]
+fn a_stopped_verify_ends_as_cancelled_and_calls_nothing_damaged_or_verified() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let f = fx();
+    let ids = history(&f);
+    let before: Vec<Trust> = ids.iter().map(|id| trust(&f, id)).collect();
+    for deep in [false, true] {
+        let o = VerifyOptions {
+            deep,
+            cancel: Some(Arc::new(AtomicBool::new(true))),
+            ..Default::default()
+        };
+        let e = verify_with(&f.vol, &o, &NoProgress).unwrap_err();
+        assert!(
+            matches!(e, rbdelta::error::Error::Cancelled(_)),
+            "deep {deep}: {e}"
+        );
+        let after: Vec<Trust> = ids.iter().map(|id| trust(&f, id)).collect();
+        assert_eq!(after, before, "deep {deep}: a stopped verify changed trust");
+    }
+    // not stopped, the same archive verifies clean
+    let all = verify_with(&f.vol, &VerifyOptions::default(), &NoProgress).unwrap();
+    assert!(all.problems.is_empty(), "{:?}", all.problems);
+}
