@@ -502,7 +502,9 @@ fn partitions_of_every_revision_mount_with_their_files_and_fsck_finds_the_damage
 #[test]
 #[ignore = "needs root to drop to another user (ci/test.sh runs it)"]
 fn without_root_the_kernel_replay_is_refused_in_one_line() {
-    let dir = tempfile::tempdir().unwrap();
+    // in /tmp, which nobody may enter, not under $TMPDIR (the CephFS pass
+    // puts that in a directory private to root)
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
