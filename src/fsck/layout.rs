@@ -79,7 +79,8 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 /// The partitions of an image of `size` bytes, or the whole disk as one
-/// part when it has no partition table.
+/// part when it has no partition table; none for an empty image. Every
+/// part has bytes and lies inside the image.
 pub fn partitions(read: &ReadAt<'_>, size: u64) -> Result<Vec<Part>> {
     let mbr = read(0, SECTOR as usize)?;
     let mut parts = Vec::new();
@@ -110,12 +111,9 @@ pub fn partitions(read: &ReadAt<'_>, size: u64) -> Result<Vec<Part>> {
         }
     }
     if parts.is_empty() {
-        parts.push(Part {
-            number: 0,
-            start: 0,
-            len: size,
-            content: Content::Unknown,
-        });
+        // the whole disk, unless it is empty (found by the fuzzer: a part
+        // of no bytes)
+        parts.extend(part(0, 0, size, size, Content::Unknown));
     }
     for p in &mut parts {
         if p.content != Content::Extended {
